@@ -1,0 +1,220 @@
+"""Where the prunable structures of each supported decoder architecture live.
+
+A structure is a set of slices that are removed together (Torch-Pruning's "dependency group", as
+data): a query head is rows of q_proj plus columns of o_proj; a KV group is rows of k_proj and
+v_proj (and, implicitly, every query head that reads it); an MLP channel is a row of gate_proj
+and up_proj plus a column of down_proj. Adding an architecture is one `register_architecture`
+call, not a branch in the surgery, importance or allocation code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+__all__ = [
+    "ArchitectureSpec",
+    "LayerSizes",
+    "LinearSlice",
+    "STRUCTURES",
+    "UnsupportedArchitectureError",
+    "get_architecture",
+    "layer_sizes",
+    "register_architecture",
+    "supported_model_types",
+]
+
+# The three structure kinds, in the order reports and plans list them.
+STRUCTURES = ("query_heads", "kv_heads", "channels")
+Structure = Literal["query_heads", "kv_heads", "channels"]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised for a model type with no registered structure description."""
+
+
+@dataclass(frozen=True)
+class LinearSlice:
+    """One linear layer touched by a structure: its path inside a decoder layer and which side."""
+
+    module: str  # e.g. "self_attn.q_proj", relative to the decoder layer
+    dim: Literal["out", "in"]  # "out": rows of the weight (and bias); "in": columns
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    """Structure counts of one decoder layer."""
+
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def count(self, structure: Structure) -> int:
+        return {
+            "query_heads": self.num_attention_heads,
+            "kv_heads": self.num_key_value_heads,
+            "channels": self.intermediate_size,
+        }[structure]
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "intermediate_size": self.intermediate_size,
+        }
+
+
+@dataclass(frozen=True)
+class Biases:
+    """Which decoder linears carry a bias (they change parameter counts, and biases are sliced too)."""
+
+    qkv: bool
+    o: bool
+    mlp: bool
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything the pruner needs to know about one decoder-only architecture."""
+
+    model_type: str
+    config_class: type[PretrainedConfig]
+    causal_lm_class: type
+    per_layer_model_type: str
+    biases: Callable[[PretrainedConfig], Biases]
+    layers_path: str = "model.layers"
+    q_proj: str = "self_attn.q_proj"
+    k_proj: str = "self_attn.k_proj"
+    v_proj: str = "self_attn.v_proj"
+    o_proj: str = "self_attn.o_proj"
+    gate_proj: str = "mlp.gate_proj"
+    up_proj: str = "mlp.up_proj"
+    down_proj: str = "mlp.down_proj"
+    # Modules of the layer that act per head and are left untouched by head removal (Qwen3 q/k norm).
+    head_norms: tuple[str, ...] = ()
+
+    @property
+    def structures(self) -> dict[str, tuple[LinearSlice, ...]]:
+        """The slices each structure kind owns, in units of one head (head_dim rows) or one channel."""
+        return {
+            "query_heads": (LinearSlice(self.q_proj, "out"), LinearSlice(self.o_proj, "in")),
+            "kv_heads": (LinearSlice(self.k_proj, "out"), LinearSlice(self.v_proj, "out")),
+            "channels": (
+                LinearSlice(self.gate_proj, "out"),
+                LinearSlice(self.up_proj, "out"),
+                LinearSlice(self.down_proj, "in"),
+            ),
+        }
+
+    def head_dim(self, config: PretrainedConfig) -> int:
+        """Head size from the config (never hidden_size // num_heads, wrong for small Qwen3 models)."""
+        head_dim = getattr(config, "head_dim", None)
+        if head_dim:
+            return int(head_dim)
+        sizes = layer_sizes(config)[0]
+        return config.hidden_size // sizes.num_attention_heads
+
+    def structure_param_costs(self, config: PretrainedConfig) -> dict[str, int]:
+        """Decoder-linear parameters removed with one structure of each kind (biases included)."""
+        b = self.biases(config)
+        d, h = self.head_dim(config), config.hidden_size
+        return {
+            "query_heads": 2 * h * d + (d if b.qkv else 0),
+            "kv_heads": 2 * h * d + (2 * d if b.qkv else 0),
+            "channels": 3 * h + (2 if b.mlp else 0),
+        }
+
+    def layer_linear_params(self, config: PretrainedConfig, sizes: LayerSizes) -> int:
+        """Parameters (weights and biases) of all linear layers of one decoder layer of these sizes."""
+        b = self.biases(config)
+        cost = self.structure_param_costs(config)
+        fixed = (config.hidden_size if b.o else 0) + (config.hidden_size if b.mlp else 0)
+        return (
+            sizes.num_attention_heads * cost["query_heads"]
+            + sizes.num_key_value_heads * cost["kv_heads"]
+            + sizes.intermediate_size * cost["channels"]
+            + fixed
+        )
+
+
+_REGISTRY: dict[str, ArchitectureSpec] = {}
+
+
+def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
+    """Register a spec under its stock model type and its per-layer (heterogeneous) model type."""
+    _REGISTRY[spec.model_type] = spec
+    _REGISTRY[spec.per_layer_model_type] = spec
+    return spec
+
+
+def supported_model_types() -> list[str]:
+    """Stock model types that can be pruned."""
+    return sorted({spec.model_type for spec in _REGISTRY.values()})
+
+
+def get_architecture(model_or_config) -> ArchitectureSpec:
+    """The spec for a model or config; a clear error naming the supported types otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        raise UnsupportedArchitectureError(
+            f"Architecture {model_type!r} is not supported by optimum-resp. Supported model types: "
+            f"{', '.join(supported_model_types())}. To add one, describe where its heads and MLP "
+            "channels live with `optimum_resp.architectures.register_architecture`."
+        )
+    return _REGISTRY[model_type]
+
+
+def layer_sizes(config: PretrainedConfig) -> list[LayerSizes]:
+    """Per-layer structure counts, reading `per_layer_config` so heterogeneous configs work too."""
+    sizes = []
+    for layer_config in config.per_layer_config:
+        heads = layer_config.num_attention_heads
+        kv = getattr(layer_config, "num_key_value_heads", None) or heads
+        sizes.append(LayerSizes(heads, kv, layer_config.intermediate_size))
+    return sizes
+
+
+register_architecture(
+    ArchitectureSpec(
+        model_type="qwen3",
+        config_class=Qwen3Config,
+        causal_lm_class=Qwen3ForCausalLM,
+        per_layer_model_type="resp_qwen3",
+        biases=lambda c: Biases(qkv=bool(c.attention_bias), o=bool(c.attention_bias), mlp=False),
+        head_norms=("self_attn.q_norm", "self_attn.k_norm"),
+    )
+)
+register_architecture(
+    ArchitectureSpec(
+        model_type="qwen2",
+        config_class=Qwen2Config,
+        causal_lm_class=Qwen2ForCausalLM,
+        per_layer_model_type="resp_qwen2",
+        biases=lambda c: Biases(qkv=True, o=False, mlp=False),
+    )
+)
+register_architecture(
+    ArchitectureSpec(
+        model_type="llama",
+        config_class=LlamaConfig,
+        causal_lm_class=LlamaForCausalLM,
+        per_layer_model_type="resp_llama",
+        biases=lambda c: Biases(qkv=bool(c.attention_bias), o=bool(c.attention_bias), mlp=bool(c.mlp_bias)),
+    )
+)

@@ -1,0 +1,89 @@
+"""Tiny random-weight models and random keep-sets, for tests, demos and speed benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+
+from .architectures import LayerSizes, get_architecture, layer_sizes
+from .surgery import LayerKeep, PruningPlan
+
+__all__ = ["QWEN3_0_6B_SHAPE", "random_plan", "tiny_config"]
+
+_TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    # head_dim * heads != hidden_size on purpose: code that assumes hidden // heads breaks here.
+    head_dim=16,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+
+# Qwen3-0.6B's shape (random weights): the speed benchmark's model.
+QWEN3_0_6B_SHAPE = dict(
+    vocab_size=151936,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    tie_word_embeddings=True,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+
+
+def tiny_config(model_type: str = "qwen3", **overrides) -> PretrainedConfig:
+    """A small config of a supported architecture (Qwen2 and Llama get their q/k/v biases switched on)."""
+    kwargs = {**_TINY, **overrides}
+    if model_type == "qwen3":
+        return Qwen3Config(**kwargs)
+    if model_type == "qwen2":
+        return Qwen2Config(**kwargs)
+    if model_type == "llama":
+        # hidden 96: stock LlamaConfig requires hidden_size % num_attention_heads == 0 (6, 4 and 3 heads).
+        return LlamaConfig(
+            **{**_TINY, "attention_bias": True, "mlp_bias": True, "hidden_size": 96, **overrides}
+        )
+    raise ValueError(f"No tiny config for {model_type!r}; choose qwen3, qwen2 or llama.")
+
+
+def random_plan(
+    config: PretrainedConfig, sparsity: float, per_layer: bool = False, seed: int = 0, spread: float = 0.5
+) -> PruningPlan:
+    """Random keep-sets removing about `sparsity` of decoder-linear parameters.
+
+    Attention loses whole KV groups (with their query heads, so the KV cache shrinks too); MLP
+    channels are then chosen so each layer meets its parameter target. With `per_layer`, layer
+    targets ramp from (1 - spread) * sparsity to (1 + spread) * sparsity, so sizes differ per layer.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1); got {sparsity}.")
+    spec = get_architecture(config)
+    cost = spec.structure_param_costs(config)
+    gen = torch.Generator().manual_seed(seed)
+    sizes = layer_sizes(config)
+    if not per_layer and len(set(sizes)) > 1:
+        raise ValueError("A uniform random plan needs a model whose layers all have the same sizes.")
+    n = len(sizes)
+    keeps = []
+    for i, size in enumerate(sizes):
+        target = sparsity * ((1 - spread) + 2 * spread * i / (n - 1)) if per_layer and n > 1 else sparsity
+        target = min(max(target, 0.0), 0.95)
+        dense = spec.layer_linear_params(config, size)
+        fixed = spec.layer_linear_params(config, LayerSizes(0, 0, 0))  # biases no structure owns
+        kv = max(1, round(size.num_key_value_heads * (1 - target)))
+        per_group = size.heads_per_group
+        attn = kv * (cost["kv_heads"] + per_group * cost["query_heads"])
+        channels = round(((1 - target) * dense - attn - fixed) / cost["channels"])
+        channels = min(max(channels, 1), size.intermediate_size)
+        groups = sorted(torch.randperm(size.num_key_value_heads, generator=gen)[:kv].tolist())
+        heads = [g * per_group + j for g in groups for j in range(per_group)]
+        chans = sorted(torch.randperm(size.intermediate_size, generator=gen)[:channels].tolist())
+        keeps.append(LayerKeep(tuple(heads), tuple(groups), tuple(chans)))
+    return PruningPlan(tuple(keeps))
