@@ -1,0 +1,255 @@
+"""`RESPConfig`: every knob of a RESP prune, validated on construction, saved as `resp_config.json`.
+
+A peft-style dataclass rather than optimum's `BaseConfig`: `BaseConfig` is a transformers
+`PretrainedConfig`, which in transformers 5 is a strict model-config dataclass whose serialization
+adds model fields (`output_attentions`, `transformers_version`, ...) and per-layer machinery that mean
+nothing for a pruning recipe. A plain dataclass keeps the file to exactly the recipe, gives typed
+fields the command line can be generated from, and still offers the same `save_pretrained` /
+`from_pretrained` / `push_to_hub` surface and file naming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .architectures import STRUCTURES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CONFIG_NAME", "RESPConfig"]
+
+CONFIG_NAME = "resp_config.json"
+
+IMPORTANCE_METHODS = ("taylor", "magnitude", "wanda-sp", "flap")
+CALIBRATION_SOURCES = ("self", "gold", "text")
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
+
+
+def _in_range(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}; got {value!r}.")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+
+
+@dataclass
+class RESPConfig:
+    """The recipe of one RESP prune (the defaults follow the RESP paper unless noted)."""
+
+    # What to remove.
+    target_sparsity: float = 0.4
+    """Fraction of decoder-linear parameters to remove, in (0, 1)."""
+    structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
+    """Structure kinds that may be removed: query_heads, kv_heads (whole groups), channels."""
+    allocation: Literal["global", "uniform"] = "global"
+    """`global`: one ranking across layers (non-uniform sizes); `uniform`: the same counts per layer."""
+    protected_layers: list[int] | None = None
+    """Layers never pruned. None: the first int(0.1 * num_layers) layers and the last one."""
+
+    # Schedule.
+    num_stages: int = 8
+    """Sparsity rises linearly from 0 to target_sparsity over this many stages."""
+    regeneration_milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
+    """Sparsities at which the pruned model regenerates its calibration traces ([] = never)."""
+
+    # Calibration.
+    calibration_source: Literal["self", "gold", "text"] = "self"
+    """`self`: the model's own traces; `gold`: a dataset's human solutions; `text`: plain text."""
+    num_calibration_prompts: int = 500
+    thinking: bool = True
+    do_sample: bool = True
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_new_tokens: int = 2048
+    keep_truncated: bool = True
+    """Keep traces cut at max_new_tokens (the reference keeps them)."""
+    filter_correct: bool = False
+    """Keep only traces whose answer is right (needs gold answers; off in RESP, on in SSGR)."""
+    selection_difficulty_samples: int = 0
+    """SSGR: samples per prompt to estimate difficulty (the model's failure rate); 0 = off."""
+    selection_keep_fraction: float = 1.0
+    """SSGR: keep this fraction of prompts, hardest first (needs selection_difficulty_samples > 0)."""
+    selection_length_quantiles: list[float] | None = None
+    """SSGR: keep traces whose token length lies between these two quantiles, e.g. [0.25, 0.75]."""
+
+    # Importance.
+    importance: Literal["taylor", "magnitude", "wanda-sp", "flap"] = "taylor"
+    loss: Literal["decode", "full"] = "decode"
+    """`decode`: loss on generated tokens only (prompt labels -100); `full`: on every token."""
+    taylor_abs_after: Literal["batch", "all"] = "batch"
+    """`batch`: |W*g| per backward (memory-light); `all`: |W * mean g| as the reference (one fp32
+    buffer per prunable weight)."""
+    normalization: Literal["resp", "params", "none"] = "resp"
+    """Head vs channel balance: the reference's constants, importance per parameter, or raw sums."""
+
+    # Output and machinery.
+    export: Literal["uniform", "per_layer"] = "per_layer"
+    batch_size: int = 4
+    """Examples per backward pass when scoring."""
+    generation_batch_size: int = 32
+    max_length: int = 4096
+    """Longest prompt + trace scored, in tokens."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse every invalid value with a message that gives the valid range."""
+        _in_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
+        if not isinstance(self.structures, list | tuple) or not self.structures:
+            raise ValueError(f"structures must be a non-empty list drawn from {list(STRUCTURES)}; got {self.structures!r}.")
+        for s in self.structures:
+            _choice("each of structures", s, STRUCTURES)
+        self.structures = [s for s in STRUCTURES if s in self.structures]
+        _choice("allocation", self.allocation, ("global", "uniform"))
+        if self.protected_layers is not None:
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers):
+                raise ValueError(f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}.")
+            self.protected_layers = sorted(set(self.protected_layers))
+        _positive_int("num_stages", self.num_stages)
+        for m in self.regeneration_milestones:
+            _in_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
+        self.regeneration_milestones = sorted(set(self.regeneration_milestones))
+        _choice("calibration_source", self.calibration_source, CALIBRATION_SOURCES)
+        _positive_int("num_calibration_prompts", self.num_calibration_prompts)
+        if self.do_sample:
+            _in_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
+            _in_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _positive_int("top_k", self.top_k, minimum=0)
+        _positive_int("max_new_tokens", self.max_new_tokens)
+        _positive_int("selection_difficulty_samples", self.selection_difficulty_samples, minimum=0)
+        _in_range("selection_keep_fraction", self.selection_keep_fraction, 0.0, 1.0, low_open=True)
+        if self.selection_keep_fraction < 1.0 and self.selection_difficulty_samples == 0:
+            raise ValueError(
+                "selection_keep_fraction < 1 selects the hardest prompts, which needs "
+                "selection_difficulty_samples > 0 (samples per prompt to measure difficulty)."
+            )
+        if self.selection_length_quantiles is not None:
+            q = self.selection_length_quantiles
+            if len(q) != 2 or not all(isinstance(x, int | float) for x in q) or not 0.0 <= q[0] < q[1] <= 1.0:
+                raise ValueError(
+                    f"selection_length_quantiles must be two numbers 0 <= low < high <= 1; got {q!r}."
+                )
+        if (self.filter_correct or self.selection_difficulty_samples) and self.calibration_source != "self":
+            raise ValueError("filter_correct and difficulty selection judge self-generated traces: use calibration_source='self'.")
+        _choice("importance", self.importance, IMPORTANCE_METHODS)
+        _choice("loss", self.loss, ("decode", "full"))
+        if self.loss == "decode" and self.calibration_source == "text":
+            raise ValueError("loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'.")
+        _choice("taylor_abs_after", self.taylor_abs_after, ("batch", "all"))
+        _choice("normalization", self.normalization, ("resp", "params", "none"))
+        _choice("export", self.export, ("uniform", "per_layer"))
+        if self.export == "uniform" and self.allocation != "uniform":
+            raise ValueError(
+                "export='uniform' needs the same sizes in every layer: set allocation='uniform' "
+                "(or export='per_layer' to keep RESP's global ranking)."
+            )
+        if self.export == "uniform" and self.protected_layers != []:
+            raise ValueError(
+                "export='uniform' needs every layer pruned alike, so no layer can be protected: set "
+                "protected_layers=[] (the default protects the first 10% and the last layer), or use "
+                "export='per_layer'."
+            )
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("generation_batch_size", self.generation_batch_size)
+        _positive_int("max_length", self.max_length, minimum=2)
+        _positive_int("seed", self.seed, minimum=0)
+
+    # ------------------------------------------------------------------ schedule helpers
+
+    def stage_sparsities(self) -> list[float]:
+        """Target sparsity after each stage: a linear ramp ending at target_sparsity."""
+        return [self.target_sparsity * (k + 1) / self.num_stages for k in range(self.num_stages)]
+
+    def protected_for(self, num_layers: int) -> list[int]:
+        """The protected layer indices for a model with `num_layers` layers."""
+        if self.protected_layers is None:
+            return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
+        bad = [i for i in self.protected_layers if i >= num_layers]
+        if bad:
+            raise ValueError(f"protected_layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1}).")
+        return list(self.protected_layers)
+
+    # ------------------------------------------------------------------ serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RESPConfig:
+        """Build from a dict; unknown keys are an error that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"optimum_resp_version"})
+        if unknown:
+            raise ValueError(f"Unknown RESPConfig keys {unknown}; valid keys: {sorted(names)}.")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json_string(self) -> str:
+        from . import __version__
+
+        return json.dumps({**self.to_dict(), "optimum_resp_version": __version__}, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `resp_config.json` into the folder atomically (temp file, then rename)."""
+        directory = Path(save_directory)
+        if directory.is_file():
+            raise ValueError(f"{directory} is a file; save_pretrained needs a folder.")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".resp_config.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json_string())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs) -> RESPConfig:
+        """Load from a `resp_config.json` file, a folder holding one, or a Hub repo id."""
+        path = Path(path_or_repo_id)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+            if not path.is_file():
+                raise FileNotFoundError(f"No {CONFIG_NAME} in {path.parent}; save one with RESPConfig.save_pretrained.")
+        elif not path.is_file():
+            from huggingface_hub import hf_hub_download
+
+            try:
+                path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_NAME, **hub_kwargs))
+            except Exception as err:
+                raise OSError(
+                    f"Could not load {CONFIG_NAME} from {path_or_repo_id!r}: it is not a local file or folder, and "
+                    f"the Hub download failed ({type(err).__name__}: {err}). Pass a local path when offline."
+                ) from err
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload RESP config") -> str:
+        """Upload `resp_config.json` to a Hub repo (created if missing); returns the commit URL."""
+        from huggingface_hub import create_repo, upload_file
+
+        create_repo(repo_id, token=token, private=private, exist_ok=True)
+        return str(upload_file(path_or_fileobj=self.to_json_string().encode(), path_in_repo=CONFIG_NAME,
+                               repo_id=repo_id, token=token, commit_message=commit_message))

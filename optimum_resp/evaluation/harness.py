@@ -1,0 +1,251 @@
+"""End-to-end evaluation: prompts -> batched generation -> answer extraction -> accuracy with a Wilson CI.
+
+Few-shot exemplars (``num_fewshot = k > 0``): with ``fewshot_split=None`` (default) the first ``k`` items of
+the evaluation data are the exemplars and are excluded from scoring (``limit`` then counts the items after
+them). With ``fewshot_split`` set (e.g. ``"train"``), the first ``k`` items of that split are used and every
+evaluation item is scored; for local data this needs a folder with files named after that split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..generation import GenerationSettings, build_prompt, generate
+from .extraction import THINK_CLOSE, THINK_OPEN
+from .tasks import TASKS, TaskDataError, get_task, load_task_dataset, local_split_files
+
+logger = logging.getLogger(__name__)
+
+WILSON_Z_95 = 1.959963984540054
+SUMMARY_FILE = "summary.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how to decode; validated on construction and JSON round-trippable."""
+
+    task: str = "gsm8k"
+    data: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    num_fewshot: int = 0
+    fewshot_split: str | None = None
+    thinking: bool = True
+    do_sample: bool = False
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_new_tokens: int = 2048
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate fields early so a bad run fails before loading any model or data."""
+        self.task = get_task(self.task).name
+        if self.data is not None:
+            self.data = os.fspath(self.data)
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer or None, got {self.limit!r}")
+        if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+            raise ValueError(f"num_fewshot must be a non-negative integer, got {self.num_fewshot!r}")
+        if self.fewshot_split is not None and self.fewshot_split == self.split:
+            raise ValueError(f"fewshot_split must differ from split ({self.split!r}) or be None")
+        self.generation_settings()  # validates the decoding fields
+
+    def generation_settings(self) -> GenerationSettings:
+        """The decoding part of the config as `GenerationSettings`."""
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            thinking=self.thinking,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (stored in summary.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvalConfig:
+        """Build a config from a dict, rejecting unknown keys (typos should not be silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown EvalConfig key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class EvalResult:
+    """Aggregate metrics (``summary``) and one audit record per scored item (``samples``)."""
+
+    summary: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of scored items answered correctly."""
+        return float(self.summary["accuracy"])
+
+    def save(self, output_dir: str | os.PathLike[str]) -> None:
+        """Write ``samples.jsonl`` and ``summary.json`` atomically into ``output_dir``."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples)
+        _atomic_write(out / SAMPLES_FILE, lines)
+        _atomic_write(out / SUMMARY_FILE, json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` so readers never see partial files."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def wilson_interval(correct: int, n: int, z: float = WILSON_Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); well-behaved at 0 and n."""
+    if n <= 0:
+        raise ValueError("wilson_interval needs n > 0")
+    p = correct / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if correct == 0 else max(0.0, center - half)
+    high = 1.0 if correct == n else min(1.0, center + half)
+    return low, high
+
+
+def prompt_opens_think(prompt: str) -> bool:
+    """Whether the prompt ends inside an open ``<think>`` block (templates that pre-open reasoning)."""
+    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
+
+
+def _fewshot_and_eval_rows(
+    config: EvalConfig,
+) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any]]]]:
+    """Split the data into few-shot exemplars and (dataset index, row) pairs to score (see module docs)."""
+    spec = get_task(config.task)
+    k = config.num_fewshot
+    if config.fewshot_split is not None and k > 0:
+        if config.data is not None and Path(config.data).expanduser().exists():
+            if not local_split_files(config.data, config.fewshot_split):
+                raise TaskDataError(
+                    f"fewshot_split={config.fewshot_split!r} needs a folder with files named after that split; "
+                    f"{config.data} has none (use fewshot_split=None to take exemplars from the head of the data)"
+                )
+        shots_ds = load_task_dataset(spec, config.data, config.fewshot_split, limit=k)
+        if len(shots_ds) < k:
+            raise TaskDataError(
+                f"Split {config.fewshot_split!r} has only {len(shots_ds)} rows, need {k} exemplars"
+            )
+        eval_ds = load_task_dataset(spec, config.data, config.split, limit=config.limit)
+        return [dict(r) for r in shots_ds], [(i, dict(r)) for i, r in enumerate(eval_ds)]
+    total = None if config.limit is None else config.limit + k
+    ds = load_task_dataset(spec, config.data, config.split, limit=total)
+    if len(ds) <= k:
+        raise TaskDataError(f"Only {len(ds)} rows: nothing left to score after {k} few-shot exemplars")
+    rows = [dict(r) for r in ds]
+    return rows[:k], list(enumerate(rows))[k:]
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    config: EvalConfig,
+    output_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Generate answers for a task, score them, and optionally write samples.jsonl / summary.json."""
+    spec = TASKS[config.task]
+    shots, items = _fewshot_and_eval_rows(config)
+    fewshot = [(spec.build_user_text(r), spec.fewshot_answer(r)) for r in shots]
+    golds = []
+    for index, row in items:
+        try:
+            golds.append(spec.gold(row))
+        except (ValueError, KeyError) as err:
+            raise TaskDataError(
+                f"{config.data or spec.hub_id}: bad gold answer in row {index}: {err}"
+            ) from err
+    prompts = [
+        build_prompt(tokenizer, spec.build_user_text(row), config.thinking, fewshot) for _, row in items
+    ]
+    logger.info(
+        "Evaluating %s on %d items (%d-shot, thinking=%s)", spec.name, len(items), len(shots), config.thinking
+    )
+
+    completions = generate(
+        model, tokenizer, prompts, config.generation_settings(), show_progress=show_progress
+    )
+
+    samples: list[dict[str, Any]] = []
+    for (index, row), gold, completion in zip(items, golds, completions, strict=True):
+        extraction = spec.extract(completion.text, row, prompt_opens_think(completion.prompt))
+        samples.append(
+            {
+                "index": index,
+                "prompt": completion.prompt,
+                "completion": completion.text,
+                "extracted": extraction.answer,
+                "gold": gold,
+                "correct": bool(spec.is_correct(extraction.answer, gold)),
+                "generated_tokens": completion.num_tokens,
+                "truncated": completion.truncated,
+                "rule": extraction.rule,
+            }
+        )
+
+    n = len(samples)
+    num_correct = sum(s["correct"] for s in samples)
+    ci_low, ci_high = wilson_interval(num_correct, n)
+    summary = {
+        "task": spec.name,
+        "n": n,
+        "accuracy": num_correct / n,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "mean_generated_tokens": sum(s["generated_tokens"] for s in samples) / n,
+        "truncated_fraction": sum(s["truncated"] for s in samples) / n,
+        "tokens_per_second": completions.stats.tokens_per_second,
+        "config": config.to_dict(),
+    }
+    logger.info(
+        "%s accuracy %.4f (95%% CI %.4f-%.4f) over %d items, %.1f tokens/item, %.1f%% truncated",
+        spec.name,
+        summary["accuracy"],
+        ci_low,
+        ci_high,
+        n,
+        summary["mean_generated_tokens"],
+        100 * summary["truncated_fraction"],
+    )
+    result = EvalResult(summary=summary, samples=samples)
+    if output_dir is not None:
+        result.save(output_dir)
+        logger.info("Wrote %s and %s to %s", SAMPLES_FILE, SUMMARY_FILE, output_dir)
+    return result
+
+
+__all__ = ["EvalConfig", "EvalResult", "evaluate_model", "prompt_opens_think", "wilson_interval"]

@@ -1,0 +1,123 @@
+"""Test helpers: a tiny byte-level tokenizer with a Qwen3-style chat template and a tiny random Qwen3."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+# A reduced Qwen3 chat template: same turn markers and the same `enable_thinking` switch (an empty
+# think block is pre-filled in the generation prompt when thinking is disabled).
+QWEN3_STYLE_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+THINK_TOKENS = ["<think>", "</think>"]
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run tiny-model code on one intra-op thread (much faster than contended threads on a busy CPU)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_tiny_tokenizer(
+    *,
+    chat_template: str | None = QWEN3_STYLE_CHAT_TEMPLATE,
+    think_special: bool = False,
+    name: str = "tiny-qwen3",
+) -> PreTrainedTokenizerFast:
+    """Build a byte-level (no merges) fast tokenizer that round-trips any text, with Qwen3 special tokens."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        name_or_path=name,
+        clean_up_tokenization_spaces=False,
+    )
+    if think_special:
+        tokenizer.add_special_tokens({"additional_special_tokens": THINK_TOKENS})
+    else:
+        tokenizer.add_tokens(THINK_TOKENS)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def build_tiny_qwen3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3ForCausalLM:
+    """Build a 2-layer random-weight Qwen3 matching ``tokenizer`` (eval mode, float32, CPU)."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.eval()
+    return model
+
+
+class ScriptedModel:
+    """A stand-in for a causal LM: ``generate`` answers each prompt with a scripted reply, like HF would.
+
+    ``script(prompt_text) -> reply_text``; the reply is tokenized, followed by ``<|im_end|>`` unless
+    ``end=False``, cut at ``max_new_tokens``, and finished rows are right-filled with the pad id. Every call
+    is recorded (input ids, attention mask, generation config) so tests can check padding and batching.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, script, end: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.script = script
+        self.end = end
+        self.device = torch.device("cpu")
+        self.calls: list[dict] = []
+
+    def generate(self, input_ids, attention_mask, generation_config=None, **kwargs):
+        self.calls.append(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "config": generation_config}
+        )
+        end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        max_new = generation_config.max_new_tokens
+        replies = []
+        for row, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            prompt_ids = [tok for tok, m in zip(row, mask, strict=True) if m]
+            prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+            ids = self.tokenizer.encode(self.script(prompt), add_special_tokens=False)
+            if self.end:
+                ids = ids + [end_id]
+            replies.append(ids[:max_new])
+        width = max(len(r) for r in replies)
+        pad = generation_config.pad_token_id
+        new = torch.tensor([r + [pad] * (width - len(r)) for r in replies], dtype=torch.long)
+        return torch.cat([input_ids, new], dim=1)
