@@ -27,7 +27,6 @@ __all__ = ["CONFIG_NAME", "RESPConfig"]
 
 CONFIG_NAME = "resp_config.json"
 
-IMPORTANCE_METHODS = ("taylor", "magnitude", "wanda-sp", "flap")
 CALIBRATION_SOURCES = ("self", "gold", "text")
 
 
@@ -36,7 +35,9 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
 
 
-def _in_range(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+def _in_range(
+    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
@@ -91,7 +92,8 @@ class RESPConfig:
     """SSGR: keep traces whose token length lies between these two quantiles, e.g. [0.25, 0.75]."""
 
     # Importance.
-    importance: Literal["taylor", "magnitude", "wanda-sp", "flap"] = "taylor"
+    importance: str = "taylor"
+    """A registered importance criterion: `taylor` (RESP) or a baseline (`optimum_resp.importance.SCORERS`)."""
     loss: Literal["decode", "full"] = "decode"
     """`decode`: loss on generated tokens only (prompt labels -100); `full`: on every token."""
     taylor_abs_after: Literal["batch", "all"] = "batch"
@@ -116,14 +118,20 @@ class RESPConfig:
         """Refuse every invalid value with a message that gives the valid range."""
         _in_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(self.structures, list | tuple) or not self.structures:
-            raise ValueError(f"structures must be a non-empty list drawn from {list(STRUCTURES)}; got {self.structures!r}.")
+            raise ValueError(
+                f"structures must be a non-empty list drawn from {list(STRUCTURES)}; got {self.structures!r}."
+            )
         for s in self.structures:
             _choice("each of structures", s, STRUCTURES)
         self.structures = [s for s in STRUCTURES if s in self.structures]
         _choice("allocation", self.allocation, ("global", "uniform"))
         if self.protected_layers is not None:
-            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers):
-                raise ValueError(f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}.")
+            if not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
+            ):
+                raise ValueError(
+                    f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}."
+                )
             self.protected_layers = sorted(set(self.protected_layers))
         _positive_int("num_stages", self.num_stages)
         for m in self.regeneration_milestones:
@@ -150,11 +158,17 @@ class RESPConfig:
                     f"selection_length_quantiles must be two numbers 0 <= low < high <= 1; got {q!r}."
                 )
         if (self.filter_correct or self.selection_difficulty_samples) and self.calibration_source != "self":
-            raise ValueError("filter_correct and difficulty selection judge self-generated traces: use calibration_source='self'.")
-        _choice("importance", self.importance, IMPORTANCE_METHODS)
+            raise ValueError(
+                "filter_correct and difficulty selection judge self-generated traces: use calibration_source='self'."
+            )
+        from .importance import SCORERS  # registered criteria (baselines register themselves on import)
+
+        _choice("importance", self.importance, tuple(SCORERS))
         _choice("loss", self.loss, ("decode", "full"))
         if self.loss == "decode" and self.calibration_source == "text":
-            raise ValueError("loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'.")
+            raise ValueError(
+                "loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'."
+            )
         _choice("taylor_abs_after", self.taylor_abs_after, ("batch", "all"))
         _choice("normalization", self.normalization, ("resp", "params", "none"))
         _choice("export", self.export, ("uniform", "per_layer"))
@@ -186,7 +200,9 @@ class RESPConfig:
             return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
         bad = [i for i in self.protected_layers if i >= num_layers]
         if bad:
-            raise ValueError(f"protected_layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1}).")
+            raise ValueError(
+                f"protected_layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1})."
+            )
         return list(self.protected_layers)
 
     # ------------------------------------------------------------------ serialization
@@ -206,7 +222,10 @@ class RESPConfig:
     def to_json_string(self) -> str:
         from . import __version__
 
-        return json.dumps({**self.to_dict(), "optimum_resp_version": __version__}, indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps({**self.to_dict(), "optimum_resp_version": __version__}, indent=2, sort_keys=True)
+            + "\n"
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write `resp_config.json` into the folder atomically (temp file, then rename)."""
@@ -228,7 +247,9 @@ class RESPConfig:
         if path.is_dir():
             path = path / CONFIG_NAME
             if not path.is_file():
-                raise FileNotFoundError(f"No {CONFIG_NAME} in {path.parent}; save one with RESPConfig.save_pretrained.")
+                raise FileNotFoundError(
+                    f"No {CONFIG_NAME} in {path.parent}; save one with RESPConfig.save_pretrained."
+                )
         elif not path.is_file():
             from huggingface_hub import hf_hub_download
 
@@ -245,11 +266,23 @@ class RESPConfig:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
         return cls.from_dict(data)
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload RESP config") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload RESP config",
+    ) -> str:
         """Upload `resp_config.json` to a Hub repo (created if missing); returns the commit URL."""
         from huggingface_hub import create_repo, upload_file
 
         create_repo(repo_id, token=token, private=private, exist_ok=True)
-        return str(upload_file(path_or_fileobj=self.to_json_string().encode(), path_in_repo=CONFIG_NAME,
-                               repo_id=repo_id, token=token, commit_message=commit_message))
+        return str(
+            upload_file(
+                path_or_fileobj=self.to_json_string().encode(),
+                path_in_repo=CONFIG_NAME,
+                repo_id=repo_id,
+                token=token,
+                commit_message=commit_message,
+            )
+        )

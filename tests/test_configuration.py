@@ -19,8 +19,14 @@ def test_defaults_follow_the_paper():
 
 
 def test_round_trip_dict_json_and_folder(tmp_path):
-    c = RESPConfig(target_sparsity=0.3, structures=["channels", "query_heads"], num_stages=4,
-                   regeneration_milestones=[0.2, 0.1], protected_layers=[5, 0, 5], selection_length_quantiles=[0.25, 0.75])
+    c = RESPConfig(
+        target_sparsity=0.3,
+        structures=["channels", "query_heads"],
+        num_stages=4,
+        regeneration_milestones=[0.2, 0.1],
+        protected_layers=[5, 0, 5],
+        selection_length_quantiles=[0.25, 0.75],
+    )
     assert c.structures == ["query_heads", "channels"]  # canonical order
     assert c.regeneration_milestones == [0.1, 0.2] and c.protected_layers == [0, 5]
     assert RESPConfig.from_dict(c.to_dict()) == c
@@ -32,7 +38,9 @@ def test_round_trip_dict_json_and_folder(tmp_path):
 
 
 def test_stage_sparsities_are_a_linear_ramp():
-    assert RESPConfig(target_sparsity=0.4, num_stages=4).stage_sparsities() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert RESPConfig(target_sparsity=0.4, num_stages=4).stage_sparsities() == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4]
+    )
 
 
 @pytest.mark.parametrize(
@@ -42,7 +50,10 @@ def test_stage_sparsities_are_a_linear_ramp():
         ({"target_sparsity": 1.2}, r"target_sparsity must be a number in \(0.0, 1.0\)"),
         ({"target_sparsity": "0.4"}, r"target_sparsity must be a number"),
         ({"structures": []}, r"structures must be a non-empty list"),
-        ({"structures": ["rows"]}, r"each of structures must be one of \['query_heads', 'kv_heads', 'channels'\]"),
+        (
+            {"structures": ["rows"]},
+            r"each of structures must be one of \['query_heads', 'kv_heads', 'channels'\]",
+        ),
         ({"allocation": "local"}, r"allocation must be one of \['global', 'uniform'\]"),
         ({"protected_layers": [-1]}, r"protected_layers must be a list of layer indices >= 0"),
         ({"num_stages": 0}, r"num_stages must be an integer >= 1; got 0"),
@@ -57,12 +68,15 @@ def test_stage_sparsities_are_a_linear_ramp():
         ({"selection_length_quantiles": [0.8, 0.2]}, r"two numbers 0 <= low < high <= 1"),
         ({"filter_correct": True, "calibration_source": "gold"}, r"use calibration_source='self'"),
         ({"calibration_source": "text"}, r"plain-text calibration has no prompt: use loss='full'"),
-        ({"importance": "random"}, r"importance must be one of \['taylor', 'magnitude', 'wanda-sp', 'flap'\]"),
+        ({"importance": "random"}, r"importance must be one of \[.*'taylor'.*\]; got 'random'"),
         ({"loss": "prompt"}, r"loss must be one of \['decode', 'full'\]"),
         ({"taylor_abs_after": "sample"}, r"taylor_abs_after must be one of"),
         ({"normalization": "l2"}, r"normalization must be one of \['resp', 'params', 'none'\]"),
         ({"export": "gguf"}, r"export must be one of \['uniform', 'per_layer'\]"),
-        ({"export": "uniform"}, r"export='uniform' needs the same sizes in every layer: set allocation='uniform'"),
+        (
+            {"export": "uniform"},
+            r"export='uniform' needs the same sizes in every layer: set allocation='uniform'",
+        ),
         ({"export": "uniform", "allocation": "uniform"}, r"set protected_layers=\[\]"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
         ({"seed": -3}, r"seed must be an integer >= 0"),

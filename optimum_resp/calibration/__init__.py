@@ -1,0 +1,24 @@
+"""Calibration data: prompts, the model's own traces (or gold / plain text), and their selection."""
+
+from .build import build_traces, generation_settings, prompts_from_task, select_by_difficulty, select_traces
+from .generators import GENERATORS, AutoGenerator, HFGenerator, TraceGenerator, VLLMGenerator, get_generator
+from .traces import CalibrationPrompt, Trace, as_prompts, load_traces, save_traces
+
+__all__ = [
+    "GENERATORS",
+    "AutoGenerator",
+    "CalibrationPrompt",
+    "HFGenerator",
+    "Trace",
+    "TraceGenerator",
+    "VLLMGenerator",
+    "as_prompts",
+    "build_traces",
+    "generation_settings",
+    "get_generator",
+    "load_traces",
+    "prompts_from_task",
+    "save_traces",
+    "select_by_difficulty",
+    "select_traces",
+]

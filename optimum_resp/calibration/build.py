@@ -1,0 +1,187 @@
+"""Calibration traces from each source, and SSGR-style selection among self-generated ones.
+
+- `self`: the model answers the prompts itself (chat template, thinking on): RESP's calibration.
+- `gold`: human-written solutions (GSM8K's `answer` field) as completions: the GISP / LLM-Pruner style
+  baseline RESP is compared against.
+- `text`: plain text, scored with the full-sequence loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from ..configuration_resp import RESPConfig
+from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
+from ..generation import GenerationSettings, build_prompt, end_token_ids
+from .generators import TraceGenerator
+from .traces import CalibrationPrompt, Trace
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_traces", "generation_settings", "prompts_from_task", "select_by_difficulty"]
+
+
+def prompts_from_task(
+    task: str | TaskSpec,
+    data: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[CalibrationPrompt]:
+    """Calibration prompts from a GSM8K / MathQA-format dataset (Hub id or local file), shuffled with `seed`."""
+    spec = get_task(task)
+    dataset = load_task_dataset(spec, data, split=split).shuffle(seed=seed)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    solution_field = {"gsm8k": "answer", "mathqa": "Rationale"}.get(spec.name)
+    return [
+        CalibrationPrompt(
+            question=spec.build_user_text(row),
+            gold=spec.gold(row),
+            solution=str(row[solution_field]) if solution_field and row.get(solution_field) else None,
+            example=dict(row),
+        )
+        for row in dataset
+    ]
+
+
+def generation_settings(
+    config: RESPConfig, seed: int | None = None, do_sample: bool | None = None
+) -> GenerationSettings:
+    """The decoding settings a RESPConfig asks for."""
+    return GenerationSettings(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=config.do_sample if do_sample is None else do_sample,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        thinking=config.thinking,
+        batch_size=config.generation_batch_size,
+        seed=config.seed if seed is None else seed,
+    )
+
+
+def _judge(task: TaskSpec | None, prompt: CalibrationPrompt, completion: str) -> bool | None:
+    if task is None or prompt.gold is None:
+        return None
+    answer = task.extract(completion, prompt.example, False).answer
+    return bool(task.is_correct(answer, task.normalize_gold(prompt.gold)))
+
+
+def build_traces(
+    model,
+    tokenizer,
+    prompts: Sequence[CalibrationPrompt],
+    config: RESPConfig,
+    generator: TraceGenerator,
+    task: str | TaskSpec | None = None,
+    seed: int | None = None,
+) -> list[Trace]:
+    """Calibration traces for `prompts` from `config.calibration_source`, filtered as the config asks."""
+    spec = get_task(task) if task is not None else None
+    if config.calibration_source == "text":
+        return [Trace(p.question, "", p.question, 0, False) for p in prompts]
+    chat = [build_prompt(tokenizer, p.question, thinking=config.thinking) for p in prompts]
+    end_text = tokenizer.decode(end_token_ids(tokenizer, model)[:1])
+    if config.calibration_source == "gold":
+        missing = [i for i, p in enumerate(prompts) if not p.solution]
+        if missing:
+            raise ValueError(
+                f"calibration_source='gold' needs a human-written solution for every prompt; prompts {missing[:10]} "
+                "have none. Load prompts with prompts_from_task (GSM8K 'answer', MathQA 'Rationale')."
+            )
+        return [Trace(p.question, c, p.solution + end_text, 0, False, p.gold) for p, c in zip(prompts, chat)]
+
+    completions = generator.generate(model, tokenizer, chat, generation_settings(config, seed))
+    traces = [
+        Trace(
+            question=p.question,
+            prompt=c.prompt,
+            completion=c.text + ("" if c.truncated else end_text),
+            num_tokens=c.num_tokens,
+            truncated=c.truncated,
+            gold=p.gold,
+            correct=_judge(spec, p, c.text),
+        )
+        for p, c in zip(prompts, completions)
+    ]
+    return select_traces(traces, config)
+
+
+def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
+    """Apply keep_truncated, filter_correct and the length-quantile window; refuse an empty result."""
+    n = len(traces)
+    kept = traces
+    if not config.keep_truncated:
+        kept = [t for t in kept if not t.truncated]
+        if not kept:
+            raise ValueError(
+                f"All {n} calibration traces hit max_new_tokens={config.max_new_tokens} and keep_truncated is "
+                "False: raise max_new_tokens, or set keep_truncated=True (the RESP reference keeps them)."
+            )
+    if config.filter_correct:
+        if any(t.correct is None for t in kept):
+            raise ValueError(
+                "filter_correct needs gold answers and a task (prompts_from_task) to judge traces."
+            )
+        kept = [t for t in kept if t.correct]
+        if not kept:
+            raise ValueError(
+                "filter_correct removed every trace: the model solved none of the calibration prompts."
+            )
+    if config.selection_length_quantiles:
+        lengths = torch.tensor([float(t.num_tokens) for t in kept])
+        low, high = (torch.quantile(lengths, q).item() for q in config.selection_length_quantiles)
+        kept = [t for t in kept if low <= t.num_tokens <= high]
+    logger.info(
+        "Calibration traces: %d of %d kept; mean %.0f tokens, %.0f%% truncated%s",
+        len(kept),
+        n,
+        sum(t.num_tokens for t in kept) / max(len(kept), 1),
+        100 * sum(t.truncated for t in kept) / max(len(kept), 1),
+        ""
+        if kept[0].correct is None
+        else f", {100 * sum(bool(t.correct) for t in kept) / len(kept):.0f}% correct",
+    )
+    return kept
+
+
+def select_by_difficulty(
+    model,
+    tokenizer,
+    prompts: Sequence[CalibrationPrompt],
+    config: RESPConfig,
+    generator: TraceGenerator,
+    task: str | TaskSpec,
+) -> tuple[list[CalibrationPrompt], list[float]]:
+    """SSGR: keep the hardest `selection_keep_fraction` of prompts, difficulty being the model's failure
+    rate over `selection_difficulty_samples` sampled answers (ties keep their original order)."""
+    spec = get_task(task)
+    k = config.selection_difficulty_samples
+    if any(p.gold is None for p in prompts):
+        raise ValueError("Difficulty selection needs a gold answer for every prompt (use prompts_from_task).")
+    chat = [build_prompt(tokenizer, p.question, thinking=config.thinking) for p in prompts]
+    failures = [0] * len(prompts)
+    for sample in range(k):
+        completions = generator.generate(
+            model,
+            tokenizer,
+            chat,
+            generation_settings(config, seed=config.seed + 1000 * (sample + 1), do_sample=True),
+        )
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            failures[i] += not _judge(spec, p, c.text)
+    rates = [f / k for f in failures]
+    order = sorted(range(len(prompts)), key=lambda i: -rates[i])
+    keep = sorted(order[: max(1, round(config.selection_keep_fraction * len(prompts)))])
+    logger.info(
+        "Difficulty selection kept %d of %d prompts (mean failure rate %.2f -> %.2f)",
+        len(keep),
+        len(prompts),
+        sum(rates) / len(rates),
+        sum(rates[i] for i in keep) / len(keep),
+    )
+    return [prompts[i] for i in keep], [rates[i] for i in keep]

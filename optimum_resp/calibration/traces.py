@@ -1,0 +1,82 @@
+"""Calibration prompts and traces, and their JSONL form (checkpointed per stage, so runs can resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CalibrationPrompt", "Trace", "as_prompts", "load_traces", "save_traces"]
+
+
+@dataclass
+class CalibrationPrompt:
+    """One calibration problem: the user turn and, optionally, its gold answer, a human-written
+    solution, and the dataset row it came from (MathQA's options are needed to judge an answer)."""
+
+    question: str
+    gold: str | None = None
+    solution: str | None = None
+    example: dict | None = None
+
+
+@dataclass
+class Trace:
+    """A chat-formatted prompt and the completion the model (or a human) gave for it."""
+
+    question: str
+    prompt: str
+    completion: str  # ends with the end-of-turn token's text unless truncated
+    num_tokens: int
+    truncated: bool
+    gold: str | None = None
+    correct: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_prompts(prompts: Iterable[str | Mapping[str, Any] | CalibrationPrompt]) -> list[CalibrationPrompt]:
+    """Accept bare questions, dicts with `question` (and `gold`, `solution`), or CalibrationPrompts."""
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, CalibrationPrompt):
+            out.append(p)
+        elif isinstance(p, str):
+            out.append(CalibrationPrompt(p))
+        elif isinstance(p, Mapping) and "question" in p:
+            out.append(
+                CalibrationPrompt(str(p["question"]), p.get("gold"), p.get("solution"), p.get("example"))
+            )
+        else:
+            raise ValueError(
+                f"Calibration prompt {i} is a {type(p).__name__}; pass strings, CalibrationPrompt objects, or "
+                "dicts with a 'question' key (and optionally 'gold' and 'solution')."
+            )
+    empty = [i for i, p in enumerate(out) if not p.question.strip()]
+    if not out or len(empty) == len(out):
+        raise ValueError("No calibration prompts: pass at least one non-empty question.")
+    if empty:
+        raise ValueError(f"Calibration prompts {empty[:10]} are empty strings; remove them.")
+    return out
+
+
+def save_traces(traces: Sequence[Trace], path: str | os.PathLike) -> None:
+    """Write traces as JSONL, atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for t in traces:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_traces(path: str | os.PathLike) -> list[Trace]:
+    """Read traces written by `save_traces`."""
+    with open(path, encoding="utf-8") as f:
+        return [Trace(**json.loads(line)) for line in f if line.strip()]

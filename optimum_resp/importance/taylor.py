@@ -1,0 +1,419 @@
+"""First-order Taylor importance from the decode-only loss, collected through a `transformers.Trainer` run.
+
+The importance of a structure is sum |W * dL/dW| over its weights (and bias entries): the
+first-order estimate of the loss change when it is removed. The loss is RESP's: each sample's loss
+is the mean cross-entropy over its labelled (decode) tokens, the loss of a set of samples the mean
+over samples.
+
+The gradients come from an ordinary `Trainer` run (its data loading, distributed sampler,
+accelerate device placement and progress bar) whose optimizer step is a no-op, so the weights never
+change. Per-parameter post-accumulate-grad hooks fold each gradient into per-structure
+accumulators the moment it is ready and free it (`param.grad = None`), so peak memory stays near a
+forward+backward pass with no stored gradients. Only the prunable linears require grad while
+scoring. Under `torchrun` / `accelerate launch` every process scores its shard (gradients are not
+synchronised: each backward stays local) and the accumulators are summed across processes at the
+end, normalised so one process and several give the same scores on the same data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from .base import (
+    LayerScores,
+    PrunableLinear,
+    Scorer,
+    Scores,
+    ScoringStats,
+    empty_scores,
+    prunable_linears,
+    register_scorer,
+    structure_sums,
+)
+from .data import IGNORE_INDEX, CalibrationCollator, check_examples
+
+__all__ = ["AbsAfter", "TaylorImportanceCallback", "TaylorScorer"]
+
+logger = logging.getLogger(__name__)
+
+# "batch": |W * g| after every backward (memory-light); "all": |W * mean g| once at the end (RESP reference).
+AbsAfter = Literal["batch", "all"]
+SAMPLE_WEIGHT = "sample_weight"
+
+
+def _dist_world() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over processes in place (no-op without an initialised process group)."""
+    if _dist_world() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+class TaylorImportanceCallback(TrainerCallback):
+    """Folds gradients of the prunable linears into per-structure Taylor importance during a Trainer run.
+
+    Hooks are attached at train begin and removed at train end, where the accumulators are summed
+    across processes and normalised; the result is in `scores` and `stats`. The trainer reports each
+    batch's real-sample count through `begin_batch` before its backward.
+    """
+
+    def __init__(self, linears: Sequence[PrunableLinear], abs_after: AbsAfter = "batch") -> None:
+        if abs_after not in ("batch", "all"):
+            raise ValueError(f"abs_after must be 'batch' or 'all'; got {abs_after!r}.")
+        self.linears = list(linears)
+        self.abs_after = abs_after
+        self.scores: Scores | None = None
+        self.stats = ScoringStats()
+        self._handles: list[Any] = []
+        self._acc: list[dict[str, torch.Tensor]] = []
+        self._grad_acc: dict[tuple[int, str], torch.Tensor] = {}
+        self._batch_samples = 0.0
+        self._samples = self._batches = self._tokens = self._loss_sum = 0.0
+        self._start = 0.0
+        self._device = torch.device("cpu")
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _make_hook(self, lin: PrunableLinear, key: tuple[int, str]):
+        def hook(param: torch.Tensor) -> None:
+            grad = param.grad
+            if grad is not None:
+                with torch.no_grad():
+                    if self.abs_after == "batch":
+                        taylor = (param.detach().float() * grad.float()).abs_()
+                        self._acc[lin.layer][lin.structure] += structure_sums(taylor, lin.dim, lin.unit)
+                    else:
+                        # The batch loss is a mean over its real samples: scale back to a sum over samples.
+                        self._grad_acc[key].add_(grad, alpha=self._batch_samples)
+            param.grad = None  # freed at once: no gradient outlives its own hook
+
+        return hook
+
+    def attach(self, device: torch.device) -> None:
+        """Zero the accumulators and register one post-accumulate-grad hook per prunable parameter."""
+        self.detach()
+        self._device = torch.device(device)
+        self._acc = empty_scores(self.linears)
+        for lin in self.linears:  # each accumulator lives with its layer (models spread over devices too)
+            layer = self._acc[lin.layer]
+            layer[lin.structure] = layer[lin.structure].to(lin.module.weight.device)
+        self._grad_acc = {}
+        self._samples = self._batches = self._tokens = self._loss_sum = 0.0
+        for index, lin in enumerate(self.linears):
+            for pname, param in lin.params:
+                key = (index, pname)
+                if self.abs_after == "all":
+                    self._grad_acc[key] = torch.zeros_like(param, dtype=torch.float32)
+                self._handles.append(param.register_post_accumulate_grad_hook(self._make_hook(lin, key)))
+        if self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
+        self._start = time.perf_counter()
+
+    def detach(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def begin_batch(self, num_samples: float, num_tokens: float, loss_sum: float) -> None:
+        """Record the real samples, scored tokens and summed per-sample loss of the batch about to backprop."""
+        self._batch_samples = float(num_samples)
+        self._samples += num_samples
+        self._batches += 1.0 if num_samples > 0 else 0.0
+        self._tokens += num_tokens
+        self._loss_sum += loss_sum
+
+    # -- Trainer events ----------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state, control, **kwargs):
+        self.attach(args.device)
+
+    def on_train_end(self, args: TrainingArguments, state, control, **kwargs):
+        self.finalize(log=state.is_world_process_zero)
+
+    def finalize(self, log: bool = True) -> Scores:
+        """Remove hooks, sum accumulators across processes, normalise, and build the LayerScores."""
+        self.detach()
+        device = self._device
+        counters = torch.tensor(
+            [self._samples, self._batches, self._tokens, self._loss_sum], dtype=torch.float64, device=device
+        )
+        world = _dist_world()
+        per_process = torch.zeros(world, dtype=torch.float64, device=device)
+        per_process[torch.distributed.get_rank() if world > 1 else 0] = self._samples
+        _all_reduce_sum(counters)
+        _all_reduce_sum(per_process)
+        samples, batches, tokens, loss_sum = counters.tolist()
+        if samples == 0:
+            raise RuntimeError("The Trainer run processed no calibration sample; nothing was scored.")
+
+        if self.abs_after == "batch":
+            # One collective for all per-structure accumulators, then the mean over backward passes.
+            flat = torch.cat([acc.to(device) for layer in self._acc for acc in layer.values()])
+            _all_reduce_sum(flat)
+            flat /= batches
+            offset = 0
+            for layer in self._acc:
+                for acc in layer.values():
+                    acc.copy_(flat[offset : offset + acc.numel()])
+                    offset += acc.numel()
+        else:
+            with torch.no_grad():
+                for index, lin in enumerate(self.linears):
+                    for pname, param in lin.params:
+                        grad_sum = self._grad_acc.pop((index, pname))
+                        _all_reduce_sum(grad_sum)
+                        mean_grad = grad_sum.div_(samples)  # gradient of the mean-over-samples loss
+                        taylor = (param.detach().float() * mean_grad).abs_()
+                        self._acc[lin.layer][lin.structure] += structure_sums(taylor, lin.dim, lin.unit)
+                        del grad_sum, mean_grad, taylor
+
+        self.scores = [LayerScores(**{name: acc.cpu() for name, acc in layer.items()}) for layer in self._acc]
+        self._acc, self._grad_acc = [], {}
+        peak = None
+        if self._device.type == "cuda":
+            peak = int(torch.cuda.max_memory_allocated(self._device))
+        self.stats = ScoringStats(
+            num_samples=int(round(samples)),
+            num_tokens=int(round(tokens)),
+            num_batches=int(round(batches)),
+            wall_time_s=time.perf_counter() - self._start,
+            peak_memory_bytes=peak,
+            mean_loss=loss_sum / samples,
+            world_size=world,
+            extra={
+                "abs_after": self.abs_after,
+                "samples_per_process": [int(n) for n in per_process.tolist()],
+            },
+        )
+        if log:
+            logger.info(
+                "Taylor importance (abs_after=%s): %d samples, %d scored tokens, %d backward passes on %d "
+                "process(es), mean loss %.4f, %.1f s%s.",
+                self.abs_after,
+                self.stats.num_samples,
+                self.stats.num_tokens,
+                self.stats.num_batches,
+                self.stats.world_size,
+                self.stats.mean_loss,
+                self.stats.wall_time_s,
+                "" if peak is None else f", peak CUDA memory {peak / 2**30:.2f} GiB",
+            )
+        return self.scores
+
+
+class _NoStepOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step does nothing, so the Trainer's loop runs and the weights never change."""
+
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        super().__init__(list(params), {"lr": 0.0})
+
+    def step(self, closure=None):
+        return None
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Examples plus zero-weight copies of the shortest one, so every process gets equally many batches.
+
+    accelerate would otherwise repeat real samples to even out the last step across processes,
+    counting them twice; padding samples carry `sample_weight` 0 and contribute nothing.
+    """
+
+    def __init__(self, examples: Sequence[Mapping[str, list[int]]], multiple: int) -> None:
+        self.items = [{**e, SAMPLE_WEIGHT: 1.0} for e in examples]
+        padded = math.ceil(len(examples) / multiple) * multiple
+        shortest = min(examples, key=lambda e: len(e["input_ids"]))
+        self.items += [{**shortest, SAMPLE_WEIGHT: 0.0} for _ in range(padded - len(examples))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+class _TaylorTrainer(Trainer):
+    """Trainer computing RESP's per-sample token-mean loss, with no weight update and no gradient sync."""
+
+    def __init__(self, *args: Any, collector: TaylorImportanceCallback, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.collector = collector
+        # compute_loss normalises per sample itself; no token counting (and no cross-process gather) needed.
+        self.model_accepts_loss_kwargs = False
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._slice_logits = "logits_to_keep" in inspect.signature(unwrapped.forward).parameters
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            params = [p for p in (model or self.model).parameters() if p.requires_grad]
+            self.optimizer = _NoStepOptimizer(params)
+        return self.optimizer
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        # Importance needs each process's own gradients, not their all-reduced average: never sync.
+        with self.accelerator.no_sync(model):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        model.eval()  # training_step switched to train mode; importance is taken without dropout
+        inputs = dict(inputs)
+        weights = inputs.pop(SAMPLE_WEIGHT).to(torch.float32)
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        scored = targets.ne(IGNORE_INDEX)  # (B, T-1): position t predicts token t+1
+        if self._slice_logits:
+            # Project only the scored positions onto the vocabulary (decode-only: the trace, not the prompt).
+            keep = F.pad(scored, (0, 1), value=False)
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        else:
+            outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits
+        if logits.dim() == 3:  # full logits (the model ignored or lacks logits_to_keep)
+            logits = logits[:, :-1][scored]
+        token_loss = F.cross_entropy(logits.float(), targets[scored], reduction="none")
+        rows = scored.nonzero()[:, 0]  # boolean indexing is row-major, so rows line up with token_loss
+        per_sample_sum = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=token_loss.device)
+        per_sample_sum = per_sample_sum.index_add(0, rows, token_loss)
+        tokens = scored.sum(dim=1)
+        per_sample = per_sample_sum / tokens.clamp(min=1)
+        num_samples = weights.sum()
+        loss = (per_sample * weights).sum() / num_samples.clamp(min=1.0)
+        self.collector.begin_batch(
+            num_samples.item(), (tokens * weights).sum().item(), (per_sample.detach() * weights).sum().item()
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+@register_scorer("taylor")
+class TaylorScorer(Scorer):
+    """First-order Taylor importance sum |W * dL/dW| per structure, L the decode-only (or full) token-mean loss.
+
+    `abs_after="batch"` (default) adds |W * g_b| after every backward pass and averages over
+    backward passes: memory-light, and with batch size 1 the mean over samples of per-sample
+    importance. `abs_after="all"` keeps a float32 gradient sum per prunable weight and returns
+    |W * mean_i g_i| (the RESP reference estimator; extra memory: 4 bytes per prunable parameter),
+    independent of batching. `training_args` overrides any `TrainingArguments` field.
+    """
+
+    requires = "gradients"
+
+    def __init__(
+        self,
+        abs_after: AbsAfter = "batch",
+        batch_size: int = 1,
+        progress: bool = True,
+        seed: int = 0,
+        training_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if abs_after not in ("batch", "all"):
+            raise ValueError(f"abs_after must be 'batch' or 'all'; got {abs_after!r}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+        self.abs_after = abs_after
+        self.batch_size = batch_size
+        self.progress = progress
+        self.seed = seed
+        self.training_args = dict(training_args or {})
+
+    def _arguments(self, output_dir: str) -> TrainingArguments:
+        cuda = torch.cuda.is_available()
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=1,
+            num_train_epochs=1,  # one pass over the data
+            max_steps=-1,
+            max_grad_norm=0.0,  # no clipping: gradients are consumed (and freed) in the hooks
+            train_sampling_strategy="sequential",  # deterministic batches, the same for 1 and N processes
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            eval_strategy="no",
+            use_cpu=not cuda,
+            remove_unused_columns=False,
+            disable_tqdm=not self.progress,
+            average_tokens_across_devices=False,
+            dataloader_drop_last=False,
+            seed=self.seed,
+        )
+        if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kwargs["ddp_backend"] = "gloo"  # launched by torchrun / accelerate on CPU-only machines
+        kwargs.update(self.training_args)
+        return TrainingArguments(**kwargs)
+
+    def score(
+        self,
+        model: nn.Module,
+        examples: Sequence[Mapping[str, Sequence[int]]] | None = None,
+        output_dir: str | None = None,
+        **kwargs: Any,
+    ) -> Scores:
+        """Run one Trainer pass over `examples` and return Taylor importance per layer (also in `last_stats`)."""
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for TaylorScorer.score: {sorted(kwargs)}.")
+        examples = check_examples(examples)
+        linears = prunable_linears(model)
+        prunable = {id(p) for lin in linears for _, p in lin.params}
+        saved_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        was_training = model.training
+        original_device = next(model.parameters()).device
+        pad_token_id = getattr(model.config, "pad_token_id", None)
+        collator = CalibrationCollator(0 if pad_token_id is None else pad_token_id)
+        callback = TaylorImportanceCallback(linears, self.abs_after)
+        trainer = None
+        with tempfile.TemporaryDirectory(prefix="resp-taylor-") as tmp:
+            args = self._arguments(output_dir or tmp)
+            dataset = _Examples(examples, args.per_device_train_batch_size * max(args.world_size, 1))
+            try:
+                for p in model.parameters():
+                    p.requires_grad_(id(p) in prunable)
+                trainer = _TaylorTrainer(
+                    model=model,
+                    args=args,
+                    train_dataset=dataset,
+                    data_collator=collator,
+                    callbacks=[callback],
+                    collector=callback,
+                )
+                trainer.remove_callback(PrinterCallback)  # it print()s the final metrics
+                trainer.train()
+            finally:
+                callback.detach()
+                for p, flag in saved_requires_grad:
+                    p.requires_grad_(flag)
+                    p.grad = None
+                model.train(was_training)
+                if trainer is not None:
+                    trainer.accelerator.free_memory()  # drops the accelerate wrappers (DDP) around the model
+                    del trainer
+                if next(model.parameters()).device != original_device:
+                    model.to(original_device)
+        if callback.scores is None:
+            raise RuntimeError("The Trainer run ended without finalising the importance scores.")
+        self.last_stats = callback.stats
+        return callback.scores

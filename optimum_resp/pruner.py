@@ -1,0 +1,363 @@
+"""RESPPruner: self-reflective structured pruning, stage by stage.
+
+The algorithm (RESP, arXiv 2512.02185), as `prune` runs it:
+
+    traces <- the model answers the calibration prompts itself (chat template, thinking on)
+    for each stage k, with sparsity s_k rising linearly to the target:
+        if the model's sparsity has crossed a regeneration milestone:
+            traces <- the *pruned* model answers the same prompts again
+        scores <- decode-only first-order Taylor importance |W * dL/dW| per structure on the traces
+        plan   <- remove the least important heads / KV groups / channels (one global ranking)
+                  until s_k of the dense decoder-linear parameters are gone
+        model  <- the physically smaller model (real module surgery, not masks)
+        checkpoint stage k (keep-sets, traces, scores), so a killed run resumes after it
+    export the final model (uniform or per_layer)
+
+Each step is one call into a room below: `calibration` (traces), `importance` (scores),
+`allocation` (plans), `surgery` (smaller models), `accounting` (reports).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .accounting import SPARSITY_DEFINITION, decoder_linear_params, size_report
+from .allocation import allocate, max_removable_params
+from .architectures import get_architecture, layer_sizes
+from .calibration import (
+    CalibrationPrompt,
+    Trace,
+    TraceGenerator,
+    as_prompts,
+    build_traces,
+    get_generator,
+    load_traces,
+    save_traces,
+    select_by_difficulty,
+)
+from .configuration_resp import RESPConfig
+from .importance import build_examples, get_scorer, save_scores
+from .importance.base import Scorer
+from .surgery import LayerKeep, PruningPlan, prune_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PruneResult", "RESPPruner", "compose_plans"]
+
+RUN_FILE = "resp_run.json"
+REPORT_FILE = "resp_report.json"
+STAGES_DIR = "stages"
+
+
+def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
+    """Keep-sets against the dense model after applying `outer`, then `inner` (indexed against outer's result)."""
+    return PruningPlan(
+        tuple(
+            LayerKeep(
+                tuple(o.query_heads[i] for i in n.query_heads),
+                tuple(o.kv_heads[g] for g in n.kv_heads),
+                tuple(o.channels[c] for c in n.channels),
+            )
+            for o, n in zip(outer.layers, inner.layers, strict=True)
+        )
+    )
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and what happened: per-layer sizes, sparsity, and each stage's record."""
+
+    model: PreTrainedModel
+    plan: PruningPlan  # keep-sets against the dense model
+    report: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RESPPruner:
+    """Prunes a reasoning model with RESP; `prune` returns the physically smaller model and a report."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        config: RESPConfig | None = None,
+        task: str | None = None,
+        generator: str | TraceGenerator = "auto",
+        scorer: Scorer | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.config = config or RESPConfig()
+        self.spec = get_architecture(model)  # unsupported architectures fail here, before any work
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.generator = get_generator(generator) if isinstance(generator, str) else generator
+        self.scorer = scorer or self._default_scorer()
+        self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self._check_inputs()
+        self.result: PruneResult | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        config: RESPConfig | str | os.PathLike | None = None,
+        tokenizer=None,
+        **kwargs: Any,
+    ) -> RESPPruner:
+        """Load the model (Hub id or local folder) and its tokenizer; `config` may be a resp_config.json path.
+
+        `task`, `generator` and `scorer` are taken from kwargs; the rest goes to `from_pretrained`.
+        """
+        own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
+        if config is not None and not isinstance(config, RESPConfig):
+            config = RESPConfig.from_pretrained(config)
+        model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **kwargs)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+        return cls(model, tokenizer, config, source=str(model_id_or_path), **own)
+
+    # ------------------------------------------------------------------------------------------
+    # Checks that run before any expensive work.
+    # ------------------------------------------------------------------------------------------
+
+    def _default_scorer(self) -> Scorer:
+        c = self.config
+        if c.importance == "taylor":
+            return get_scorer("taylor", abs_after=c.taylor_abs_after, batch_size=c.batch_size, seed=c.seed)
+        return get_scorer(c.importance)
+
+    def _check_inputs(self) -> None:
+        c, config = self.config, self.model.config
+        vocab = len(self.tokenizer)
+        if vocab > config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {vocab} tokens but the model's embedding has {config.vocab_size} rows: they "
+                "do not belong together. Load the tokenizer saved with this model."
+            )
+        if not getattr(self.tokenizer, "chat_template", None) and c.calibration_source != "text":
+            logger.warning(
+                "The tokenizer has no chat template: calibration prompts fall back to a plain 'Question: ... "
+                "Answer:' format, and thinking mode cannot be switched on."
+            )
+        protected = c.protected_for(config.num_hidden_layers)
+        dense = sum(decoder_linear_params(config))
+        needed = math.ceil(c.target_sparsity * dense)
+        limit = max_removable_params(config, protected, c.structures)
+        if needed > limit:
+            raise ValueError(
+                f"target_sparsity={c.target_sparsity} asks to remove {needed:,} of {dense:,} decoder-linear "
+                f"parameters, but with protected layers {protected} and structures {c.structures} at most "
+                f"{limit:,} ({limit / dense:.1%}) can go. Lower target_sparsity or protect fewer layers."
+            )
+        if (c.filter_correct or c.selection_difficulty_samples) and self.task is None:
+            raise ValueError(
+                "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # The algorithm.
+    # ------------------------------------------------------------------------------------------
+
+    def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
+        """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
+        c = self.config
+        prompts = as_prompts(prompts)[: c.num_calibration_prompts]
+        out = Path(output_dir) if output_dir is not None else None
+        dense_config = self.model.config
+        dense_params = sum(decoder_linear_params(dense_config))
+        dense_total = self.model.num_parameters()
+        protected = c.protected_for(dense_config.num_hidden_layers)
+        state = self._open_run(out) if out is not None else None
+        if state is None:
+            if c.selection_difficulty_samples:
+                prompts, _ = select_by_difficulty(
+                    self.model, self.tokenizer, prompts, c, self.generator, self.task
+                )
+            plan, history, regenerated = PruningPlan.full(dense_config), [], set()
+            model = self.model
+            traces = self._calibrate(model, prompts, stage=0)
+        else:
+            plan, history, traces = state["plan"], state["history"], state["traces"]
+            regenerated = set(state["regenerated"])
+            model = prune_model(self.model, plan, export="per_layer")
+            logger.info("Resuming after stage %d of %d", len(history), c.num_stages)
+
+        for k, target in enumerate(c.stage_sparsities()):
+            if k < len(history):
+                continue
+            start = time.perf_counter()
+            sparsity_now = 1 - sum(decoder_linear_params(model.config)) / dense_params
+            due = [m for m in c.regeneration_milestones if m <= sparsity_now + 1e-9 and m not in regenerated]
+            if due and c.calibration_source == "self":
+                logger.info(
+                    "Stage %d: sparsity %.3f crossed milestone(s) %s: regenerating traces",
+                    k + 1,
+                    sparsity_now,
+                    due,
+                )
+                traces = self._calibrate(model, prompts, stage=k)
+                regenerated.update(due)
+            examples = build_examples(
+                self.tokenizer,
+                [t.prompt for t in traces],
+                [t.completion for t in traces],
+                c.loss,
+                c.max_length,
+            )
+            scores = self.scorer.score(model, examples)
+            removed = dense_params - sum(decoder_linear_params(model.config))
+            step = allocate(
+                model.config,
+                scores,
+                params_to_remove=max(0, math.ceil(target * dense_params) - removed),
+                allocation=c.allocation,
+                protected=protected,
+                structures=c.structures,
+                normalization=c.normalization,
+                dense_intermediate_size=layer_sizes(dense_config)[0].intermediate_size,
+            )
+            model = prune_model(model, step, export="per_layer")
+            plan = compose_plans(plan, step)
+            stats = self.scorer.last_stats
+            record = {
+                "stage": k + 1,
+                "target_sparsity": target,
+                "sparsity": 1 - sum(decoder_linear_params(model.config)) / dense_params,
+                "regenerated": bool(due) and c.calibration_source == "self",
+                "num_traces": len(traces),
+                "mean_trace_tokens": sum(t.num_tokens for t in traces) / len(traces),
+                "truncated_fraction": sum(t.truncated for t in traces) / len(traces),
+                "calibration_loss": stats.mean_loss if stats else None,
+                "seconds": time.perf_counter() - start,
+            }
+            history.append(record)
+            logger.info(
+                "Stage %d/%d: sparsity %.3f (target %.3f), calibration loss %s, %.1fs",
+                k + 1,
+                c.num_stages,
+                record["sparsity"],
+                target,
+                "n/a" if record["calibration_loss"] is None else f"{record['calibration_loss']:.4f}",
+                record["seconds"],
+            )
+            if out is not None:
+                self._checkpoint(out, k + 1, plan, traces, scores, history, sorted(regenerated))
+
+        final = (
+            prune_model(model, PruningPlan.full(model.config), export=c.export)
+            if c.export == "uniform"
+            else model
+        )
+        final.config._name_or_path = self.source
+        report = size_report(dense_config, final).to_dict()
+        report.update(
+            dense_total_params=dense_total,
+            pruned_total_params=final.num_parameters(),
+            sparsity_definition=SPARSITY_DEFINITION,
+            stages=history,
+            source=self.source,
+            resp_config=c.to_dict(),
+        )
+        self.result = PruneResult(final, plan, report, history)
+        return self.result
+
+    def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
+        """Traces for the prompts from the current model; each stage draws from its own seed."""
+        return build_traces(
+            model,
+            self.tokenizer,
+            prompts,
+            self.config,
+            self.generator,
+            self.task,
+            seed=self.config.seed + 7919 * stage,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints: one folder per finished stage, written to a temp name and renamed into place.
+    # ------------------------------------------------------------------------------------------
+
+    def _open_run(self, out: Path) -> dict | None:
+        """Start a run in `out`, or return the state after its last finished stage to resume from."""
+        if not (out / RUN_FILE).exists():
+            if out.exists() and any(out.iterdir()):
+                raise ValueError(f"{out} is not empty and holds no RESP run; choose an empty or new folder.")
+            out.mkdir(parents=True, exist_ok=True)
+            self.config.save_pretrained(out)
+            _write_json(out / RUN_FILE, {"source": self.source, "status": "running"})
+            return None
+        saved = RESPConfig.from_pretrained(out)
+        if saved != self.config:
+            diff = {
+                k: (v, getattr(self.config, k))
+                for k, v in saved.to_dict().items()
+                if v != getattr(self.config, k)
+            }
+            raise ValueError(
+                f"{out} holds a RESP run with a different config (saved vs now: {diff}); use another output "
+                "folder, or the saved config to resume it."
+            )
+        stages = sorted((out / STAGES_DIR).glob("stage_*")) if (out / STAGES_DIR).exists() else []
+        if not stages:
+            return None
+        last = stages[-1]
+        record = json.loads((last / "record.json").read_text())
+        torch.set_rng_state(torch.load(last / "rng.pt", weights_only=True))
+        return {
+            "plan": PruningPlan.from_dict(json.loads((last / "plan.json").read_text())),
+            "history": record["history"],
+            "regenerated": record["regenerated"],
+            "traces": load_traces(last / "traces.jsonl"),
+        }
+
+    def _checkpoint(self, out, stage, plan, traces, scores, history, regenerated) -> None:
+        stages = out / STAGES_DIR
+        stages.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{stage:03d}."))
+        _write_json(tmp / "plan.json", plan.to_dict())
+        save_traces(traces, tmp / "traces.jsonl")
+        save_scores(scores, tmp / "scores.json", stage=stage, importance=self.config.importance)
+        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        _write_json(tmp / "record.json", {"history": history, "regenerated": regenerated})
+        final = stages / f"stage_{stage:03d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    # ------------------------------------------------------------------------------------------
+    # Output.
+    # ------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write the pruned model, tokenizer, resp_config.json and the report (resp_report.json)."""
+        if self.result is None:
+            raise ValueError("Nothing to save yet: call prune() first.")
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.result.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save_pretrained(directory)
+        _write_json(directory / REPORT_FILE, self.result.report)
+        if (directory / RUN_FILE).exists():
+            _write_json(directory / RUN_FILE, {"source": self.source, "status": "finished"})
+        return directory
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,362 @@
+"""Decode-only first-order Taylor importance through a Trainer run, checked against plain autograd."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from optimum_resp.architectures import get_architecture, layer_sizes
+from optimum_resp.importance import (
+    SCORERS,
+    CalibrationCollator,
+    LayerScores,
+    TaylorScorer,
+    build_examples,
+    get_scorer,
+    load_scores,
+    save_scores,
+)
+from optimum_resp.surgery import prune_model
+from optimum_resp.testing_utils import random_plan, tiny_config
+
+WORKER = Path(__file__).with_name("_dist_taylor_worker.py")
+REPO = WORKER.parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run much faster on one intra-op thread on a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_model(model_type: str = "qwen3", seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="sdpa")
+    with torch.no_grad():  # random (non-zero) biases so their Taylor terms are exercised
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def make_examples(lengths=(10, 12, 7, 9, 11), prompt_len: int = 4, seed: int = 0, vocab: int = 128):
+    gen = torch.Generator().manual_seed(seed)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * prompt_len + ids[prompt_len:]})
+    return examples
+
+
+def sample_loss(model, example) -> torch.Tensor:
+    """Token-mean cross-entropy over the labelled next tokens of one sample (the RESP per-sample loss)."""
+    ids = torch.tensor([example["input_ids"]])
+    labels = torch.tensor(example["labels"])[1:]
+    logits = model(input_ids=ids).logits[0, :-1]
+    scored = labels != -100
+    return F.cross_entropy(logits[scored], labels[scored])
+
+
+def structure_taylor(model, weight_grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """|W * g| summed per structure, written out slice by slice (independently of the library helpers)."""
+    spec = get_architecture(model)
+    d = spec.head_dim(model.config)
+    out = []
+    for i, layer in enumerate(model.get_submodule(spec.layers_path)):
+
+        def t(path, attr="weight", layer=layer, i=i):
+            param = getattr(layer.get_submodule(path), attr)
+            if param is None:
+                return None
+            return (param.detach().double() * weight_grads[f"{i}.{path}.{attr}"].double()).abs()
+
+        q, k, v, o = t(spec.q_proj), t(spec.k_proj), t(spec.v_proj), t(spec.o_proj)
+        gate, up, down = t(spec.gate_proj), t(spec.up_proj), t(spec.down_proj)
+        heads = q.shape[0] // d
+        groups = k.shape[0] // d
+        qh = torch.stack(
+            [q[h * d : (h + 1) * d].sum() + o[:, h * d : (h + 1) * d].sum() for h in range(heads)]
+        )
+        kv = torch.stack([k[g * d : (g + 1) * d].sum() + v[g * d : (g + 1) * d].sum() for g in range(groups)])
+        ch = gate.sum(1) + up.sum(1) + down.sum(0)
+        for path, target, unit in ((spec.q_proj, "qh", d), (spec.k_proj, "kv", d), (spec.v_proj, "kv", d)):
+            bias = t(path, "bias")
+            if bias is not None:
+                add = bias.view(-1, unit).sum(1)
+                if target == "qh":
+                    qh = qh + add
+                else:
+                    kv = kv + add
+        for path in (spec.gate_proj, spec.up_proj):
+            bias = t(path, "bias")
+            if bias is not None:
+                ch = ch + bias
+        out.append({"query_heads": qh, "kv_heads": kv, "channels": ch})
+    return out
+
+
+def per_sample_grads(model, examples) -> list[dict[str, torch.Tensor]]:
+    """Plain-autograd gradients of each sample's loss w.r.t. every prunable weight and bias."""
+    spec = get_architecture(model)
+    named = {}
+    for i, layer in enumerate(model.get_submodule(spec.layers_path)):
+        paths = (
+            spec.q_proj,
+            spec.k_proj,
+            spec.v_proj,
+            spec.o_proj,
+            spec.gate_proj,
+            spec.up_proj,
+            spec.down_proj,
+        )
+        for path in paths:
+            module = layer.get_submodule(path)
+            named[f"{i}.{path}.weight"] = module.weight
+            if module.bias is not None:
+                named[f"{i}.{path}.bias"] = module.bias
+    grads = []
+    for example in examples:
+        g = torch.autograd.grad(sample_loss(model, example), list(named.values()))
+        grads.append(dict(zip(named, g)))
+    return grads
+
+
+def reference_all(model, examples):
+    """RESP's estimator: |W * (mean over samples of the per-sample gradient)| per structure."""
+    grads = per_sample_grads(model, examples)
+    mean = {k: torch.stack([g[k] for g in grads]).mean(0) for k in grads[0]}
+    return structure_taylor(model, mean)
+
+
+def reference_per_sample(model, examples):
+    """Mean over samples of the per-sample |W * g_i| per structure (abs_after='batch' at batch size 1)."""
+    per = [structure_taylor(model, g) for g in per_sample_grads(model, examples)]
+    return [{k: torch.stack([p[i][k] for p in per]).mean(0) for k in per[0][i]} for i in range(len(per[0]))]
+
+
+def assert_scores_close(scores, reference, rtol=1e-4, atol=1e-9):
+    assert len(scores) == len(reference)
+    for got, want in zip(scores, reference):
+        for name in ("query_heads", "kv_heads", "channels"):
+            assert got[name].dtype == torch.float64 and got[name].device.type == "cpu"
+            torch.testing.assert_close(got[name], want[name].double(), rtol=rtol, atol=atol)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    words = "<unk> <pad> <|im_start|> <|im_end|> user assistant hello world two plus".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+
+
+# ---------------------------------------------------------------------------------------------------------
+def test_registry_and_json_roundtrip(tmp_path):
+    assert SCORERS["taylor"] is TaylorScorer and TaylorScorer.name == "taylor"
+    assert TaylorScorer.requires == "gradients"
+    scorer = get_scorer("taylor", abs_after="all", progress=False)
+    assert isinstance(scorer, TaylorScorer) and scorer.abs_after == "all"
+    with pytest.raises(ValueError, match="Unknown importance criterion 'nope'.*taylor"):
+        get_scorer("nope")
+    with pytest.raises(ValueError, match="abs_after"):
+        TaylorScorer(abs_after="step")
+
+    layer = LayerScores(query_heads=[1, 2.5], kv_heads=torch.tensor([3.0]), channels=[0.125, 4, 5])
+    assert layer.query_heads.dtype == torch.float64 and layer["channels"].tolist() == [0.125, 4.0, 5.0]
+    back = LayerScores.from_dict(json.loads(json.dumps(layer.to_dict())))
+    assert torch.equal(back.query_heads, layer.query_heads) and torch.equal(back.channels, layer.channels)
+    save_scores([layer, back], tmp_path / "scores.json", scorer="taylor")
+    loaded = load_scores(tmp_path / "scores.json")
+    assert len(loaded) == 2 and torch.equal(loaded[1].kv_heads, layer.kv_heads)
+
+
+def test_build_examples_boundary_labels_and_truncation():
+    tok = word_tokenizer()
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("<|im_start|>", "user", "two", "plus", "hello", "world")}
+    prompt, completion = "<|im_start|> user two", "plus hello world"
+    # The joined text would merge "two" and "plus" into one unknown word: tokenizing separately keeps the boundary.
+    decode = build_examples(tok, [prompt + " plus"], ["hello world"], loss="decode")
+    assert decode[0]["labels"] == [-100] * 4 + [ids["hello"], ids["world"]]
+    glued = build_examples(tok, ["<|im_start|> user two"], ["plus hello"], loss="decode")
+    assert glued[0]["input_ids"] == [ids["<|im_start|>"], ids["user"], ids["two"], ids["plus"], ids["hello"]]
+    assert glued[0]["labels"][:3] == [-100] * 3 and glued[0]["labels"][3:] == [ids["plus"], ids["hello"]]
+
+    full = build_examples(tok, [prompt], [completion], loss="full")
+    assert full[0]["labels"] == full[0]["input_ids"] and len(full[0]["input_ids"]) == 6
+
+    # max_length cuts the completion after the whole prompt; a pair with an empty completion is skipped.
+    cut = build_examples(tok, [prompt, prompt], [completion, ""], loss="decode", max_length=4)
+    assert len(cut) == 1 and cut[0]["input_ids"] == [
+        ids["<|im_start|>"],
+        ids["user"],
+        ids["two"],
+        ids["plus"],
+    ]
+    assert cut[0]["labels"] == [-100, -100, -100, ids["plus"]]
+
+
+def test_build_examples_refuses_unusable_input():
+    tok = word_tokenizer()
+    with pytest.raises(ValueError, match="no \\(prompt, completion\\) pairs"):
+        build_examples(tok, [], [])
+    with pytest.raises(ValueError, match="completions are empty.*Generate"):
+        build_examples(tok, ["user two", "user plus"], ["", ""])
+    with pytest.raises(ValueError, match="one completion per prompt"):
+        build_examples(tok, ["user"], ["a", "b"])
+    with pytest.raises(ValueError, match="Raise max_length"):
+        build_examples(tok, ["user two plus"], ["hello"], max_length=3)
+    with pytest.raises(ValueError, match="loss must be"):
+        build_examples(tok, ["user"], ["hello"], loss="prompt")
+
+
+def test_collator_right_pads():
+    batch = CalibrationCollator(pad_token_id=7)(
+        [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+def test_all_matches_autograd_reference(model_type):
+    """abs_after='all' == |W * mean_i grad(loss_i)| per structure, whatever the batching (5 samples, batch 2)."""
+    model = make_model(model_type)
+    examples = make_examples()
+    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False)
+    scores = scorer.score(model, examples)
+    assert_scores_close(scores, reference_all(model, examples))
+    stats = scorer.last_stats
+    assert (stats.num_samples, stats.num_batches, stats.world_size) == (5, 3, 1)
+    assert stats.num_tokens == sum(len(e["input_ids"]) - 4 for e in examples)
+    assert stats.peak_memory_bytes is None and stats.wall_time_s > 0
+
+
+def test_batch_mode_matches_per_sample_reference():
+    """abs_after='batch' at batch size 1 == mean over samples of |W * grad(loss_i)|, and differs from 'all'."""
+    model = make_model("qwen3")
+    examples = make_examples()
+    scores = TaylorScorer(abs_after="batch", batch_size=1, progress=False).score(model, examples)
+    assert_scores_close(scores, reference_per_sample(model, examples))
+    # |mean g| <= mean |g| per weight, strictly somewhere: the two estimators are really different.
+    all_scores = TaylorScorer(abs_after="all", batch_size=1, progress=False).score(model, examples)
+    assert (all_scores[0].channels <= scores[0].channels + 1e-12).all()
+    assert not torch.allclose(all_scores[0].channels, scores[0].channels)
+
+
+def test_loss_is_decode_only_token_mean_per_sample():
+    model = make_model("qwen3")
+    examples = make_examples(lengths=(9, 16, 6))
+    # One padded batch of samples of different lengths.
+    scorer = TaylorScorer(abs_after="all", batch_size=3, progress=False)
+    decode = scorer.score(model, examples)
+    with torch.no_grad():
+        hand = torch.stack([sample_loss(model, e) for e in examples]).mean().item()
+        token_mean = F.cross_entropy(  # pooling tokens across samples would weight long samples more
+            torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0, 3:-1] for e in examples]),
+            torch.cat([torch.tensor(e["input_ids"][4:]) for e in examples]),
+        ).item()
+    assert scorer.last_stats.mean_loss == pytest.approx(hand, rel=1e-5)
+    assert abs(hand - token_mean) > 1e-4
+    assert scorer.last_stats.num_tokens == 5 + 12 + 2
+
+    # Changing a prompt token's label matters: full-sequence loss gives other scores.
+    full_examples = [{"input_ids": e["input_ids"], "labels": list(e["input_ids"])} for e in examples]
+    full = scorer.score(model, full_examples)
+    assert scorer.last_stats.num_tokens == 8 + 15 + 5
+    assert not torch.allclose(full[0].query_heads, decode[0].query_heads, rtol=1e-3)
+    assert_scores_close(full, reference_all(model, full_examples))
+
+
+def test_model_state_restored_after_scoring():
+    model = make_model("qwen3")
+    model.train()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a user's own freezing pattern is kept
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for mode in ("batch", "all"):
+        TaylorScorer(abs_after=mode, batch_size=2, progress=False).score(model, make_examples())
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+    for param in model.parameters():  # no hook left behind: a later backward keeps its gradients
+        assert not getattr(param, "_post_accumulate_grad_hooks", None)
+    sample_loss(model, make_examples()[0]).backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+def test_per_layer_pruned_model_with_different_layer_sizes():
+    model = make_model("qwen2")
+    pruned = prune_model(
+        model, random_plan(model.config, 0.4, per_layer=True, seed=3), export="per_layer"
+    ).eval()
+    sizes = layer_sizes(pruned.config)
+    assert len(set(sizes)) > 1
+    examples = make_examples(lengths=(8, 11, 6))
+    scores = TaylorScorer(abs_after="all", batch_size=2, progress=False).score(pruned, examples)
+    for layer, size in zip(scores, sizes):
+        assert layer.query_heads.shape == (size.num_attention_heads,)
+        assert layer.kv_heads.shape == (size.num_key_value_heads,)
+        assert layer.channels.shape == (size.intermediate_size,)
+    assert_scores_close(scores, reference_all(pruned, examples))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each scores its shard; the summed scores equal a 1-process run."""
+    model = make_model("qwen3")
+    examples = make_examples()  # 5 samples: the shards are uneven (3 and 2), padding must not count
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(tmp_path / "model"),
+        str(tmp_path / "examples.json"),
+        str(tmp_path / "out.json"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+
+    for mode in ("batch", "all"):
+        scorer = TaylorScorer(abs_after=mode, batch_size=1, progress=False)
+        single = scorer.score(model, examples)
+        stats = result[mode]["stats"]
+        assert stats["world_size"] == 2 and stats["samples_per_process"] == [3, 2]
+        assert stats["num_samples"] == 5 and stats["num_batches"] == 5
+        assert stats["num_tokens"] == scorer.last_stats.num_tokens
+        assert stats["mean_loss"] == pytest.approx(scorer.last_stats.mean_loss, rel=1e-5)
+        dist_scores = [LayerScores.from_dict(layer) for layer in result[mode]["scores"]]
+        assert_scores_close(
+            dist_scores, [{k: s[k] for k in ("query_heads", "kv_heads", "channels")} for s in single]
+        )

@@ -1,0 +1,294 @@
+"""RESPPruner end to end on a tiny random Qwen3: stages, regeneration, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from optimum_resp.configuration_resp import RESPConfig
+from optimum_resp.pruner import RESPPruner, compose_plans
+from optimum_resp.surgery import PruningPlan, prune_model
+from optimum_resp.testing_utils import random_plan, tiny_config
+
+PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_torch_thread():
+        yield
+
+
+def tiny_model(tokenizer, seed: int = 0):
+    torch.manual_seed(seed)
+    config = tiny_config(
+        "qwen3",
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def small_config(**overrides) -> RESPConfig:
+    base = dict(
+        target_sparsity=0.3,
+        num_stages=3,
+        regeneration_milestones=[0.1],
+        num_calibration_prompts=6,
+        max_new_tokens=10,
+        generation_batch_size=6,
+        batch_size=2,
+        protected_layers=[0],
+    )
+    return RESPConfig(**{**base, **overrides})
+
+
+def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    dense_logits_input = torch.randint(3, 200, (2, 9))
+    pruner = RESPPruner(model, tokenizer, small_config(), generator="hf")
+    result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
+
+    stages = result.stages
+    assert [s["stage"] for s in stages] == [1, 2, 3]
+    assert [s["target_sparsity"] for s in stages] == pytest.approx([0.1, 0.2, 0.3])
+    for s in stages:  # each stage reaches its target, overshooting by less than a few structures
+        assert s["target_sparsity"] <= s["sparsity"] < s["target_sparsity"] + 0.05
+        assert s["calibration_loss"] > 0 and s["num_traces"] == 6
+    assert [s["regenerated"] for s in stages] == [False, True, False]  # milestone 0.1 crossed after stage 1
+    assert result.report["sparsity"] == pytest.approx(stages[-1]["sparsity"])
+    assert result.report["layers"][0]["pruned"] == result.report["layers"][0]["dense"]  # protected layer 0
+    assert type(result.model).__name__ == "RESPQwen3ForCausalLM"
+
+    # The progressively pruned model is exactly the dense model cut down by the composed keep-sets.
+    direct = prune_model(model, result.plan, export="per_layer")
+    with torch.no_grad():
+        assert torch.equal(direct(dense_logits_input).logits, result.model(dense_logits_input).logits)
+
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage_001", "stage_002", "stage_003"]
+    for stage in (run / "stages").iterdir():
+        assert {p.name for p in stage.iterdir()} == {
+            "plan.json",
+            "traces.jsonl",
+            "scores.json",
+            "rng.pt",
+            "record.json",
+        }
+    assert RESPConfig.from_pretrained(run) == pruner.config
+
+    out = pruner.save_pretrained(tmp_path / "saved")
+    report = json.loads((out / "resp_report.json").read_text())
+    assert report["sparsity"] == result.report["sparsity"] and len(report["stages"]) == 3
+    assert (out / "resp_config.json").exists() and (out / "tokenizer.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.equal(reloaded(dense_logits_input).logits, result.model(dense_logits_input).logits)
+
+
+def test_traces_are_the_models_own_and_decode_only(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    pruner = RESPPruner(
+        model, tokenizer, small_config(num_stages=1, regeneration_milestones=[]), generator="hf"
+    )
+    pruner.prune(PROMPTS, output_dir=tmp_path)
+    from optimum_resp.calibration import load_traces
+
+    traces = load_traces(tmp_path / "stages" / "stage_001" / "traces.jsonl")
+    assert [t.question for t in traces] == PROMPTS
+    for t in traces:
+        assert t.prompt.startswith("<|im_start|>user\n") and t.prompt.endswith("<|im_start|>assistant\n")
+        assert 1 <= t.num_tokens <= 10
+        assert t.completion.endswith("<|im_end|>") != t.truncated
+
+
+def test_uniform_export_gives_a_stock_model():
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    config = small_config(
+        export="uniform", allocation="uniform", protected_layers=[], regeneration_milestones=[]
+    )
+    result = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS)
+    assert type(result.model).__name__ == "Qwen3ForCausalLM"
+    assert len({json.dumps(layer["pruned"]) for layer in result.report["layers"]}) == 1
+
+
+def test_compose_plans_matches_two_step_surgery():
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen2")).eval()
+    first = random_plan(model.config, 0.3, per_layer=True, seed=1)
+    once = prune_model(model, first)
+    second = random_plan(once.config, 0.3, per_layer=True, seed=2)
+    twice = prune_model(once, second)
+    composed = prune_model(model, compose_plans(first, second))
+    x = torch.randint(0, 128, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(twice(x).logits, composed(x).logits)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume after a real SIGKILL.
+# ------------------------------------------------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    from helpers_tokenizer import build_tiny_tokenizer
+    from test_pruner import PROMPTS, small_config, tiny_model
+    from optimum_resp.importance import TaylorScorer
+    from optimum_resp.pruner import RESPPruner
+
+    class SlowSecondStage(TaylorScorer):
+        calls = 0
+        def score(self, model, examples=None, **kw):
+            scores = super().score(model, examples, **kw)
+            SlowSecondStage.calls += 1
+            if SlowSecondStage.calls == 2:  # mid-stage 2: scored, not yet pruned or checkpointed
+                open(sys.argv[2], "w").write("ready")
+                time.sleep(600)
+            return scores
+
+    tokenizer = build_tiny_tokenizer()
+    config = small_config()
+    scorer = SlowSecondStage(abs_after=config.taylor_abs_after, batch_size=config.batch_size, seed=config.seed,
+                             progress=False)
+    RESPPruner(tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS, sys.argv[1])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
+    tests_dir = str(Path(__file__).parent)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=tests_dir))
+    marker = tmp_path / "ready"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": tests_dir, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), str(marker)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "worker never reached stage 2"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["stage_001"]  # stage 2 never landed
+
+    tokenizer = build_tiny_tokenizer()
+    resumed = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator="hf").prune(
+        PROMPTS, run_dir
+    )
+    fresh = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator="hf").prune(PROMPTS)
+    assert resumed.plan == fresh.plan
+    assert [s["sparsity"] for s in resumed.stages] == [s["sparsity"] for s in fresh.stages]
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["stage_001", "stage_002", "stage_003"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: clear errors before any expensive work.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_refused_before_work(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
+    with pytest.raises(ValueError, match="'gpt2' is not supported.*qwen3"):
+        RESPPruner(gpt2, tokenizer, small_config())
+    small_vocab = AutoModelForCausalLM.from_config(tiny_config("qwen3", vocab_size=100))
+    with pytest.raises(ValueError, match="tokenizer has .* tokens but the model's embedding has 100 rows"):
+        RESPPruner(small_vocab, tokenizer, small_config())
+    with pytest.raises(
+        ValueError, match=r"at most .* can go\. Lower target_sparsity or protect fewer layers"
+    ):
+        RESPPruner(model, tokenizer, small_config(target_sparsity=0.9, protected_layers=[0, 1, 2]))
+    with pytest.raises(ValueError, match="pass task='gsm8k' or 'mathqa'"):
+        RESPPruner(model, tokenizer, small_config(filter_correct=True))
+    pruner = RESPPruner(model, tokenizer, small_config(), generator="hf")
+    with pytest.raises(ValueError, match="No calibration prompts"):
+        pruner.prune([])
+    with pytest.raises(ValueError, match=r"prompts \[1\] are empty"):
+        pruner.prune(["a question", "  "])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "something.txt").write_text("x")
+    with pytest.raises(ValueError, match="is not empty and holds no RESP run"):
+        pruner.prune(PROMPTS, tmp_path / "busy")
+    with pytest.raises(ValueError, match="Nothing to save yet"):
+        pruner.save_pretrained(tmp_path / "out")
+
+
+def test_a_run_folder_with_another_config_is_refused(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    RESPPruner(
+        model, tokenizer, small_config(num_stages=1, regeneration_milestones=[]), generator="hf"
+    ).prune(PROMPTS, tmp_path)
+    other = RESPPruner(
+        model, tokenizer, small_config(num_stages=2, regeneration_milestones=[]), generator="hf"
+    )
+    with pytest.raises(ValueError, match=r"different config .*'num_stages': \(1, 2\)"):
+        other.prune(PROMPTS, tmp_path)
+
+
+def test_all_truncated_traces_without_keep_truncated_is_an_error():
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    # A random model never says <|im_end|> within 3 tokens... make sure by banning it.
+    model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    config = small_config(max_new_tokens=3, keep_truncated=False)
+    with pytest.raises(
+        ValueError, match="All 6 calibration traces hit max_new_tokens=3 and keep_truncated is False"
+    ):
+        RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS)
+
+
+def test_gold_and_text_sources(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    gold = small_config(calibration_source="gold", num_stages=1, regeneration_milestones=[])
+    with pytest.raises(ValueError, match="needs a human-written solution for every prompt"):
+        RESPPruner(model, tokenizer, gold, generator="hf").prune(PROMPTS)
+    prompts = [{"question": q, "solution": f"{q} It is easy. #### 5", "gold": "5"} for q in PROMPTS]
+    result = RESPPruner(model, tokenizer, gold, generator="hf").prune(prompts)
+    assert result.stages[0]["sparsity"] >= 0.3
+    text = small_config(calibration_source="text", loss="full", num_stages=1, regeneration_milestones=[])
+    result = RESPPruner(model, tokenizer, text, generator="hf").prune(["Some plain text about numbers."] * 4)
+    assert result.stages[0]["sparsity"] >= 0.3
+
+
+def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    small_config(num_stages=2).save_pretrained(tmp_path / "cfg")
+    pruner = RESPPruner.from_pretrained(tmp_path / "m", config=tmp_path / "cfg", generator="hf")
+    assert pruner.config.num_stages == 2 and pruner.source == str(tmp_path / "m")
+    assert PruningPlan.full(pruner.model.config).layers[0].sizes.num_attention_heads == 8
