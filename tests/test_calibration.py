@@ -1,0 +1,173 @@
+"""Calibration: prompts, traces from each source, SSGR selection, the generator interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer, single_torch_thread
+
+from optimum_resp.calibration import (
+    CalibrationPrompt,
+    HFGenerator,
+    Trace,
+    TraceGenerator,
+    VLLMGenerator,
+    as_prompts,
+    build_traces,
+    get_generator,
+    load_traces,
+    prompts_from_task,
+    save_traces,
+    select_by_difficulty,
+    select_traces,
+)
+from optimum_resp.configuration_resp import RESPConfig
+from optimum_resp.generation import Completion, GenerationSettings, generate
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class FakeGenerator(TraceGenerator):
+    """Answers from a script keyed by (call number, prompt text); records the settings it was given."""
+
+    name = "fake"
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[GenerationSettings] = []
+
+    def generate(self, model, tokenizer, prompts, settings):
+        self.calls.append(settings)
+        out = []
+        for p in prompts:
+            text, truncated = self.script(len(self.calls), p)
+            out.append(Completion(p, text, [0] * (len(text) // 4 + 1), len(text) // 4 + 1, truncated))
+        return out
+
+
+def trace(n, truncated=False, correct=None):
+    return Trace("q", "p", "c", n, truncated, None, correct)
+
+
+def test_as_prompts_accepts_strings_dicts_and_objects():
+    prompts = as_prompts(["a", {"question": "b", "gold": "3", "solution": "s"}, CalibrationPrompt("c")])
+    assert [p.question for p in prompts] == ["a", "b", "c"]
+    assert prompts[1].gold == "3" and prompts[1].solution == "s"
+    with pytest.raises(ValueError, match="Calibration prompt 0 is a int"):
+        as_prompts([3])
+    with pytest.raises(ValueError, match="No calibration prompts"):
+        as_prompts([])
+
+
+def test_traces_round_trip_atomically(tmp_path):
+    traces = [Trace("q1", "p1", "c1<|im_end|>", 5, False, "3", True), Trace("q2", "p2", "c2", 9, True)]
+    save_traces(traces, tmp_path / "t" / "traces.jsonl")
+    assert load_traces(tmp_path / "t" / "traces.jsonl") == traces
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["traces.jsonl"]
+
+
+def test_prompts_from_a_local_gsm8k_file_are_shuffled_with_gold_and_solution():
+    a = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=5, seed=0)
+    b = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=5, seed=0)
+    c = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=5, seed=1)
+    assert a == b and [p.question for p in a] != [p.question for p in c]
+    for p in a:
+        assert "\\boxed{}" in p.question  # the harness's prompt, so calibration matches evaluation
+        assert p.solution.rstrip().endswith(f"#### {p.gold}")
+    mathqa = prompts_from_task("mathqa", str(FIXTURES / "mathqa_sample.jsonl"), limit=3)
+    assert all(p.gold in "abcde" and "Options" in p.question for p in mathqa)
+
+
+def test_self_traces_judge_correctness_and_carry_the_end_token():
+    tokenizer = build_tiny_tokenizer()
+    prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
+    golds = {p.question: p.gold for p in prompts}
+
+    def script(call, prompt):
+        question = next(q for q in golds if q in prompt)
+        right = prompts.index(next(p for p in prompts if p.question == question)) % 2 == 0
+        return f"<think>\nsome steps\n</think>\n\nThe answer is \\boxed{{{golds[question] if right else 1}}}.", False
+
+    gen = FakeGenerator(script)
+    config = RESPConfig(max_new_tokens=64, temperature=0.7)
+    traces = build_traces(None, tokenizer, prompts, config, gen, task="gsm8k")
+    assert [t.correct for t in traces] == [True, False, True, False]
+    assert all(t.completion.endswith("<|im_end|>") for t in traces)
+    assert all(t.prompt.endswith("<|im_start|>assistant\n") for t in traces)
+    assert gen.calls[0].do_sample and gen.calls[0].temperature == 0.7 and gen.calls[0].max_new_tokens == 64
+    filtered = build_traces(None, tokenizer, prompts, RESPConfig(filter_correct=True), gen, task="gsm8k")
+    assert len(filtered) == 2 and all(t.correct for t in filtered)
+
+
+def test_gold_traces_use_the_human_solution():
+    tokenizer = build_tiny_tokenizer()
+    prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=3)
+    traces = build_traces(None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None))
+    assert [t.completion for t in traces] == [p.solution + "<|im_end|>" for p in prompts]
+
+
+def test_selection_filters():
+    traces = [trace(n, truncated=n == 100, correct=n % 20 == 0) for n in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)]
+    assert len(select_traces(traces, RESPConfig())) == 10
+    assert [t.num_tokens for t in select_traces(traces, RESPConfig(keep_truncated=False))][-1] == 90
+    assert [t.num_tokens for t in select_traces(traces, RESPConfig(filter_correct=True))] == [20, 40, 60, 80, 100]
+    middle = select_traces(traces, RESPConfig(selection_length_quantiles=[0.25, 0.75]))
+    assert [t.num_tokens for t in middle] == [40, 50, 60, 70]
+    with pytest.raises(ValueError, match="All 2 calibration traces hit max_new_tokens"):
+        select_traces([trace(5, True), trace(6, True)], RESPConfig(keep_truncated=False))
+    with pytest.raises(ValueError, match="filter_correct removed every trace"):
+        select_traces([trace(5, correct=False)], RESPConfig(filter_correct=True))
+
+
+def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
+    tokenizer = build_tiny_tokenizer()
+    prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
+    solved_times = {0: 4, 1: 0, 2: 2, 3: 3}  # prompt index -> how many of 4 samples are right
+
+    def script(call, prompt):
+        i = next(i for i, p in enumerate(prompts) if p.question in prompt)
+        right = call <= solved_times[i]
+        return f"\\boxed{{{prompts[i].gold if right else -1}}}", False
+
+    gen = FakeGenerator(script)
+    config = RESPConfig(selection_difficulty_samples=4, selection_keep_fraction=0.5)
+    kept, rates = select_by_difficulty(None, tokenizer, prompts, config, gen, "gsm8k")
+    assert [prompts.index(p) for p in kept] == [1, 2] and rates == [1.0, 0.5]
+    assert len(gen.calls) == 4 and len({s.seed for s in gen.calls}) == 4 and all(s.do_sample for s in gen.calls)
+
+
+def test_generator_interface():
+    assert isinstance(get_generator("hf"), HFGenerator)
+    assert get_generator("auto").name == "auto"
+    with pytest.raises(ValueError, match=r"Unknown generator 'tgi'; choose one of \['auto', 'hf', 'vllm'\]"):
+        get_generator("tgi")
+    if not VLLMGenerator.available():
+        with pytest.raises(RuntimeError, match="needs the `vllm` package and a CUDA GPU"):
+            VLLMGenerator().generate(None, None, ["x"], GenerationSettings())
+    tokenizer = build_tiny_tokenizer()
+    model = ScriptedModel(tokenizer, lambda prompt: "<think>\nhm\n</think>\n\n\\boxed{4}")
+    settings = GenerationSettings(max_new_tokens=40)
+    via_interface = get_generator("auto").generate(model, tokenizer, ["p1", "p22"], settings)
+    direct = generate(model, tokenizer, ["p1", "p22"], settings, show_progress=False)
+    assert via_interface == list(direct)
+
+
+@pytest.mark.skipif(not VLLMGenerator.available(), reason="vLLM and a CUDA GPU are needed for the vLLM backend")
+def test_vllm_backend_matches_the_hf_format():  # runs only where vLLM can run
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_qwen3(tokenizer).cuda()
+    settings = GenerationSettings(max_new_tokens=8)
+    hf = HFGenerator().generate(model, tokenizer, ["a b c"], settings)
+    vl = VLLMGenerator().generate(model, tokenizer, ["a b c"], settings)
+    assert [c.token_ids for c in hf] == [c.token_ids for c in vl]
+
+
+def test_hf_generator_runs_a_real_model():
+    tokenizer = build_tiny_tokenizer()
+    with single_torch_thread():
+        model = build_tiny_qwen3(tokenizer)
+        out = HFGenerator().generate(model, tokenizer, ["hello", "a longer prompt"], GenerationSettings(max_new_tokens=5))
+    assert len(out) == 2 and all(1 <= c.num_tokens <= 5 for c in out)
+    assert torch.is_tensor(torch.tensor(out[0].token_ids))
