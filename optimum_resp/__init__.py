@@ -14,6 +14,7 @@ from .architectures import (
     register_architecture,
     supported_model_types,
 )
+from .configuration_resp import RESPConfig
 from .modeling import (
     RESPLlamaConfig,
     RESPLlamaForCausalLM,
@@ -22,6 +23,7 @@ from .modeling import (
     RESPQwen3Config,
     RESPQwen3ForCausalLM,
 )
+from .pruner import PruneResult, RESPPruner, compose_plans
 from .surgery import LayerKeep, PruningPlan, PruningPlanError, prune_model, validate_plan
 
 __version__ = "0.1.0.dev0"
@@ -31,8 +33,11 @@ __all__ = [
     "ArchitectureSpec",
     "LayerKeep",
     "LayerSizes",
+    "PruneResult",
     "PruningPlan",
     "PruningPlanError",
+    "RESPConfig",
+    "RESPPruner",
     "RESPLlamaConfig",
     "RESPLlamaForCausalLM",
     "RESPQwen2Config",
@@ -41,6 +46,7 @@ __all__ = [
     "RESPQwen3ForCausalLM",
     "SizeReport",
     "UnsupportedArchitectureError",
+    "compose_plans",
     "get_architecture",
     "layer_sizes",
     "prune_model",

@@ -1,0 +1,296 @@
+"""Accuracy of RESP and the baselines at several sparsities, on the shipped reasoning model.
+
+Every method is the same `RESPPruner` pipeline with a different `RESPConfig` (so every comparison
+runs identical code); calibration prompts come from the train split, evaluation uses the held-out
+split (never a calibration prompt). Each (method, sparsity) runs in its own subprocess so its wall
+time and peak memory (max RSS) are its own. Results: a table and ablations in benchmarks/RESULTS.md
+(this script's block) and a PNG plot of accuracy against sparsity.
+
+    python benchmarks/bench_quality.py                          # the full benchmark (about an hour on CPU)
+    python benchmarks/bench_quality.py --quick                  # a smoke run in a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+PLOT = HERE / "quality.png"
+
+# name -> RESPConfig overrides. Baselines are one-shot criteria (num_stages=1), as published.
+METHODS: dict[str, dict] = {
+    "resp": {},
+    "resp-no-regen": {"regeneration_milestones": []},
+    "taylor-full": {"loss": "full", "regeneration_milestones": []},
+    "taylor-gold": {"calibration_source": "gold", "regeneration_milestones": []},
+    "magnitude": {"importance": "magnitude", "num_stages": 1, "regeneration_milestones": []},
+    "wanda-sp": {"importance": "wanda-sp", "num_stages": 1, "regeneration_milestones": []},
+    "flap": {"importance": "flap", "num_stages": 1, "regeneration_milestones": []},
+}
+DESCRIPTIONS = {
+    "resp": "RESP: self-generated traces, decode-only Taylor, progressive with regeneration",
+    "resp-no-regen": "RESP without regeneration (traces of the dense model only)",
+    "taylor-full": "Taylor on self-generated traces with the full-sequence loss, no regeneration",
+    "taylor-gold": "Taylor on human-written gold solutions (GISP / LLM-Pruner style), no regeneration",
+    "magnitude": "weight magnitude (L2 norm per structure), one shot",
+    "wanda-sp": "Wanda-sp (|W| x input-activation norm per structure), one shot",
+    "flap": "FLAP (activation fluctuation x weight norm, bias compensation), one shot",
+}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One prune (or none, for sparsity 0) and one evaluation; prints a JSON line."""
+    import psutil
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_resp import RESPConfig, RESPPruner
+    from optimum_resp.calibration import prompts_from_task
+    from optimum_resp.evaluation import EvalConfig, evaluate_model
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    rss_loaded = psutil.Process().memory_info().rss
+    record: dict = {"method": args.method, "target": args.sparsity}
+    if args.sparsity > 0:
+        overrides = {**METHODS[args.method], **json.loads(args.overrides)}
+        config = RESPConfig(
+            target_sparsity=args.sparsity,
+            num_calibration_prompts=args.num_prompts,
+            max_new_tokens=args.max_new_tokens,
+            generation_batch_size=64,
+            batch_size=8,
+            seed=args.seed,
+            **overrides,
+        )
+        prompts = prompts_from_task("gsm8k", args.train_data, limit=args.num_prompts, seed=args.seed)
+        pruner = RESPPruner(model, tokenizer, config, task="gsm8k", generator="hf")
+        result = pruner.prune(prompts)
+        model = result.model
+        record.update(
+            sparsity=result.report["sparsity"],
+            stages=len(result.stages),
+            prune_seconds=time.perf_counter() - start,
+        )
+    else:
+        record.update(sparsity=0.0, stages=0, prune_seconds=0.0)
+    evaluation = evaluate_model(
+        model,
+        tokenizer,
+        EvalConfig(
+            task="gsm8k",
+            data=args.test_data,
+            limit=args.eval_limit,
+            do_sample=False,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=64,
+            seed=args.seed,
+        ),
+        show_progress=False,
+    )
+    record.update(
+        accuracy=evaluation.summary["accuracy"],
+        ci_low=evaluation.summary["ci_low"],
+        ci_high=evaluation.summary["ci_high"],
+        n=evaluation.summary["n"],
+        mean_generated_tokens=evaluation.summary["mean_generated_tokens"],
+        rss_model_mib=rss_loaded / 2**20,
+        parameters=model.num_parameters(),
+    )
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -> dict:
+    """Run a worker subprocess; add its wall time and peak RSS (os.wait4 gives the child's own)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--method",
+        method,
+        "--sparsity",
+        str(sparsity),
+        "--overrides",
+        json.dumps(overrides or {}),
+        "--model",
+        str(args.model),
+        "--train-data",
+        str(args.train_data),
+        "--test-data",
+        str(args.test_data),
+        "--num-prompts",
+        str(args.num_prompts),
+        "--eval-limit",
+        str(args.eval_limit),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{method} at {sparsity} failed:\n{output[-4000:]}")
+    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+    record = json.loads(line[len("RESULT ") :])
+    record.update(wall_seconds=time.perf_counter() - start, peak_rss_mib=usage.ru_maxrss / 1024)
+    print(
+        f"{method:14s} {sparsity:.2f} {json.dumps(overrides or {})}: acc {record['accuracy']:.3f} "
+        f"[{record['ci_low']:.3f}, {record['ci_high']:.3f}] sparsity {record['sparsity']:.3f} "
+        f"{record['wall_seconds']:.0f}s {record['peak_rss_mib']:.0f} MiB",
+        flush=True,
+    )
+    return record
+
+
+def write_results(text: str) -> None:
+    start, end = "<!-- quality:start -->", "<!-- quality:end -->"
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in current and end in current:
+        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(current)
+    os.replace(tmp, RESULTS)
+
+
+def plot(records: list[dict], dense: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        rows = sorted(
+            (r for r in records if r["method"] == method and not r.get("ablation")), key=lambda r: r["target"]
+        )
+        if not rows:
+            continue
+        xs = [0.0] + [r["target"] for r in rows]
+        ys = [dense["accuracy"]] + [r["accuracy"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=method, linewidth=2.5 if method == "resp" else 1.2)
+    ax.set_xlabel("sparsity (decoder-linear parameters removed)")
+    ax.set_ylabel("greedy accuracy, held-out split")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Shipped tiny reasoner: accuracy vs sparsity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="resp")
+    parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--sparsity", type=float, default=0.0)
+    parser.add_argument("--model", default=None, help="default: the shipped testbed model")
+    parser.add_argument("--train-data", default=None)
+    parser.add_argument("--test-data", default=None)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
+    parser.add_argument("--stage-sweep", type=int, nargs="*", default=[4, 8, 16, 32])
+    parser.add_argument("--num-prompts", type=int, default=128)
+    parser.add_argument("--eval-limit", type=int, default=500)
+    parser.add_argument("--max-new-tokens", type=int, default=384)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="few prompts, few problems, two methods")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    from optimum_resp.testbed import testbed_data_path, testbed_model_path
+
+    args.model = args.model or str(testbed_model_path())
+    args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train"))
+    args.test_data = args.test_data or str(testbed_data_path("gsm8k", "test"))
+    if args.worker:
+        worker(args)
+        return
+    if args.quick:
+        args.methods, args.sparsities, args.stage_sweep = ["resp", "magnitude"], [0.3], [2]
+        args.num_prompts, args.eval_limit = 16, 50
+
+    started = time.perf_counter()
+    dense = run_one(args, "dense", 0.0)
+    records = []
+    for method in args.methods:
+        for sparsity in args.sparsities:
+            records.append(run_one(args, method, sparsity))
+    sweep = [
+        dict(run_one(args, "resp", 0.4, {"num_stages": k}), num_stages=k, ablation=True)
+        for k in args.stage_sweep
+    ]
+
+    lines = [
+        "## Quality: RESP vs baselines on the shipped tiny reasoner",
+        "",
+        f"Command: `python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"Calibration: {args.num_prompts} prompts from the testbed train split (the harness's GSM8K prompt, chat "
+        f"template, thinking on). Evaluation: greedy, {dense['n']} held-out problems, max {args.max_new_tokens} new "
+        "tokens, deterministic answer extraction; 95% Wilson intervals. Sparsity: removed decoder-linear parameters / "
+        "dense decoder-linear parameters (target; the achieved value is within one structure of it). Protected layers: "
+        "RESP's default (the first 10% and the last). Every run is a subprocess: wall time covers load + prune + eval, "
+        f"peak memory is its max RSS. Total benchmark time: {(time.perf_counter() - started) / 60:.0f} min.",
+        "",
+        f"Dense: accuracy {dense['accuracy']:.3f} [{dense['ci_low']:.3f}, {dense['ci_high']:.3f}], "
+        f"mean trace {dense['mean_generated_tokens']:.0f} tokens, {dense['parameters']:,} parameters.",
+        "",
+        "| method | "
+        + " | ".join(f"{s:.0%}" for s in args.sparsities)
+        + " | wall s (mean) | peak MiB (max) |",
+        "|---|" + "---:|" * (len(args.sparsities) + 2),
+    ]
+    for method in args.methods:
+        rows = {r["target"]: r for r in records if r["method"] == method}
+        cells = [
+            f"{rows[s]['accuracy']:.3f} [{rows[s]['ci_low']:.2f}, {rows[s]['ci_high']:.2f}]"
+            for s in args.sparsities
+        ]
+        wall = sum(r["wall_seconds"] for r in rows.values()) / len(rows)
+        peak = max(r["peak_rss_mib"] for r in rows.values())
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {wall:.0f} | {peak:.0f} |")
+    lines += ["", "Methods: " + "; ".join(f"**{m}**: {DESCRIPTIONS[m]}" for m in args.methods) + "."]
+    if 0.4 in args.sparsities and "resp" in args.methods:
+        resp40 = next(r for r in records if r["method"] == "resp" and r["target"] == 0.4)
+        lines += [
+            "",
+            f"RESP at 40%: {resp40['accuracy'] / max(dense['accuracy'], 1e-9):.1%} of dense accuracy.",
+        ]
+    lines += ["", "### Stages (RESP at 40%)", "", "| stages | accuracy | wall s |", "|---:|---:|---:|"]
+    lines += [
+        f"| {r['num_stages']} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
+        for r in sweep
+    ]
+    lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        plot(records, dense, PLOT)
+        write_results(text)
+        (HERE / "quality.json").write_text(
+            json.dumps({"dense": dense, "runs": records, "stage_sweep": sweep}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
