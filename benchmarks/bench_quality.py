@@ -24,25 +24,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 PLOT = HERE / "quality.png"
 
-# name -> RESPConfig overrides. Baselines are one-shot criteria (num_stages=1), as published.
-METHODS: dict[str, dict] = {
-    "resp": {},
-    "resp-no-regen": {"regeneration_milestones": []},
-    "taylor-full": {"loss": "full", "regeneration_milestones": []},
-    "taylor-gold": {"calibration_source": "gold", "regeneration_milestones": []},
-    "magnitude": {"importance": "magnitude", "num_stages": 1, "regeneration_milestones": []},
-    "wanda-sp": {"importance": "wanda-sp", "num_stages": 1, "regeneration_milestones": []},
-    "flap": {"importance": "flap", "num_stages": 1, "regeneration_milestones": []},
-}
-DESCRIPTIONS = {
-    "resp": "RESP: self-generated traces, decode-only Taylor, progressive with regeneration",
-    "resp-no-regen": "RESP without regeneration (traces of the dense model only)",
-    "taylor-full": "Taylor on self-generated traces with the full-sequence loss, no regeneration",
-    "taylor-gold": "Taylor on human-written gold solutions (GISP / LLM-Pruner style), no regeneration",
-    "magnitude": "weight magnitude (L2 norm per structure), one shot",
-    "wanda-sp": "Wanda-sp (|W| x input-activation norm per structure), one shot",
-    "flap": "FLAP (activation fluctuation x weight norm, bias compensation), one shot",
-}
+from optimum_resp.configuration_resp import METHOD_PRESETS  # noqa: E402
+
+METHODS = {name: overrides for name, (overrides, _) in METHOD_PRESETS.items()}
+DESCRIPTIONS = {name: description for name, (_, description) in METHOD_PRESETS.items()}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -62,15 +47,15 @@ def worker(args: argparse.Namespace) -> None:
     rss_loaded = psutil.Process().memory_info().rss
     record: dict = {"method": args.method, "target": args.sparsity}
     if args.sparsity > 0:
-        overrides = {**METHODS[args.method], **json.loads(args.overrides)}
-        config = RESPConfig(
+        config = RESPConfig.for_method(
+            args.method,
+            **json.loads(args.overrides),
             target_sparsity=args.sparsity,
             num_calibration_prompts=args.num_prompts,
             max_new_tokens=args.max_new_tokens,
             generation_batch_size=64,
             batch_size=8,
             seed=args.seed,
-            **overrides,
         )
         prompts = prompts_from_task("gsm8k", args.train_data, limit=args.num_prompts, seed=args.seed)
         pruner = RESPPruner(model, tokenizer, config, task="gsm8k", generator="hf")

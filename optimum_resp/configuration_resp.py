@@ -23,9 +23,36 @@ from .architectures import STRUCTURES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_NAME", "RESPConfig"]
+__all__ = ["CONFIG_NAME", "METHOD_PRESETS", "RESPConfig"]
 
 CONFIG_NAME = "resp_config.json"
+
+# A baseline is the same pipeline with a different config: name -> (overrides, description).
+# Baseline criteria are one-shot (num_stages=1), as they were published.
+METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "resp": ({}, "RESP: self-generated traces, decode-only Taylor, progressive with regeneration"),
+    "resp-no-regen": ({"regeneration_milestones": []}, "RESP without regeneration (the dense model's traces only)"),
+    "taylor-full": (
+        {"loss": "full", "regeneration_milestones": []},
+        "Taylor on self-generated traces with the full-sequence loss, no regeneration",
+    ),
+    "taylor-gold": (
+        {"calibration_source": "gold", "regeneration_milestones": []},
+        "Taylor on human-written gold solutions (GISP / LLM-Pruner style), no regeneration",
+    ),
+    "magnitude": (
+        {"importance": "magnitude", "num_stages": 1, "regeneration_milestones": []},
+        "weight magnitude (L2 norm per structure), one shot",
+    ),
+    "wanda-sp": (
+        {"importance": "wanda-sp", "num_stages": 1, "regeneration_milestones": []},
+        "Wanda-sp (|W| x input-activation norm per structure), one shot",
+    ),
+    "flap": (
+        {"importance": "flap", "num_stages": 1, "regeneration_milestones": []},
+        "FLAP (activation fluctuation x weight norm, with bias compensation), one shot",
+    ),
+}
 
 CALIBRATION_SOURCES = ("self", "gold", "text")
 
@@ -187,6 +214,13 @@ class RESPConfig:
         _positive_int("generation_batch_size", self.generation_batch_size)
         _positive_int("max_length", self.max_length, minimum=2)
         _positive_int("seed", self.seed, minimum=0)
+
+    @classmethod
+    def for_method(cls, method: str, **kwargs: Any) -> RESPConfig:
+        """The config of a named method (`resp` or a baseline, see METHOD_PRESETS), with overrides."""
+        if method not in METHOD_PRESETS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHOD_PRESETS)}.")
+        return cls(**{**METHOD_PRESETS[method][0], **kwargs})
 
     # ------------------------------------------------------------------ schedule helpers
 

@@ -6,15 +6,20 @@ import argparse
 import logging
 import sys
 
-from . import demo
+from . import demo, info, prune
+from . import eval as eval_command
 
 EPILOG = """examples:
-  optimum-resp demo                       prune a random-weight Qwen3 both ways, compare size and speed
-  optimum-resp demo --sparsity 0.5 --output ./pruned
+  optimum-resp prune Qwen/Qwen3-8B --sparsity 0.4 --calibration openai/gsm8k --output qwen3-8b-resp40
+  optimum-resp eval qwen3-8b-resp40 --task gsm8k --data openai/gsm8k --limit 200
+  optimum-resp info qwen3-8b-resp40
+  optimum-resp demo
+
+exit codes: 0 success, 1 failure while running, 2 bad usage or bad input, 130 interrupted
 """
 
 # Each command module exposes `register(subparsers)` and sets `func` on its parser.
-COMMANDS = (demo,)
+COMMANDS = (prune, eval_command, info, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input: the library's errors say what was wrong and how to fix it
+    except (ValueError, FileNotFoundError) as err:  # bad input: the message says what was wrong and the fix
         print(f"optimum-resp {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"optimum-resp {args.command}: interrupted (a prune resumes when run again)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a script-friendly exit code, with the cause
+        logging.getLogger("optimum_resp").debug("failure", exc_info=True)
+        print(f"optimum-resp {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""`optimum-resp eval`: accuracy of a (pruned or dense) model on GSM8K or MathQA."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  optimum-resp eval ./qwen3-8b-resp40 --task gsm8k --data openai/gsm8k --limit 200
+  optimum-resp eval ./pruned --task mathqa --data mathqa_test.jsonl --output eval_out
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on GSM8K or MathQA",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="Hub model id or local folder (pruned per_layer models load too)")
+    p.add_argument("--task", choices=["gsm8k", "mathqa"], default="gsm8k")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="Hub dataset id or local .jsonl/.json/.parquet (default: the task's Hub id)",
+    )
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--sample", action="store_true", help="Qwen's thinking-mode sampling instead of greedy")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="folder for samples.jsonl and summary.json")
+    p.add_argument("--dtype", default="auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..evaluation import EvalConfig, evaluate_model
+
+    config = EvalConfig(
+        task=args.task,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        thinking=args.thinking,
+        do_sample=args.sample,
+        num_fewshot=args.num_fewshot,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).eval()
+    if torch.cuda.is_available():
+        model.cuda()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    result = evaluate_model(model, tokenizer, config, output_dir=args.output)
+    s = result.summary
+    print(json.dumps({k: v for k, v in s.items() if k != "config"}, indent=2))
+    print(
+        f"{args.task} accuracy {s['accuracy']:.3f} (95% CI {s['ci_low']:.3f}-{s['ci_high']:.3f}, n={s['n']})"
+    )
+    return 0

@@ -1,0 +1,137 @@
+"""The optimum-resp command line: prune (and resume), info, eval, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from optimum_resp.commands.cli import main
+from optimum_resp.testing_utils import tiny_config
+
+GSM8K = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = tiny_config(
+        "qwen3",
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_torch_thread():
+        yield
+
+
+def prune_args(model_dir, out, *extra):
+    return [
+        "prune",
+        str(model_dir),
+        "--output",
+        str(out),
+        "--calibration",
+        GSM8K,
+        "--sparsity",
+        "0.3",
+        "--num-prompts",
+        "4",
+        "--stages",
+        "2",
+        "--generator",
+        "hf",
+        *extra,
+    ]
+
+
+def test_prune_info_and_resume(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    cfg = tmp_path / "cfg"
+    from optimum_resp import RESPConfig
+
+    RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2, protected_layers=[0]).save_pretrained(
+        cfg
+    )
+    assert main(prune_args(model_dir, out, "--config", str(cfg))) == 0
+    assert "sparsity 3" in capsys.readouterr().out
+    report = json.loads((out / "resp_report.json").read_text())
+    assert report["sparsity"] >= 0.3 and len(report["stages"]) == 2
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() == report["pruned_total_params"]
+
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 0 | 8/8 | 4/4 | 96/96 |" in text and "Stages:" in text and "sparsity" in text
+
+    # The same command again resumes the finished run: no new stage, same result.
+    stage_files = sorted(p.stat().st_mtime_ns for p in (out / "stages").rglob("*"))
+    assert main(prune_args(model_dir, out, "--config", str(cfg))) == 0
+    assert sorted(p.stat().st_mtime_ns for p in (out / "stages").rglob("*")) == stage_files
+    assert json.loads((out / "resp_report.json").read_text())["sparsity"] == report["sparsity"]
+
+    # A different config in the same folder is refused with the reason.
+    assert main(prune_args(model_dir, out, "--config", str(cfg), "--method", "resp-no-regen")) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_uniform_export_flag(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tmp_path / "cfg"
+    from optimum_resp import RESPConfig
+
+    RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2).save_pretrained(cfg)
+    assert main(prune_args(model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform")) == 0
+    saved = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert saved["model_type"] == "qwen3" and "auto_map" not in saved
+
+
+def test_eval_command(model_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "eval",
+                str(model_dir),
+                "--data",
+                GSM8K,
+                "--limit",
+                "3",
+                "--max-new-tokens",
+                "4",
+                "--output",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n"] == 3 and "gsm8k accuracy" in capsys.readouterr().out
+
+
+def test_bad_usage_exit_codes(model_dir, tmp_path, capsys):
+    assert main(prune_args(model_dir, tmp_path / "x", "--sparsity", "1.5")) == 2
+    assert "target_sparsity must be a number in (0.0, 1.0)" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(prune_args(model_dir, busy)) == 2
+    assert "is not empty and holds no RESP run" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) == 2
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--help"])
+    assert exc.value.code == 0 and "Running the same command again resumes" in capsys.readouterr().out
