@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
 from transformers import AutoModelForCausalLM
 
-from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
 from optimum_resp.commands.cli import main
 from optimum_resp.testing_utils import tiny_config
 
