@@ -31,7 +31,10 @@ CONFIG_NAME = "resp_config.json"
 # Baseline criteria are one-shot (num_stages=1), as they were published.
 METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "resp": ({}, "RESP: self-generated traces, decode-only Taylor, progressive with regeneration"),
-    "resp-no-regen": ({"regeneration_milestones": []}, "RESP without regeneration (the dense model's traces only)"),
+    "resp-no-regen": (
+        {"regeneration_milestones": []},
+        "RESP without regeneration (the dense model's traces only)",
+    ),
     "taylor-full": (
         {"loss": "full", "regeneration_milestones": []},
         "Taylor on self-generated traces with the full-sequence loss, no regeneration",
@@ -129,6 +132,15 @@ class RESPConfig:
     normalization: Literal["resp", "params", "none"] = "resp"
     """Head vs channel balance: the reference's constants, importance per parameter, or raw sums."""
 
+    # Recovery.
+    recovery: Literal["none", "lora"] = "none"
+    """`lora`: LoRA self-distillation on the dense model's traces after pruning, merged into the weights."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    recovery_epochs: float = 1.0
+    recovery_learning_rate: float = 2e-4
+
     # Output and machinery.
     export: Literal["uniform", "per_layer"] = "per_layer"
     batch_size: int = 4
@@ -198,6 +210,12 @@ class RESPConfig:
             )
         _choice("taylor_abs_after", self.taylor_abs_after, ("batch", "all"))
         _choice("normalization", self.normalization, ("resp", "params", "none"))
+        _choice("recovery", self.recovery, ("none", "lora"))
+        _positive_int("lora_r", self.lora_r)
+        _positive_int("lora_alpha", self.lora_alpha)
+        _in_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        _in_range("recovery_epochs", self.recovery_epochs, 0.0, 1000.0, low_open=True)
+        _in_range("recovery_learning_rate", self.recovery_learning_rate, 0.0, 1.0, low_open=True)
         _choice("export", self.export, ("uniform", "per_layer"))
         if self.export == "uniform" and self.allocation != "uniform":
             raise ValueError(

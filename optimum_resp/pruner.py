@@ -50,6 +50,7 @@ from .calibration import (
 from .configuration_resp import RESPConfig
 from .importance import build_examples, get_scorer, save_scores
 from .importance.base import Scorer
+from .recovery import recover_with_lora
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PruneResult", "RESPPruner", "compose_plans"]
 
 RUN_FILE = "resp_run.json"
+DENSE_TRACES = "dense_traces.jsonl"
 REPORT_FILE = "resp_report.json"
 STAGES_DIR = "stages"
 
@@ -108,6 +110,7 @@ class RESPPruner:
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self._check_inputs()
         self.result: PruneResult | None = None
+        self._dense_traces: list[Trace] = []
 
     @classmethod
     def from_pretrained(
@@ -189,6 +192,8 @@ class RESPPruner:
             plan, history, regenerated = PruningPlan.full(dense_config), [], set()
             model = self.model
             traces = self._calibrate(model, prompts, stage=0)
+            if out is not None:
+                save_traces(traces, out / DENSE_TRACES)
         else:
             plan, history, traces = state["plan"], state["history"], state["traces"]
             regenerated = set(state["regenerated"])
@@ -256,6 +261,29 @@ class RESPPruner:
             if out is not None:
                 self._checkpoint(out, k + 1, plan, traces, scores, history, sorted(regenerated))
 
+        recovery = None
+        if c.recovery == "lora":  # self-distillation on the dense model's traces, merged into the weights
+            dense_traces = load_traces(out / DENSE_TRACES) if out is not None else self._dense_traces
+            rec = recover_with_lora(
+                model,
+                self.tokenizer,
+                dense_traces,
+                r=c.lora_r,
+                alpha=c.lora_alpha,
+                dropout=c.lora_dropout,
+                epochs=c.recovery_epochs,
+                learning_rate=c.recovery_learning_rate,
+                batch_size=c.batch_size,
+                max_length=c.max_length,
+                seed=c.seed,
+            )
+            model = rec.model
+            recovery = {
+                "method": "lora",
+                "train_loss": rec.train_loss,
+                "seconds": rec.seconds,
+                "trainable_parameters": rec.trainable_parameters,
+            }
         final = (
             prune_model(model, PruningPlan.full(model.config), export=c.export)
             if c.export == "uniform"
@@ -270,13 +298,14 @@ class RESPPruner:
             stages=history,
             source=self.source,
             resp_config=c.to_dict(),
+            recovery=recovery,
         )
         self.result = PruneResult(final, plan, report, history)
         return self.result
 
     def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
         """Traces for the prompts from the current model; each stage draws from its own seed."""
-        return build_traces(
+        traces = build_traces(
             model,
             self.tokenizer,
             prompts,
@@ -285,6 +314,9 @@ class RESPPruner:
             self.task,
             seed=self.config.seed + 7919 * stage,
         )
+        if stage == 0:
+            self._dense_traces = traces  # LoRA recovery distils the dense model's own traces
+        return traces
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: one folder per finished stage, written to a temp name and renamed into place.

@@ -292,3 +292,50 @@ def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
     pruner = RESPPruner.from_pretrained(tmp_path / "m", config=tmp_path / "cfg", generator="hf")
     assert pruner.config.num_stages == 2 and pruner.source == str(tmp_path / "m")
     assert PruningPlan.full(pruner.model.config).layers[0].sizes.num_attention_heads == 8
+
+
+def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
+    from optimum_resp.calibration import load_traces
+    from optimum_resp.importance import build_examples
+
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    config = small_config(
+        num_stages=1,
+        regeneration_milestones=[],
+        recovery="lora",
+        recovery_epochs=3.0,
+        recovery_learning_rate=5e-3,
+        max_new_tokens=16,
+    )
+    plain = RESPPruner(
+        model,
+        tokenizer,
+        small_config(num_stages=1, regeneration_milestones=[], max_new_tokens=16),
+        generator="hf",
+    ).prune(PROMPTS)
+    pruner = RESPPruner(model, tokenizer, config, generator="hf")
+    result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
+    assert (
+        result.report["recovery"]["method"] == "lora"
+        and result.report["recovery"]["trainable_parameters"] > 0
+    )
+    assert not any("lora" in name for name, _ in result.model.named_parameters())
+    assert type(result.model).__name__ == "RESPQwen3ForCausalLM"
+    assert plain.plan == result.plan  # recovery changes weights, not structure
+
+    traces = load_traces(tmp_path / "run" / "dense_traces.jsonl")
+    examples = build_examples(tokenizer, [t.prompt for t in traces], [t.completion for t in traces])
+
+    def loss(m):
+        with torch.no_grad():
+            return sum(
+                m(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss.item()
+                for e in examples
+            )
+
+    assert loss(result.model) < loss(plain.model)
+    pruner.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert not any("lora" in name for name in reloaded.state_dict())
+    assert abs(loss(reloaded) - loss(result.model)) < 1e-4
