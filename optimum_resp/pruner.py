@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .accounting import SPARSITY_DEFINITION, decoder_linear_params, size_report
@@ -48,8 +49,9 @@ from .calibration import (
     select_by_difficulty,
 )
 from .configuration_resp import RESPConfig
-from .importance import build_examples, get_scorer, save_scores
+from .importance import build_examples, check_bias_compensation, get_scorer, save_scores
 from .importance.base import Scorer
+from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
 from .recovery import recover_with_lora
 from .surgery import LayerKeep, PruningPlan, prune_model
 
@@ -59,6 +61,7 @@ __all__ = ["PruneResult", "RESPPruner", "compose_plans"]
 
 RUN_FILE = "resp_run.json"
 DENSE_TRACES = "dense_traces.jsonl"
+BIASES_FILE = "added_biases.safetensors"
 REPORT_FILE = "resp_report.json"
 STAGES_DIR = "stages"
 
@@ -140,7 +143,9 @@ class RESPPruner:
         c = self.config
         if c.importance == "taylor":
             return get_scorer("taylor", abs_after=c.taylor_abs_after, batch_size=c.batch_size, seed=c.seed)
-        return get_scorer(c.importance)
+        if c.importance == "magnitude":
+            return get_scorer("magnitude")
+        return get_scorer(c.importance, batch_size=c.batch_size)
 
     def _check_inputs(self) -> None:
         c, config = self.config, self.model.config
@@ -165,6 +170,8 @@ class RESPPruner:
                 f"parameters, but with protected layers {protected} and structures {c.structures} at most "
                 f"{limit:,} ({limit / dense:.1%}) can go. Lower target_sparsity or protect fewer layers."
             )
+        if getattr(self.scorer, "bias_compensation", False):
+            check_bias_compensation(config, c.export)
         if (c.filter_correct or c.selection_difficulty_samples) and self.task is None:
             raise ValueError(
                 "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
@@ -197,7 +204,7 @@ class RESPPruner:
         else:
             plan, history, traces = state["plan"], state["history"], state["traces"]
             regenerated = set(state["regenerated"])
-            model = prune_model(self.model, plan, export="per_layer")
+            model = _restore_biases(prune_model(self.model, plan, export="per_layer"), state["biases"])
             logger.info("Resuming after stage %d of %d", len(history), c.num_stages)
 
         for k, target in enumerate(c.stage_sparsities()):
@@ -234,7 +241,10 @@ class RESPPruner:
                 normalization=c.normalization,
                 dense_intermediate_size=layer_sizes(dense_config)[0].intermediate_size,
             )
-            model = prune_model(model, step, export="per_layer")
+            pruned = prune_model(model, step, export="per_layer")
+            if getattr(self.scorer, "bias_compensation", False):  # FLAP: keep each layer's expected output
+                pruned = self.scorer.compensate(model, pruned, step)
+            model = pruned
             plan = compose_plans(plan, step)
             stats = self.scorer.last_stats
             record = {
@@ -259,7 +269,7 @@ class RESPPruner:
                 record["seconds"],
             )
             if out is not None:
-                self._checkpoint(out, k + 1, plan, traces, scores, history, sorted(regenerated))
+                self._checkpoint(out, k + 1, model, plan, traces, scores, history, sorted(regenerated))
 
         recovery = None
         if c.recovery == "lora":  # self-distillation on the dense model's traces, merged into the weights
@@ -353,9 +363,10 @@ class RESPPruner:
             "history": record["history"],
             "regenerated": record["regenerated"],
             "traces": load_traces(last / "traces.jsonl"),
+            "biases": load_file(last / BIASES_FILE) if (last / BIASES_FILE).exists() else {},
         }
 
-    def _checkpoint(self, out, stage, plan, traces, scores, history, regenerated) -> None:
+    def _checkpoint(self, out, stage, model, plan, traces, scores, history, regenerated) -> None:
         stages = out / STAGES_DIR
         stages.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{stage:03d}."))
@@ -363,6 +374,12 @@ class RESPPruner:
         save_traces(traces, tmp / "traces.jsonl")
         save_scores(scores, tmp / "scores.json", stage=stage, importance=self.config.importance)
         torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        dense_names = set(self.model.state_dict())
+        added = {
+            n: t.detach().contiguous().cpu() for n, t in model.state_dict().items() if n not in dense_names
+        }
+        if added:  # biases a criterion added (FLAP's compensation): the plan alone cannot rebuild them
+            save_file(added, tmp / BIASES_FILE)
         _write_json(tmp / "record.json", {"history": history, "regenerated": regenerated})
         final = stages / f"stage_{stage:03d}"
         if final.exists():
@@ -386,6 +403,19 @@ class RESPPruner:
         if (directory / RUN_FILE).exists():
             _write_json(directory / RUN_FILE, {"source": self.source, "status": "finished"})
         return directory
+
+
+def _restore_biases(model: PreTrainedModel, biases: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """Put back biases a criterion added to linears that had none (and the config flags that build them)."""
+    for name, tensor in biases.items():
+        module_name = name.removesuffix(".bias")
+        linear = model.get_submodule(module_name)
+        linear.bias = torch.nn.Parameter(tensor.to(linear.weight.device, linear.weight.dtype))
+        flag = {"o_proj": O_PROJ_BIAS, "down_proj": DOWN_PROJ_BIAS}.get(module_name.rsplit(".", 1)[-1])
+        if flag is None:
+            raise ValueError(f"Cannot restore an added bias on {module_name}: no config flag builds it.")
+        setattr(model.config, flag, True)
+    return model
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -282,11 +282,17 @@ def prune_model(
 
     old_layers = model.get_submodule(spec.layers_path)
     new_layers = new_model.get_submodule(spec.layers_path)
-    for keep, old_layer, new_layer in zip(plan.layers, old_layers, new_layers, strict=True):
+    for i, (keep, old_layer, new_layer) in enumerate(zip(plan.layers, old_layers, new_layers, strict=True)):
         index = _layer_indices(spec, keep, head_dim)
         for kind, slices in spec.structures.items():
             for s in slices:
                 old_linear = old_layer.get_submodule(s.module)
+                if old_linear.bias is not None and new_layer.get_submodule(s.module).bias is None:
+                    # e.g. a FLAP bias-compensated o_proj/down_proj: the stock class would drop it on reload
+                    raise PruningPlanError(
+                        f"Layer {i} {s.module} has a bias that a {type(new_model).__name__} cannot hold "
+                        "(added by bias compensation?). Use export='per_layer'."
+                    )
                 new_linear = slice_linear(
                     old_linear,
                     out_index=index[kind] if s.dim == "out" else None,

@@ -339,3 +339,22 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     assert not any("lora" in name for name in reloaded.state_dict())
     assert abs(loss(reloaded) - loss(result.model)) < 1e-4
+
+
+def test_flap_compensation_survives_resume(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    config = small_config(importance="flap", num_stages=2, regeneration_milestones=[])
+    first = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS, tmp_path / "run")
+    assert first.model.config.down_proj_bias and first.model.model.layers[1].mlp.down_proj.bias is not None
+    assert (tmp_path / "run" / "stages" / "stage_002" / "added_biases.safetensors").exists()
+    again = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS, tmp_path / "run")  # resumes
+    x = torch.randint(3, 200, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(first.model(x).logits, again.model(x).logits)
+    with pytest.raises(ValueError, match="export='per_layer'"):
+        RESPPruner(
+            model,
+            tokenizer,
+            small_config(importance="flap", export="uniform", allocation="uniform", protected_layers=[]),
+        )

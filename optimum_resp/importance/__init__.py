@@ -4,6 +4,7 @@
 model's own traces into decode-only calibration examples.
 """
 
+from .activations import FeatureStats, collect_input_stats
 from .base import (
     SCORERS,
     LayerScores,
@@ -19,21 +20,31 @@ from .base import (
     structure_sums,
 )
 from .data import IGNORE_INDEX, CalibrationCollator, build_examples, check_examples
+from .flap import FLAPScorer, check_bias_compensation, compensate_bias
+from .magnitude import MagnitudeScorer
 from .taylor import TaylorImportanceCallback, TaylorScorer
+from .wanda import WandaSPScorer
 
 __all__ = [
     "IGNORE_INDEX",
     "SCORERS",
     "CalibrationCollator",
+    "FLAPScorer",
+    "FeatureStats",
     "LayerScores",
+    "MagnitudeScorer",
     "PrunableLinear",
     "Scorer",
     "Scores",
     "ScoringStats",
     "TaylorImportanceCallback",
     "TaylorScorer",
+    "WandaSPScorer",
     "build_examples",
+    "check_bias_compensation",
     "check_examples",
+    "collect_input_stats",
+    "compensate_bias",
     "get_scorer",
     "load_scores",
     "prunable_linears",

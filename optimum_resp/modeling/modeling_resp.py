@@ -32,6 +32,26 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from .configuration_resp import RESPLlamaConfig, RESPQwen2Config, RESPQwen3Config
 
+# Config flags giving o_proj / down_proj a bias in every layer (stock Qwen3/Qwen2 have none there):
+# set on models whose pruning folded the removed inputs' mean into a bias (FLAP bias compensation).
+O_PROJ_BIAS = "o_proj_bias"
+DOWN_PROJ_BIAS = "down_proj_bias"
+
+
+def _add_compensation_biases(layer, config) -> None:
+    """Give o_proj / down_proj a bias when the (layer) config asks for one and the stock layer has none."""
+    for flag, parent_name, name in (
+        (O_PROJ_BIAS, "self_attn", "o_proj"),
+        (DOWN_PROJ_BIAS, "mlp", "down_proj"),
+    ):
+        parent = getattr(layer, parent_name)
+        linear = getattr(parent, name)
+        if getattr(config, flag, False) and linear.bias is None:
+            w = linear.weight
+            setattr(
+                parent, name, nn.Linear(w.shape[1], w.shape[0], bias=True, device=w.device, dtype=w.dtype)
+            )
+
 
 def _init_per_layer_decoder(model, config, layer_cls, norm_cls, rotary_cls) -> None:
     """The stock decoder __init__, except that layer i is built from `config.per_layer_config[i]`."""
@@ -41,6 +61,8 @@ def _init_per_layer_decoder(model, config, layer_cls, norm_cls, rotary_cls) -> N
     model.layers = nn.ModuleList(
         [layer_cls(config.per_layer_config[i], i) for i in range(config.num_hidden_layers)]
     )
+    for i, layer in enumerate(model.layers):
+        _add_compensation_biases(layer, config.per_layer_config[i])
     model.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
     model.rotary_emb = rotary_cls(config=config)
     model.gradient_checkpointing = False
