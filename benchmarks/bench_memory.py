@@ -1,0 +1,163 @@
+"""Peak memory of importance collection: RESP's per-structure hooks vs a backward that keeps all gradients.
+
+Each measurement runs in its own subprocess on the same random-weight model and the same calibration
+examples, and reports the process's peak resident memory above what it held right after loading the
+model (CPU), or the CUDA allocator's peak above the model's own bytes (GPU):
+- `hooks`: `TaylorScorer` (the Trainer run RESP uses): |W * g| accumulated per structure in
+  post-accumulate-grad hooks, each gradient freed at once ("batch") or a float32 sum per prunable
+  weight ("all", the reference's estimator);
+- `full`: every parameter requires grad and every gradient is kept and accumulated over the
+  examples, as LLM-Pruner-style Taylor collection does.
+
+    python benchmarks/bench_memory.py                        # Qwen3-0.6B shape, CPU
+    python benchmarks/bench_memory.py --shape qwen3-8b --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_speed import SHAPES, build_dense, write_results  # noqa: E402
+
+
+def worker(args) -> None:
+    import psutil
+    import torch
+
+    from optimum_resp.importance import TaylorScorer
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_dense(args.shape, dtype, device)
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    examples = []
+    for _ in range(args.examples):
+        ids = torch.randint(0, vocab, (args.tokens,), generator=gen).tolist()
+        prompt = args.tokens // 4
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    if args.mode.startswith("hooks"):
+        TaylorScorer(abs_after=args.mode.split("-")[1], batch_size=1, progress=False).score(model, examples)
+    else:  # every gradient kept, accumulated over the examples
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for e in examples:
+            ids = torch.tensor([e["input_ids"]], device=device)
+            labels = torch.tensor([e["labels"]], device=device)
+            model(input_ids=ids, labels=labels).loss.backward()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - base_cuda if device == "cuda" else None
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "mode": args.mode,
+                "seconds": seconds,
+                "base_rss": base,
+                "cuda_peak_above_model": peak,
+                "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="hooks-batch")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--examples", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    rows = []
+    for mode in ("hooks-batch", "hooks-all", "full"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--mode",
+            mode,
+            "--shape",
+            args.shape,
+            "--device",
+            args.device,
+            "--examples",
+            str(args.examples),
+            "--tokens",
+            str(args.tokens),
+            "--threads",
+            str(args.threads),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"{mode} failed:\n{output[-3000:]}")
+        r = json.loads(next(x for x in output.splitlines() if x.startswith("RESULT "))[7:])
+        r["peak_above_load"] = (
+            r["cuda_peak_above_model"] if args.device == "cuda" else usage.ru_maxrss * 1024 - r["base_rss"]
+        )
+        rows.append(r)
+        print(
+            f"{mode:12s} peak above the loaded model {r['peak_above_load'] / 2**20:,.0f} MiB, {r['seconds']:.1f}s",
+            flush=True,
+        )
+    mib = 2**20
+    full = next(r for r in rows if r["mode"] == "full")
+    lines = [
+        f"## Importance-collection memory: random-weight {args.shape} shape, {args.device}",
+        "",
+        f"Command: `python benchmarks/bench_memory.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"{args.examples} calibration examples of {args.tokens} tokens (decode-only labels on the last 3/4), batch 1. "
+        f"Peak memory above what the process held right after loading the model "
+        f"({'CUDA allocator peak' if args.device == 'cuda' else 'max RSS'}); the model's parameters take "
+        f"{full['param_bytes'] / mib:,.0f} MiB. Each row is its own subprocess.",
+        "",
+        "| collection | peak above the loaded model (MiB) | vs keeping all gradients | seconds |",
+        "|---|---:|---:|---:|",
+    ]
+    names = {
+        "hooks-batch": "RESP hooks, abs(W*g) per backward (default)",
+        "hooks-all": "RESP hooks, float32 gradient sum per prunable weight (reference estimator)",
+        "full": "forward+backward keeping every gradient",
+    }
+    for r in rows:
+        lines.append(
+            f"| {names[r['mode']]} | {r['peak_above_load'] / mib:,.0f} | "
+            f"{r['peak_above_load'] / full['peak_above_load']:.2f}x | {r['seconds']:.1f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_results(f"memory-{args.shape}-{args.device}", text)
+
+
+if __name__ == "__main__":
+    main()
