@@ -390,8 +390,23 @@ class RESPPruner:
     # Output.
     # ------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write the pruned model, tokenizer, resp_config.json and the report (resp_report.json)."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        eval_results: list[dict] | None = None,
+        command: str | None = None,
+        base_model: str | None = None,
+        license: str | None = None,
+        model_id: str | None = None,
+    ) -> Path:
+        """Write the pruned model, tokenizer, resp_config.json, the report (resp_report.json) and a model card.
+
+        `eval_results` are `evaluate_model(...).summary` dicts (shown in the card and its model-index);
+        `command` is the command that reproduces the model; `base_model` the Hub id when the model was
+        loaded from a local folder.
+        """
+        from .hub import write_model_card
+
         if self.result is None:
             raise ValueError("Nothing to save yet: call prune() first.")
         directory = Path(save_directory)
@@ -400,9 +415,52 @@ class RESPPruner:
         self.tokenizer.save_pretrained(directory)
         self.config.save_pretrained(directory)
         _write_json(directory / REPORT_FILE, self.result.report)
+        write_model_card(
+            directory,
+            report=self.result.report,
+            base_model=base_model or self.source,
+            eval_results=eval_results,
+            license=license,
+            command=command,
+            model_id=model_id,
+        )
         if (directory / RUN_FILE).exists():
             _write_json(directory / RUN_FILE, {"source": self.source, "status": "finished"})
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        save_directory: str | os.PathLike | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        **card_kwargs: Any,
+    ) -> str:
+        """Save (model, tokenizer, config, report, card) and upload the folder; returns the commit URL.
+
+        Without a token or while offline this fails before anything is written or sent; a failed upload
+        leaves the saved folder complete, to be pushed again.
+        """
+        from .hub import check_can_push, push_to_hub
+
+        token = check_can_push(repo_id, token)  # offline or no token: refused before anything is written
+        directory = self.save_pretrained(
+            save_directory or tempfile.mkdtemp(prefix="resp-push-"), model_id=repo_id, **card_kwargs
+        )
+        return push_to_hub(
+            directory,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            revision=revision,
+            endpoint=endpoint,
+        )
 
 
 def _restore_biases(model: PreTrainedModel, biases: dict[str, torch.Tensor]) -> PreTrainedModel:

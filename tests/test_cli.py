@@ -131,7 +131,16 @@ def test_bad_usage_exit_codes(model_dir, tmp_path, capsys):
     assert main(prune_args(model_dir, busy)) == 2
     assert "is not empty and holds no RESP run" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
+
     assert main([]) == 2
     with pytest.raises(SystemExit) as exc:
         main(["prune", "--help"])
     assert exc.value.code == 0 and "Running the same command again resumes" in capsys.readouterr().out
+
+
+def test_push_without_a_token_is_refused_before_pruning(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    assert main(prune_args(model_dir, tmp_path / "p", "--push-to-hub", "me/x")) == 1
+    assert "No Hugging Face token" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from . import demo, info, prune
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 success, 1 failure while running, 2 bad usage or bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["optimum-resp", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -49,6 +49,11 @@ def register(subparsers) -> None:
     p.add_argument("--num-prompts", type=int, default=None)
     p.add_argument("--stages", type=int, default=None, help="number of progressive stages")
     p.add_argument("--generator", choices=["auto", "hf", "vllm"], default="auto")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument(
+        "--base-model", default=None, help="Hub id of the base model, for the model card (local MODEL)"
+    )
     p.add_argument("--dtype", default="auto", help="model dtype to load (auto, bfloat16, float32, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=run)
@@ -79,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from ..pruner import RESPPruner
 
     config = build_config(args)  # bad flags fail here, before the model is loaded
+    if args.push_to_hub:
+        from ..hub import check_can_push
+
+        check_can_push(args.push_to_hub)  # no token / offline: refused before the prune, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pruner = RESPPruner.from_pretrained(
         args.model, config=config, task=args.task, generator=args.generator, dtype=args.dtype
@@ -89,7 +98,14 @@ def run(args: argparse.Namespace) -> int:
     )
     output = Path(args.output)
     result = pruner.prune(prompts, output_dir=output)
-    pruner.save_pretrained(output)
+    card = {"command": args.command_line, "base_model": args.base_model}
+    if args.push_to_hub:
+        url = pruner.push_to_hub(
+            args.push_to_hub, save_directory=output, private=args.private or None, **card
+        )
+        print(f"Pushed to {args.push_to_hub}: {url}")
+    else:
+        pruner.save_pretrained(output, **card)
     print(
         f"Pruned {args.model} with {args.method}: sparsity {result.report['sparsity']:.2%} "
         f"({result.report['dense_total_params']:,} -> {result.report['pruned_total_params']:,} parameters). "
