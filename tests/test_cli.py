@@ -144,3 +144,14 @@ def test_push_without_a_token_is_refused_before_pruning(model_dir, tmp_path, cap
     assert main(prune_args(model_dir, tmp_path / "p", "--push-to-hub", "me/x")) == 1
     assert "No Hugging Face token" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_optimum_cli_mounts_the_resp_commands(tmp_path):
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "optimum.commands.optimum_cli", "resp"]
+    help_text = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "prune" in help_text.stdout and "eval" in help_text.stdout
+    info = subprocess.run([*run, "info", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 2 and "holds no RESP output" in info.stderr

@@ -23,6 +23,13 @@ exit codes: 0 success, 1 failure while running, 2 bad usage or bad input, 130 in
 COMMANDS = (prune, eval_command, info, demo)
 
 
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """Add the subcommands to a parser (ours, or optimum-cli's `resp` parser)."""
+    subparsers = parser.add_subparsers(dest="resp_command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimum-resp",
@@ -31,34 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(subparsers)
+    add_commands(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 success, 1 failure while running, 2 bad usage or bad input."""
+    """Exit codes: 0 success, 1 failure while running, 2 bad usage or bad input, 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["optimum-resp", *(sys.argv[1:] if argv is None else argv)])
+    return run_parsed(args, parser)
+
+
+def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run a parsed subcommand and turn its outcome into an exit code."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "func", None):
+    if not getattr(args, "resp_func", None):
         parser.print_help()
         return 2
+    if not hasattr(args, "command_line"):
+        args.command_line = shlex.join(["optimum-cli", *sys.argv[1:]])
+    name = args.resp_command
     try:
-        return int(args.func(args) or 0)
+        return int(args.resp_func(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # bad input: the message says what was wrong and the fix
-        print(f"optimum-resp {args.command}: error: {err}", file=sys.stderr)
+        print(f"optimum-resp {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"optimum-resp {args.command}: interrupted (a prune resumes when run again)", file=sys.stderr)
+        print(f"optimum-resp {name}: interrupted (a prune resumes when run again)", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - a script-friendly exit code, with the cause
         logging.getLogger("optimum_resp").debug("failure", exc_info=True)
-        print(f"optimum-resp {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"optimum-resp {name}: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
 
 

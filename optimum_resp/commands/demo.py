@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output", default=None, help="also save the per_layer model here")
-    p.set_defaults(func=run)
+    p.set_defaults(resp_func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="folder for samples.jsonl and summary.json")
     p.add_argument("--dtype", default="auto")
-    p.set_defaults(func=run)
+    p.set_defaults(resp_func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("directory", help="a folder written by `optimum-resp prune` (finished or not)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(resp_func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--dtype", default="auto", help="model dtype to load (auto, bfloat16, float32, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.set_defaults(func=run)
+    p.set_defaults(resp_func=run)
 
 
 def build_config(args: argparse.Namespace):
