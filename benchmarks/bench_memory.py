@@ -26,7 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_speed import SHAPES, build_dense, write_results  # noqa: E402
+from bench_speed import SHAPES, build_dense  # noqa: E402
+from results_md import write_results  # noqa: E402
 
 
 def worker(args) -> None:

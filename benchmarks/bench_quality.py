@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
+sys.path.insert(0, str(HERE))
 PLOT = HERE / "quality.png"
+
+from results_md import write_results  # noqa: E402
 
 from optimum_resp.configuration_resp import METHOD_PRESETS  # noqa: E402
 
@@ -139,19 +141,6 @@ def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -
         flush=True,
     )
     return record
-
-
-def write_results(text: str) -> None:
-    start, end = "<!-- quality:start -->", "<!-- quality:end -->"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in current and end in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, RESULTS)
 
 
 def plot(records: list[dict], dense: dict, path: Path) -> None:
@@ -271,7 +260,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         plot(records, dense, PLOT)
-        write_results(text)
+        write_results("quality", text)
         (HERE / "quality.json").write_text(
             json.dumps({"dense": dense, "runs": records, "stage_sweep": sweep}, indent=1)
         )

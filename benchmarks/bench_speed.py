@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import platform
 import sys
 from pathlib import Path
@@ -27,6 +26,9 @@ from transformers.initialization import no_init_weights
 from optimum_resp import prune_model, size_report
 from optimum_resp.speed import compare_speed
 from optimum_resp.testing_utils import QWEN3_0_6B_SHAPE, random_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import write_results  # noqa: E402
 
 SHAPES = {
     "qwen3-0.6b": QWEN3_0_6B_SHAPE,
@@ -50,7 +52,6 @@ SHAPES = {
         "head_dim": 32,
     },
 }
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def build_dense(shape: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
@@ -65,24 +66,6 @@ def build_dense(shape: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
             if "RMSNorm" in type(m).__name__:
                 m.weight.fill_(1.0)
     return model.eval()
-
-
-def write_results(section: str, text: str) -> None:
-    """Replace this script's block in RESULTS.md (other scripts own the other blocks)."""
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    current = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
-    )
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in current and end in current:
-        current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, RESULTS)
 
 
 def main(argv: list[str] | None = None) -> None:

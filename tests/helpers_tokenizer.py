@@ -121,3 +121,24 @@ class ScriptedModel:
         pad = generation_config.pad_token_id
         new = torch.tensor([r + [pad] * (width - len(r)) for r in replies], dtype=torch.long)
         return torch.cat([input_ids, new], dim=1)
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast, model_type: str = "qwen3", seed: int = 0, **overrides
+):
+    """A 4-layer random model of `optimum_resp.testing_utils.tiny_config` whose vocabulary and special ids match
+    ``tokenizer`` (eval mode): what pruner, CLI and Hub tests prune end to end."""
+    from transformers import AutoModelForCausalLM
+
+    from optimum_resp.testing_utils import tiny_config
+
+    torch.manual_seed(seed)
+    config = tiny_config(
+        model_type,
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **overrides,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()

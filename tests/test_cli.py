@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.commands.cli import main
-from optimum_resp.testing_utils import tiny_config
 
 GSM8K = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
 
@@ -20,15 +18,7 @@ GSM8K = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
     tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = tiny_config(
-        "qwen3",
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    build_tiny_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
 from hub_server import FakeHub
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM
@@ -81,15 +81,7 @@ def pruned(tmp_path_factory):
     """A tiny Qwen3 really pruned by RESP (1 stage, per_layer export) and saved: (folder, report)."""
     tokenizer = build_tiny_tokenizer()
     with single_torch_thread():
-        torch.manual_seed(0)
-        config = tiny_config(
-            "qwen3",
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        )
-        model = AutoModelForCausalLM.from_config(config).eval()
+        model = build_tiny_model(tokenizer)
         resp = RESPConfig(
             target_sparsity=0.3,
             num_stages=1,
@@ -391,15 +383,7 @@ def test_pruner_push_to_hub_saves_and_uploads_the_folder(tmp_path, monkeypatch):
     from optimum_resp.hub import HubPushError
 
     tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = tiny_config(
-        "qwen3",
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = build_tiny_model(tokenizer)
     resp = RESPConfig(
         target_sparsity=0.2,
         num_stages=1,

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.allocation import allocate
@@ -402,16 +402,7 @@ def test_uniform_compensation_needs_native_biases():
 @pytest.mark.parametrize("importance", ["magnitude", "wanda-sp", "flap"])
 def test_pruner_runs_with_each_baseline(importance):
     tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = tiny_config(
-        "qwen3",
-        num_hidden_layers=3,
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = build_tiny_model(tokenizer, num_hidden_layers=3)
     resp_config = RESPConfig(
         importance=importance,
         target_sparsity=0.2,

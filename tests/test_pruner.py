@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_resp.configuration_resp import RESPConfig
@@ -31,15 +31,7 @@ def _one_thread():
 
 
 def tiny_model(tokenizer, seed: int = 0):
-    torch.manual_seed(seed)
-    config = tiny_config(
-        "qwen3",
-        vocab_size=len(tokenizer),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    return AutoModelForCausalLM.from_config(config).eval()
+    return build_tiny_model(tokenizer, seed=seed)
 
 
 def small_config(**overrides) -> RESPConfig:
