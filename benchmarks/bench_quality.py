@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--stage-sweep", type=int, nargs="*", default=[4, 8, 16, 32])
+    parser.add_argument("--lora-sparsities", type=float, nargs="*", default=[0.3, 0.4, 0.5])
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--eval-limit", type=int, default=500)
     parser.add_argument("--max-new-tokens", type=int, default=384)
@@ -200,7 +201,12 @@ def main() -> None:
         worker(args)
         return
     if args.quick:
-        args.methods, args.sparsities, args.stage_sweep = ["resp", "magnitude"], [0.3], [2]
+        args.methods, args.sparsities, args.stage_sweep, args.lora_sparsities = (
+            ["resp", "magnitude"],
+            [0.3],
+            [2],
+            [0.3],
+        )
         args.num_prompts, args.eval_limit = 16, 50
 
     started = time.perf_counter()
@@ -213,6 +219,7 @@ def main() -> None:
         dict(run_one(args, "resp", 0.4, {"num_stages": k}), num_stages=k, ablation=True)
         for k in args.stage_sweep
     ]
+    lora = [dict(run_one(args, "resp", s, {"recovery": "lora"}), ablation=True) for s in args.lora_sparsities]
 
     lines = [
         "## Quality: RESP vs baselines on the shipped tiny reasoner",
@@ -255,6 +262,21 @@ def main() -> None:
         f"| {r['num_stages']} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
         for r in sweep
     ]
+    if lora:
+        lines += [
+            "",
+            "### RESP + LoRA recovery (self-distillation on the dense model's traces, merged)",
+            "",
+            "| sparsity | RESP | RESP + LoRA | wall s |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in lora:
+            plain = next((x for x in records if x["method"] == "resp" and x["target"] == r["target"]), None)
+            plain_acc = f"{plain['accuracy']:.3f}" if plain else "-"
+            lines.append(
+                f"| {r['target']:.0%} | {plain_acc} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, "
+                f"{r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
+            )
     lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
     text = "\n".join(lines)
     print(text)
@@ -262,7 +284,7 @@ def main() -> None:
         plot(records, dense, PLOT)
         write_results("quality", text)
         (HERE / "quality.json").write_text(
-            json.dumps({"dense": dense, "runs": records, "stage_sweep": sweep}, indent=1)
+            json.dumps({"dense": dense, "runs": records, "stage_sweep": sweep, "lora": lora}, indent=1)
         )
 
 

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=sorted(METHOD_PRESETS), default="resp")
     p.add_argument("--export", choices=["uniform", "per_layer"], default=None)
     p.add_argument(
+        "--recover", choices=["lora"], default=None, help="LoRA recovery on the dense model's traces"
+    )
+    p.add_argument(
         "--config", default=None, help="a resp_config.json (file or folder); flags above override it"
     )
     p.add_argument("--num-prompts", type=int, default=None)
@@ -70,6 +73,7 @@ def build_config(args: argparse.Namespace):
         "export": args.export,
         "num_calibration_prompts": args.num_prompts,
         "num_stages": args.stages,
+        "recovery": args.recover,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.export == "uniform":  # every layer alike: uniform allocation, nothing protected unless configured
