@@ -62,6 +62,7 @@ __all__ = ["PruneResult", "RESPPruner", "compose_plans"]
 RUN_FILE = "resp_run.json"
 DENSE_TRACES = "dense_traces.jsonl"
 BIASES_FILE = "added_biases.safetensors"
+SELECTED_FILE = "selected_prompts.json"
 REPORT_FILE = "resp_report.json"
 STAGES_DIR = "stages"
 
@@ -193,15 +194,22 @@ class RESPPruner:
         state = self._open_run(out) if out is not None else None
         if state is None:
             if c.selection_difficulty_samples:
+                questions = {p.question for p in prompts}
                 prompts, _ = select_by_difficulty(
                     self.model, self.tokenizer, prompts, c, self.generator, self.task
                 )
+                if out is not None:  # a resumed run regenerates for the same selected prompts
+                    _write_json(out / SELECTED_FILE, [p.question for p in prompts])
+                logger.info("SSGR selection kept %d of %d prompts", len(prompts), len(questions))
             plan, history, regenerated = PruningPlan.full(dense_config), [], set()
             model = self.model
             traces = self._calibrate(model, prompts, stage=0)
             if out is not None:
                 save_traces(traces, out / DENSE_TRACES)
         else:
+            if (out / SELECTED_FILE).exists():
+                selected = set(json.loads((out / SELECTED_FILE).read_text()))
+                prompts = [p for p in prompts if p.question in selected]
             plan, history, traces = state["plan"], state["history"], state["traces"]
             regenerated = set(state["regenerated"])
             model = _restore_biases(prune_model(self.model, plan, export="per_layer"), state["biases"])

@@ -350,3 +350,44 @@ def test_flap_compensation_survives_resume(tmp_path):
             tokenizer,
             small_config(importance="flap", export="uniform", allocation="uniform", protected_layers=[]),
         )
+
+
+def test_difficulty_selection_is_kept_across_resume(tmp_path):
+    from test_calibration import FakeGenerator
+
+    from optimum_resp.calibration import prompts_from_task
+
+    fixtures = Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl"
+    prompts = prompts_from_task("gsm8k", str(fixtures), limit=4, seed=0)
+
+    def script(call, prompt):  # prompt i is solved by the first i of the samples: 0 and 1 are the hardest
+        i = next(i for i, p in enumerate(prompts) if p.question in prompt)
+        return f"<think>\nwork\n</think>\n\n\\boxed{{{prompts[i].gold if call <= i else -1}}}", False
+
+    tokenizer = build_tiny_tokenizer()
+    config = small_config(
+        num_stages=2,
+        regeneration_milestones=[0.1],
+        selection_difficulty_samples=3,
+        selection_keep_fraction=0.5,
+    )
+    first = RESPPruner(
+        tiny_model(tokenizer), tokenizer, config, task="gsm8k", generator=FakeGenerator(script)
+    )
+    first.prune(prompts, tmp_path)
+    selected = json.loads((tmp_path / "selected_prompts.json").read_text())
+    assert selected == [prompts[0].question, prompts[1].question]
+    from optimum_resp.calibration import load_traces
+
+    stage2 = tmp_path / "stages" / "stage_002"
+    assert [t.question for t in load_traces(stage2 / "traces.jsonl")] == selected
+    # Resume from stage 1: stage 2 regenerates its traces, for the selected prompts only (no new selection).
+    import shutil
+
+    shutil.rmtree(stage2)
+    resumed_gen = FakeGenerator(script)
+    RESPPruner(tiny_model(tokenizer), tokenizer, config, task="gsm8k", generator=resumed_gen).prune(
+        prompts, tmp_path
+    )
+    assert len(resumed_gen.calls) == 1  # one regeneration, no difficulty sampling
+    assert [t.question for t in load_traces(stage2 / "traces.jsonl")] == selected
