@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--stage-sweep", type=int, nargs="*", default=[4, 8, 16, 32])
+    parser.add_argument("--regen-fractions", type=float, nargs="*", default=[0.25, 0.5])
     parser.add_argument("--lora-sparsities", type=float, nargs="*", default=[0.3, 0.4, 0.5])
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--eval-limit", type=int, default=500)
@@ -220,6 +221,10 @@ def main() -> None:
         for k in args.stage_sweep
     ]
     lora = [dict(run_one(args, "resp", s, {"recovery": "lora"}), ablation=True) for s in args.lora_sparsities]
+    fractions = [
+        dict(run_one(args, "resp", 0.4, {"regeneration_fraction": f}), fraction=f, ablation=True)
+        for f in args.regen_fractions
+    ]
 
     lines = [
         "## Quality: RESP vs baselines on the shipped tiny reasoner",
@@ -284,7 +289,10 @@ def main() -> None:
         plot(records, dense, PLOT)
         write_results("quality", text)
         (HERE / "quality.json").write_text(
-            json.dumps({"dense": dense, "runs": records, "stage_sweep": sweep, "lora": lora}, indent=1)
+            json.dumps(
+                {"dense": dense, "runs": records, "stage_sweep": sweep, "lora": lora, "fractions": fractions},
+                indent=1,
+            )
         )
 
 

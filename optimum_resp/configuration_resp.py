@@ -99,6 +99,8 @@ class RESPConfig:
     """Sparsity rises linearly from 0 to target_sparsity over this many stages."""
     regeneration_milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     """Sparsities at which the pruned model regenerates its calibration traces ([] = never)."""
+    regeneration_fraction: float = 1.0
+    """Fraction of the prompts whose traces are regenerated at a milestone (the rest keep theirs)."""
 
     # Calibration.
     calibration_source: Literal["self", "gold", "text"] = "self"
@@ -176,6 +178,7 @@ class RESPConfig:
         for m in self.regeneration_milestones:
             _in_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
         self.regeneration_milestones = sorted(set(self.regeneration_milestones))
+        _in_range("regeneration_fraction", self.regeneration_fraction, 0.0, 1.0, low_open=True)
         _choice("calibration_source", self.calibration_source, CALIBRATION_SOURCES)
         _positive_int("num_calibration_prompts", self.num_calibration_prompts)
         if self.do_sample:

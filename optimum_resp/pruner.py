@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -228,7 +229,7 @@ class RESPPruner:
                     sparsity_now,
                     due,
                 )
-                traces = self._calibrate(model, prompts, stage=k)
+                traces = self._regenerate(model, prompts, traces, stage=k)
                 regenerated.update(due)
             examples = build_examples(
                 self.tokenizer,
@@ -320,6 +321,20 @@ class RESPPruner:
         )
         self.result = PruneResult(final, plan, report, history)
         return self.result
+
+    def _regenerate(
+        self, model, prompts: list[CalibrationPrompt], traces: list[Trace], stage: int
+    ) -> list[Trace]:
+        """New traces from the pruned model, for all prompts or a seeded `regeneration_fraction` of them."""
+        fraction = self.config.regeneration_fraction
+        if fraction >= 1.0:
+            return self._calibrate(model, prompts, stage)
+        count = max(1, round(fraction * len(prompts)))
+        chosen = sorted(random.Random(self.config.seed + stage).sample(range(len(prompts)), count))
+        fresh = {t.question: t for t in self._calibrate(model, [prompts[i] for i in chosen], stage)}
+        redo = {prompts[i].question for i in chosen}
+        kept = [t for t in traces if t.question not in redo]
+        return kept + [fresh[q] for q in (prompts[i].question for i in chosen) if q in fresh]
 
     def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
         """Traces for the prompts from the current model; each stage draws from its own seed."""

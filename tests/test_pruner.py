@@ -391,3 +391,16 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
     )
     assert len(resumed_gen.calls) == 1  # one regeneration, no difficulty sampling
     assert [t.question for t in load_traces(stage2 / "traces.jsonl")] == selected
+
+
+def test_partial_regeneration_replaces_only_a_fraction_of_traces(tmp_path):
+    from optimum_resp.calibration import load_traces
+
+    tokenizer = build_tiny_tokenizer()
+    config = small_config(num_stages=2, regeneration_milestones=[0.1], regeneration_fraction=0.5)
+    RESPPruner(tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, tmp_path)
+    before = {t.question: t for t in load_traces(tmp_path / "dense_traces.jsonl")}
+    after = load_traces(tmp_path / "stages" / "stage_002" / "traces.jsonl")
+    assert sorted(t.question for t in after) == sorted(PROMPTS)
+    unchanged = [t for t in after if t == before[t.question]]
+    assert len(unchanged) == 3  # the other half was generated again by the pruned model (new seed, new model)
