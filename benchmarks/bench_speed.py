@@ -65,6 +65,8 @@ def build_dense(shape: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
         for m in model.modules():
             if "RMSNorm" in type(m).__name__:
                 m.weight.fill_(1.0)
+    if config.tie_word_embeddings:  # Qwen3-0.6B reads one matrix for embeddings and lm_head
+        model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 
 

@@ -311,8 +311,7 @@ def prune_model(
         if name in new_buffers and new_buffers[name].is_meta:
             parent, _, attr = name.rpartition(".")
             setattr(new_model.get_submodule(parent), attr, buf)
-    if getattr(new_config, "tie_word_embeddings", False):
-        new_model.tie_weights()
+    # No tie_weights(): lm_head and the embeddings are the same tensor here exactly when they were in `model`.
 
     leftover = [n for n, t in [*new_model.named_parameters(), *new_model.named_buffers()] if t.is_meta]
     if leftover:

@@ -430,3 +430,12 @@ def test_uniform_llama_with_head_count_stock_llama_refuses():
     with pytest.raises(PruningPlanError, match="stock LlamaConfig refuses.*export='per_layer'"):
         prune_model(model, plan, export="uniform")
     assert_same_outputs(zero_removed(model, plan), prune_model(model, plan, export="per_layer"))
+
+
+def test_untied_heads_stay_untied_even_if_the_config_says_tied():
+    """Surgery mirrors the tensors it is given: it never ties (or unties) lm_head behind the model's back."""
+    model = make_model("qwen3", tie_word_embeddings=True)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() + 1.0)
+    pruned = prune_model(model, random_plan(model.config, 0.4), export="uniform")
+    assert pruned.lm_head.weight.data_ptr() != pruned.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(pruned.lm_head.weight, model.lm_head.weight)
