@@ -23,7 +23,9 @@ def linear_weights(model: nn.Module) -> int:
 
 
 def _weight_bytes(model: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of parameter storage, each tensor once (tied embeddings and lm_head count once)."""
+    unique = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
+    return sum(unique.values())
 
 
 def _sync(device: torch.device) -> None:

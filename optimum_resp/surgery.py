@@ -311,7 +311,14 @@ def prune_model(
         if name in new_buffers and new_buffers[name].is_meta:
             parent, _, attr = name.rpartition(".")
             setattr(new_model.get_submodule(parent), attr, buf)
-    # No tie_weights(): lm_head and the embeddings are the same tensor here exactly when they were in `model`.
+    # Parameters that are one tensor in `model` (tied lm_head and embeddings) are one Parameter here too;
+    # nothing is tied that was not (no tie_weights()).
+    first_by_storage: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first_by_storage.setdefault(param.data_ptr(), name)
+        if owner != name:
+            parent, _, attr = name.rpartition(".")
+            setattr(new_model.get_submodule(parent), attr, new_model.get_parameter(owner))
 
     leftover = [n for n, t in [*new_model.named_parameters(), *new_model.named_buffers()] if t.is_meta]
     if leftover:

@@ -185,6 +185,7 @@ def test_tied_embeddings_stay_tied():
     model = make_model("qwen3", tie_word_embeddings=True)
     pruned = prune_model(model, random_plan(model.config, 0.4), export="uniform")
     assert pruned.lm_head.weight.data_ptr() == pruned.model.embed_tokens.weight.data_ptr()
+    assert pruned.lm_head.weight is pruned.model.embed_tokens.weight  # one Parameter, as in the source
     assert_same_outputs(zero_removed(model, random_plan(model.config, 0.4)), pruned)
 
 
