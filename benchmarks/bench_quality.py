@@ -282,6 +282,18 @@ def main() -> None:
                 f"| {r['target']:.0%} | {plain_acc} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, "
                 f"{r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
             )
+    if fractions:
+        lines += [
+            "",
+            "### Regenerated fraction at milestones (RESP at 40%)",
+            "",
+            "| fraction of calibration traces regenerated | accuracy | wall s |",
+            "|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['fraction']:.0%} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
+            for r in fractions
+        ]
     lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
     text = "\n".join(lines)
     print(text)

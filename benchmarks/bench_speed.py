@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--exports", nargs="+", default=["uniform", "per_layer"])
+    parser.add_argument(
+        "--channel-multiples", type=int, nargs="+", default=[1],
+        help="kept MLP widths rounded to these multiples (one row each; 1 = no rounding)",
+    )
     parser.add_argument("--prefill-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--decode-prompt", type=int, default=16)
@@ -97,16 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     dense = build_dense(args.shape, dtype, device)
     rows = []
     for sparsity in args.sparsities:
-        for export in args.exports:
-            plan = random_plan(dense.config, sparsity, per_layer=export == "per_layer", seed=0)
+        for export, multiple in ((e, k) for e in args.exports for k in args.channel_multiples):
+            plan = random_plan(
+                dense.config, sparsity, per_layer=export == "per_layer", seed=0, channel_multiple=multiple
+            )
             pruned = prune_model(dense, plan, export=export)
             report = size_report(dense, pruned)
             m = compare_speed(
                 dense, pruned, args.prefill_tokens, args.decode_tokens, args.decode_prompt, args.repeats
             )
-            rows.append((report.sparsity, export, m))
+            rows.append((report.sparsity, export, multiple, m))
             print(
-                f"sparsity {report.sparsity:.3f} {export:9s} ideal {m.ideal_speedup:.2f}x  "
+                f"sparsity {report.sparsity:.3f} {export:9s} x{multiple} ideal {m.ideal_speedup:.2f}x  "
                 f"prefill {m.prefill_speedup:.2f}x ({m.prefill_speedup / m.ideal_speedup:.2f} of ideal)  "
                 f"decode {m.decode_speedup:.2f}x ({m.decode_speedup / m.ideal_speedup:.2f} of ideal)",
                 flush=True,
@@ -135,16 +141,16 @@ def main(argv: list[str] | None = None) -> None:
         + (" (CUDA: also allocator peak during decode)." if device == "cuda" else "."),
         "Pruned structures are chosen at random (speed does not depend on which): whole KV groups with their "
         "query heads, then MLP channels to meet each layer's parameter target; per_layer ramps layer targets "
-        "from 0.5x to 1.5x the overall sparsity.",
+        "from 0.5x to 1.5x the overall sparsity. MLP multiple: kept channel counts rounded to a multiple of it.",
         "",
-        "| sparsity | export | ideal | prefill speedup | of ideal | decode speedup | of ideal | dense decode tok/s | pruned decode tok/s | memory dense -> pruned (MiB) | KV cache dense -> pruned (MiB) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sparsity | export | MLP multiple | ideal | prefill speedup | of ideal | decode speedup | of ideal | dense decode tok/s | pruned decode tok/s | memory dense -> pruned (MiB) | KV cache dense -> pruned (MiB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     mib = 2**20
-    for sparsity, export, m in rows:
+    for sparsity, export, multiple, m in rows:
         ideal = m.ideal_speedup
         lines.append(
-            f"| {sparsity:.1%} | {export} | {ideal:.2f}x | {m.prefill_speedup:.2f}x | {m.prefill_speedup / ideal:.2f} | "
+            f"| {sparsity:.1%} | {export} | {multiple} | {ideal:.2f}x | {m.prefill_speedup:.2f}x | {m.prefill_speedup / ideal:.2f} | "
             f"{m.decode_speedup:.2f}x | {m.decode_speedup / ideal:.2f} | {m.decode_dense_tokens_per_s:.1f} | "
             f"{m.decode_pruned_tokens_per_s:.1f} | {m.dense_memory_bytes / mib:,.0f} -> {m.pruned_memory_bytes / mib:,.0f} | "
             f"{m.dense_kv_bytes / mib:,.1f} -> {m.pruned_kv_bytes / mib:,.1f} |"
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             "CUDA allocator peak during decode (MiB): "
             + "; ".join(
                 f"{s:.0%} {e}: {m.dense_peak_bytes / mib:,.0f} -> {m.pruned_peak_bytes / mib:,.0f}"
-                for s, e, m in rows
+                for s, e, _, m in rows
             )
         )
     text = "\n".join(lines)

@@ -10,6 +10,8 @@ the requested number of decoder-linear parameters is removed:
 `global` allocation ranks steps across all layers (per-layer sizes come out non-uniform, as in RESP);
 `uniform` applies each kind of step to every layer together, so all layers keep the same counts.
 Protected layers are never pruned; every layer keeps at least one KV group, one head and one channel.
+With `channel_multiple=m`, a channel step removes the weakest channels down to the next multiple of
+m, so MLP widths stay multiples of m (tensor-core and SIMD friendly shapes).
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ def default_protected_layers(num_layers: int) -> list[int]:
     return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
 
 
+def _min_channels(width: int, multiple: int) -> int:
+    """The narrowest MLP that channel steps of `multiple` can reach from `width` (never zero)."""
+    return multiple if width >= multiple else width
+
+
 def max_removable_params(
-    config: PretrainedConfig, protected: Iterable[int] = (), structures: Sequence[str] = STRUCTURES
+    config: PretrainedConfig,
+    protected: Iterable[int] = (),
+    structures: Sequence[str] = STRUCTURES,
+    channel_multiple: int = 1,
 ) -> int:
     """The most decoder-linear parameters that can go while every layer stays a valid decoder layer."""
     spec = get_architecture(config)
@@ -48,7 +58,8 @@ def max_removable_params(
         if i in protected:
             continue
         if "channels" in structures:
-            total += (size.intermediate_size - 1) * cost["channels"]
+            keep = _min_channels(size.intermediate_size, channel_multiple)
+            total += (size.intermediate_size - keep) * cost["channels"]
         groups_left = 1 if "kv_heads" in structures else size.num_key_value_heads
         heads_per_group = 1 if "query_heads" in structures else size.heads_per_group
         total += (size.num_key_value_heads - groups_left) * (
@@ -89,7 +100,13 @@ class _LayerState:
     """What one layer still keeps, and its next cheapest step of each kind."""
 
     def __init__(
-        self, scores: LayerScores, per_group: int, structures: Sequence[str], weights: _Weights, cost: dict
+        self,
+        scores: LayerScores,
+        per_group: int,
+        structures: Sequence[str],
+        weights: _Weights,
+        cost: dict,
+        channel_multiple: int = 1,
     ):
         self.s = {
             k: scores_tensor.double().tolist()
@@ -106,6 +123,7 @@ class _LayerState:
         }
         self.channels = sorted(range(len(self.s["channels"])), key=lambda c: self.s["channels"][c])
         self.next_channel = 0
+        self.channel_multiple = channel_multiple
         self.structures, self.weights, self.cost = structures, weights, cost
 
     def _priority(self, items: list[tuple[str, int]]) -> float:
@@ -115,9 +133,11 @@ class _LayerState:
     def steps(self) -> dict[str, tuple[float, int, object]]:
         """Available steps: kind -> (priority, parameters removed, what to remove)."""
         out = {}
-        if "channels" in self.structures and len(self.channels) - self.next_channel > 1:
-            c = self.channels[self.next_channel]
-            out["channels"] = (self._priority([("channels", c)]), self.cost["channels"], c)
+        left = len(self.channels) - self.next_channel
+        n = left % self.channel_multiple or self.channel_multiple  # down to the next multiple
+        if "channels" in self.structures and left - n >= 1:
+            items = [("channels", c) for c in self.channels[self.next_channel : self.next_channel + n]]
+            out["channels"] = (self._priority(items), n * self.cost["channels"], n)
         heads_per_group = len(next(iter(self.groups.values())))
         if "query_heads" in self.structures and heads_per_group > 1:
             items = [("query_heads", heads[0]) for heads in self.groups.values()]
@@ -136,7 +156,7 @@ class _LayerState:
 
     def apply(self, kind: str, what) -> None:
         if kind == "channels":
-            self.next_channel += 1
+            self.next_channel += what
         elif kind == "query_heads":
             for heads in self.groups.values():
                 heads.pop(0)
@@ -159,12 +179,14 @@ def allocate(
     structures: Sequence[str] = STRUCTURES,
     normalization: Normalization = "resp",
     dense_intermediate_size: int | None = None,
+    channel_multiple: int = 1,
 ) -> PruningPlan:
     """Keep-sets removing at least `params_to_remove` decoder-linear parameters from the current model.
 
     `scores` has one `LayerScores` per layer of `config`'s (possibly already pruned) model; higher
     means more important. `dense_intermediate_size` fixes the "resp" normalization constant across
-    progressive stages (default: the current first layer's intermediate size).
+    progressive stages (default: the current first layer's intermediate size). `channel_multiple`
+    keeps every pruned layer's MLP width a multiple of it (a layer narrower than it is left alone).
     """
     spec = get_architecture(config)
     sizes = layer_sizes(config)
@@ -179,18 +201,21 @@ def allocate(
         raise ValueError(f"structures must be a non-empty subset of {STRUCTURES}; got {list(structures)}.")
     if allocation not in ("global", "uniform"):
         raise ValueError(f"allocation must be 'global' or 'uniform'; got {allocation!r}.")
+    if not isinstance(channel_multiple, int) or channel_multiple < 1:
+        raise ValueError(f"channel_multiple must be an integer >= 1; got {channel_multiple!r}.")
     protected = set(protected)
-    limit = max_removable_params(config, protected, structures)
+    limit = max_removable_params(config, protected, structures, channel_multiple)
     if params_to_remove > limit:
         raise ValueError(
             f"Cannot remove {params_to_remove:,} decoder-linear parameters: with protected layers "
-            f"{sorted(protected)} and structures {list(structures)}, at most {limit:,} can go. Lower the "
-            "sparsity, protect fewer layers, or prune more structure kinds."
+            f"{sorted(protected)}, structures {list(structures)} and channel_multiple {channel_multiple}, at "
+            f"most {limit:,} can go. Lower the sparsity, protect fewer layers, or prune more structure kinds."
         )
     weights = _weights(spec, config, normalization, dense_intermediate_size or sizes[0].intermediate_size)
     cost = spec.structure_param_costs(config)
     states = [
-        _LayerState(sc, size.heads_per_group, structures, weights, cost) for sc, size in zip(scores, sizes)
+        _LayerState(sc, size.heads_per_group, structures, weights, cost, channel_multiple)
+        for sc, size in zip(scores, sizes)
     ]
     active = [i for i in range(len(states)) if i not in protected]
     removed = 0

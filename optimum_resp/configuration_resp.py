@@ -93,6 +93,8 @@ class RESPConfig:
     """`global`: one ranking across layers (non-uniform sizes); `uniform`: the same counts per layer."""
     protected_layers: list[int] | None = None
     """Layers never pruned. None: the first int(0.1 * num_layers) layers and the last one."""
+    channel_multiple: int = 1
+    """Keep each pruned layer's MLP width a multiple of this (e.g. 64 or 128 for GPU-friendly shapes)."""
 
     # Schedule.
     num_stages: int = 8
@@ -175,6 +177,7 @@ class RESPConfig:
                 )
             self.protected_layers = sorted(set(self.protected_layers))
         _positive_int("num_stages", self.num_stages)
+        _positive_int("channel_multiple", self.channel_multiple)
         for m in self.regeneration_milestones:
             _in_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
         self.regeneration_milestones = sorted(set(self.regeneration_milestones))

@@ -165,12 +165,13 @@ class RESPPruner:
         protected = c.protected_for(config.num_hidden_layers)
         dense = sum(decoder_linear_params(config))
         needed = math.ceil(c.target_sparsity * dense)
-        limit = max_removable_params(config, protected, c.structures)
+        limit = max_removable_params(config, protected, c.structures, c.channel_multiple)
         if needed > limit:
             raise ValueError(
                 f"target_sparsity={c.target_sparsity} asks to remove {needed:,} of {dense:,} decoder-linear "
-                f"parameters, but with protected layers {protected} and structures {c.structures} at most "
-                f"{limit:,} ({limit / dense:.1%}) can go. Lower target_sparsity or protect fewer layers."
+                f"parameters, but with protected layers {protected}, structures {c.structures} and "
+                f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
+                "target_sparsity, protect fewer layers or lower channel_multiple."
             )
         if getattr(self.scorer, "bias_compensation", False):
             check_bias_compensation(config, c.export)
@@ -249,6 +250,7 @@ class RESPPruner:
                 structures=c.structures,
                 normalization=c.normalization,
                 dense_intermediate_size=layer_sizes(dense_config)[0].intermediate_size,
+                channel_multiple=c.channel_multiple,
             )
             pruned = prune_model(model, step, export="per_layer")
             if getattr(self.scorer, "bias_compensation", False):  # FLAP: keep each layer's expected output

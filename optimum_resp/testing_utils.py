@@ -54,13 +54,19 @@ def tiny_config(model_type: str = "qwen3", **overrides) -> PretrainedConfig:
 
 
 def random_plan(
-    config: PretrainedConfig, sparsity: float, per_layer: bool = False, seed: int = 0, spread: float = 0.5
+    config: PretrainedConfig,
+    sparsity: float,
+    per_layer: bool = False,
+    seed: int = 0,
+    spread: float = 0.5,
+    channel_multiple: int = 1,
 ) -> PruningPlan:
     """Random keep-sets removing about `sparsity` of decoder-linear parameters.
 
     Attention loses whole KV groups (with their query heads, so the KV cache shrinks too); MLP
     channels are then chosen so each layer meets its parameter target. With `per_layer`, layer
     targets ramp from (1 - spread) * sparsity to (1 + spread) * sparsity, so sizes differ per layer.
+    Kept channel counts are rounded to the nearest multiple of `channel_multiple`.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}.")
@@ -81,7 +87,8 @@ def random_plan(
         per_group = size.heads_per_group
         attn = kv * (cost["kv_heads"] + per_group * cost["query_heads"])
         channels = round(((1 - target) * dense - attn - fixed) / cost["channels"])
-        channels = min(max(channels, 1), size.intermediate_size)
+        channels = channel_multiple * round(channels / channel_multiple)
+        channels = min(max(channels, min(channel_multiple, size.intermediate_size)), size.intermediate_size)
         groups = sorted(torch.randperm(size.num_key_value_heads, generator=gen)[:kv].tolist())
         heads = [g * per_group + j for g in groups for j in range(per_group)]
         chans = sorted(torch.randperm(size.intermediate_size, generator=gen)[:channels].tolist())

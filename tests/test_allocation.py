@@ -130,3 +130,40 @@ def test_bad_arguments_are_refused():
     bad[1] = LayerScores(bad[1].query_heads[:4], bad[1].kv_heads, bad[1].channels)
     with pytest.raises(ValueError, match="Layer 1: scores have shapes"):
         allocate(config, bad, 10)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("multiple", [8, 32, 64])
+def test_channel_multiple_keeps_mlp_widths_multiples_and_drops_the_weakest(allocation, multiple):
+    # 100 channels (not a multiple of 8/32/64): the first step trims the remainder, later steps whole blocks.
+    config = tiny_config("qwen3", intermediate_size=100)
+    scores = random_scores(config, seed=3)
+    target = int(0.6 * max_removable_params(config, structures=["channels"], channel_multiple=multiple))
+    plan = allocate(
+        config, scores, target, allocation=allocation, structures=["channels"], channel_multiple=multiple
+    )
+    validate_plan(plan, config)
+    assert removed_params(config, plan) >= target
+    for keep, sc in zip(plan.layers, scores):
+        width = len(keep.channels)
+        assert width == 100 or width % multiple == 0, width
+        if width < 100:  # what went is exactly the weakest channels of the layer
+            dropped = set(range(100)) - set(keep.channels)
+            assert max(sc.channels[sorted(dropped)]) <= min(sc.channels[list(keep.channels)])
+
+
+def test_channel_multiple_limits_and_errors():
+    config = tiny_config("qwen3", intermediate_size=100)
+    cost = get_architecture(config).structure_param_costs(config)
+    one = max_removable_params(config, structures=["channels"])
+    assert one == 4 * 99 * cost["channels"]
+    limit = max_removable_params(config, structures=["channels"], channel_multiple=32)
+    assert limit == 4 * (100 - 32) * cost["channels"]  # every layer can go down to one block of 32
+    plan = allocate(config, random_scores(config), limit, structures=["channels"], channel_multiple=32)
+    assert [len(k.channels) for k in plan.layers] == [32] * 4
+    with pytest.raises(ValueError, match="channel_multiple 32, at most"):
+        allocate(config, random_scores(config), limit + 1, structures=["channels"], channel_multiple=32)
+    with pytest.raises(ValueError, match="channel_multiple must be an integer >= 1"):
+        allocate(config, random_scores(config), 10, channel_multiple=0)
+    # A layer narrower than the multiple cannot take a step at all.
+    assert max_removable_params(config, structures=["channels"], channel_multiple=128) == 0

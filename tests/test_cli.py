@@ -85,9 +85,11 @@ def test_uniform_export_flag(model_dir, tmp_path, monkeypatch):
     from optimum_resp import RESPConfig
 
     RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2).save_pretrained(cfg)
-    assert main(prune_args(model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform")) == 0
+    args = prune_args(model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform", "--channel-multiple", "32")
+    assert main(args) == 0
     saved = json.loads((tmp_path / "u" / "config.json").read_text())
     assert saved["model_type"] == "qwen3" and "auto_map" not in saved
+    assert saved["intermediate_size"] in (32, 64)  # 96 wide, rounded to multiples of 32
 
 
 def test_eval_command(model_dir, tmp_path, capsys):

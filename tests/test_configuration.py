@@ -57,6 +57,7 @@ def test_stage_sparsities_are_a_linear_ramp():
         ({"allocation": "local"}, r"allocation must be one of \['global', 'uniform'\]"),
         ({"protected_layers": [-1]}, r"protected_layers must be a list of layer indices >= 0"),
         ({"num_stages": 0}, r"num_stages must be an integer >= 1; got 0"),
+        ({"channel_multiple": 0}, r"channel_multiple must be an integer >= 1; got 0"),
         ({"regeneration_milestones": [0.0]}, r"each regeneration milestone must be a number in \(0.0, 1.0\)"),
         ({"calibration_source": "c4"}, r"calibration_source must be one of \['self', 'gold', 'text'\]"),
         ({"num_calibration_prompts": 0}, r"num_calibration_prompts must be an integer >= 1"),

@@ -120,6 +120,20 @@ def test_uniform_export_gives_a_stock_model():
     assert len({json.dumps(layer["pruned"]) for layer in result.report["layers"]}) == 1
 
 
+def test_channel_multiple_holds_through_every_stage():
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    config = small_config(
+        target_sparsity=0.2, channel_multiple=16, structures=["channels"], regeneration_milestones=[]
+    )
+    result = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS)
+    widths = [len(keep.channels) for keep in result.plan.layers]
+    assert widths[0] == model.config.intermediate_size  # protected
+    assert any(w < model.config.intermediate_size for w in widths)
+    assert all(w % 16 == 0 for w in widths), widths
+    assert result.report["sparsity"] >= 0.2
+
+
 def test_compose_plans_matches_two_step_surgery():
     model = AutoModelForCausalLM.from_config(tiny_config("qwen2")).eval()
     first = random_plan(model.config, 0.3, per_layer=True, seed=1)
@@ -218,7 +232,7 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match="tokenizer has .* tokens but the model's embedding has 100 rows"):
         RESPPruner(small_vocab, tokenizer, small_config())
     with pytest.raises(
-        ValueError, match=r"at most .* can go\. Lower target_sparsity or protect fewer layers"
+        ValueError, match=r"at most .* can go\. Lower target_sparsity, protect fewer layers"
     ):
         RESPPruner(model, tokenizer, small_config(target_sparsity=0.9, protected_layers=[0, 1, 2]))
     with pytest.raises(ValueError, match="pass task='gsm8k' or 'mathqa'"):

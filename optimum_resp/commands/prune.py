@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--num-prompts", type=int, default=None)
     p.add_argument("--stages", type=int, default=None, help="number of progressive stages")
+    p.add_argument(
+        "--channel-multiple", type=int, default=None, help="keep MLP widths a multiple of this (e.g. 64, 128)"
+    )
     p.add_argument("--generator", choices=["auto", "hf", "vllm"], default="auto")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -73,6 +76,7 @@ def build_config(args: argparse.Namespace):
         "export": args.export,
         "num_calibration_prompts": args.num_prompts,
         "num_stages": args.stages,
+        "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
