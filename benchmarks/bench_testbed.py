@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -21,27 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from optimum_resp.evaluation import EvalConfig, evaluate_model
 from optimum_resp.testbed import testbed_data_path, testbed_model_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import RESULTS, write_results  # noqa: E402
+
 logger = logging.getLogger("bench_testbed")
 
-START, END = "<!-- testbed:start -->", "<!-- testbed:end -->"
 DECODING = {
     "greedy": dict(do_sample=False),
     "sampled": dict(do_sample=True, temperature=0.6, top_p=0.95, top_k=20),
 }
-
-
-def replace_section(path: Path, body: str) -> None:
-    """Replace the block between the testbed markers in ``path`` (creating file/markers if missing)."""
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 def run(limit: int | None, batch_size: int, max_new_tokens: int, splits: list[str], tasks: list[str],
@@ -108,7 +97,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["gsm8k", "mathqa"])
     p.add_argument("--decodings", nargs="+", default=["greedy", "sampled"], choices=sorted(DECODING))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--json-out", default=None, help="also dump the rows as JSON here")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,7 +105,7 @@ def main() -> None:
                args.threads)
     info_path = testbed_model_path() / "training_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else None
-    replace_section(Path(args.results), render(rows, info, args))
+    write_results("testbed", render(rows, info, args), Path(args.results))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
