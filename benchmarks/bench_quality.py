@@ -32,6 +32,16 @@ METHODS = {name: overrides for name, (overrides, _) in METHOD_PRESETS.items()}
 DESCRIPTIONS = {name: description for name, (_, description) in METHOD_PRESETS.items()}
 
 
+def kept_fractions(report: dict) -> dict[str, float]:
+    """Fraction of the dense query heads, KV groups and MLP channels kept, summed over layers."""
+    keys = {"query_heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "channels": "intermediate_size"}
+    return {
+        kind: sum(layer["pruned"][key] for layer in report["layers"])
+        / sum(layer["dense"][key] for layer in report["layers"])
+        for kind, key in keys.items()
+    }
+
+
 def worker(args: argparse.Namespace) -> None:
     """One prune (or none, for sparsity 0) and one evaluation; prints a JSON line."""
     import psutil
@@ -67,6 +77,7 @@ def worker(args: argparse.Namespace) -> None:
             sparsity=result.report["sparsity"],
             stages=len(result.stages),
             prune_seconds=time.perf_counter() - start,
+            kept=kept_fractions(result.report),
         )
     else:
         record.update(sparsity=0.0, stages=0, prune_seconds=0.0)
@@ -143,7 +154,7 @@ def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -
     return record
 
 
-def plot(records: list[dict], dense: dict, path: Path) -> None:
+def plot(records: list[dict], lora: list[dict], dense: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,6 +170,15 @@ def plot(records: list[dict], dense: dict, path: Path) -> None:
         xs = [0.0] + [r["target"] for r in rows]
         ys = [dense["accuracy"]] + [r["accuracy"] for r in rows]
         ax.plot(xs, ys, marker="o", label=method, linewidth=2.5 if method == "resp" else 1.2)
+    if lora:
+        rows = sorted(lora, key=lambda r: r["target"])
+        ax.plot(
+            [0.0] + [r["target"] for r in rows],
+            [dense["accuracy"]] + [r["accuracy"] for r in rows],
+            marker="s",
+            linestyle="--",
+            label="resp + LoRA",
+        )
     ax.set_xlabel("sparsity (decoder-linear parameters removed)")
     ax.set_ylabel("greedy accuracy, held-out split")
     ax.set_ylim(0, 1)
@@ -185,6 +205,7 @@ def main() -> None:
     parser.add_argument("--stage-sweep", type=int, nargs="*", default=[4, 8, 16, 32])
     parser.add_argument("--regen-fractions", type=float, nargs="*", default=[0.25, 0.5])
     parser.add_argument("--lora-sparsities", type=float, nargs="*", default=[0.3, 0.4, 0.5])
+    parser.add_argument("--normalizations", nargs="*", default=["params", "none"])
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--eval-limit", type=int, default=500)
     parser.add_argument("--max-new-tokens", type=int, default=384)
@@ -202,11 +223,12 @@ def main() -> None:
         worker(args)
         return
     if args.quick:
-        args.methods, args.sparsities, args.stage_sweep, args.lora_sparsities = (
+        args.methods, args.sparsities, args.stage_sweep, args.lora_sparsities, args.normalizations = (
             ["resp", "magnitude"],
             [0.3],
             [2],
             [0.3],
+            ["params"],
         )
         args.num_prompts, args.eval_limit = 16, 50
 
@@ -224,6 +246,10 @@ def main() -> None:
     fractions = [
         dict(run_one(args, "resp", 0.4, {"regeneration_fraction": f}), fraction=f, ablation=True)
         for f in args.regen_fractions
+    ]
+    norms = [
+        dict(run_one(args, "resp", 0.4, {"normalization": n}), normalization=n, ablation=True)
+        for n in args.normalizations
     ]
 
     lines = [
@@ -294,15 +320,36 @@ def main() -> None:
             f"| {r['fraction']:.0%} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {r['wall_seconds']:.0f} |"
             for r in fractions
         ]
+    if norms:
+        resp40 = next((r for r in records if r["method"] == "resp" and r["target"] == 0.4), None)
+        lines += [
+            "",
+            "### Head vs channel normalization (RESP at 40%)",
+            "",
+            "| normalization | accuracy | heads kept | KV groups kept | channels kept |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in ([dict(resp40, normalization="resp (default)")] if resp40 else []) + norms:
+            lines.append(
+                f"| {r['normalization']} | {r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                f"{r['kept']['query_heads']:.0%} | {r['kept']['kv_heads']:.0%} | {r['kept']['channels']:.0%} |"
+            )
     lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        plot(records, dense, PLOT)
+        plot(records, lora, dense, PLOT)
         write_results("quality", text)
         (HERE / "quality.json").write_text(
             json.dumps(
-                {"dense": dense, "runs": records, "stage_sweep": sweep, "lora": lora, "fractions": fractions},
+                {
+                    "dense": dense,
+                    "runs": records,
+                    "stage_sweep": sweep,
+                    "lora": lora,
+                    "fractions": fractions,
+                    "normalizations": norms,
+                },
                 indent=1,
             )
         )
