@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 PLOT = HERE / "quality.png"
+README = HERE.parent / "README.md"
 
 from results_md import write_results  # noqa: E402
 
@@ -213,6 +214,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="few prompts, few problems, two methods")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="re-render RESULTS.md, the README block and the plot from a saved quality.json (no runs); pass "
+        "the same settings flags as the run",
+    )
     args = parser.parse_args()
     from optimum_resp.testbed import testbed_data_path, testbed_model_path
 
@@ -232,7 +240,10 @@ def main() -> None:
         )
         args.num_prompts, args.eval_limit = 16, 50
 
-    started = time.perf_counter()
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        render_and_write(args, **data)
+        return
     dense = run_one(args, "dense", 0.0)
     records = []
     for method in args.methods:
@@ -251,18 +262,37 @@ def main() -> None:
         dict(run_one(args, "resp", 0.4, {"normalization": n}), normalization=n, ablation=True)
         for n in args.normalizations
     ]
+    data = dict(dense=dense, runs=records, stage_sweep=sweep, lora=lora, fractions=fractions, normalizations=norms)
+    if not args.no_write:  # the raw records first: a rendering bug must not cost the hour of runs
+        (HERE / "quality.json").write_text(json.dumps(data, indent=1))
+    render_and_write(args, **data)
 
+
+def render_and_write(
+    args: argparse.Namespace,
+    dense: dict,
+    runs: list[dict],
+    stage_sweep: list[dict],
+    lora: list[dict],
+    fractions: list[dict],
+    normalizations: list[dict],
+) -> None:
+    """The RESULTS.md block, the README summary block and the plot, from the collected records."""
+    records, sweep, norms = runs, stage_sweep, normalizations
+    every = [dense, *records, *sweep, *lora, *fractions, *norms]
+    minutes = sum(r["wall_seconds"] for r in every) / 60
+    command = " ".join(a for a in sys.argv[1:] if a != "--render" and a != args.render)
     lines = [
         "## Quality: RESP vs baselines on the shipped tiny reasoner",
         "",
-        f"Command: `python benchmarks/bench_quality.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `python benchmarks/bench_quality.py {command}`".rstrip(),
         "",
         f"Calibration: {args.num_prompts} prompts from the testbed train split (the harness's GSM8K prompt, chat "
         f"template, thinking on). Evaluation: greedy, {dense['n']} held-out problems, max {args.max_new_tokens} new "
         "tokens, deterministic answer extraction; 95% Wilson intervals. Sparsity: removed decoder-linear parameters / "
         "dense decoder-linear parameters (target; the achieved value is within one structure of it). Protected layers: "
         "RESP's default (the first 10% and the last). Every run is a subprocess: wall time covers load + prune + eval, "
-        f"peak memory is its max RSS. Total benchmark time: {(time.perf_counter() - started) / 60:.0f} min.",
+        f"peak memory is its max RSS. Total benchmark time: {minutes:.0f} min.",
         "",
         f"Dense: accuracy {dense['accuracy']:.3f} [{dense['ci_low']:.3f}, {dense['ci_high']:.3f}], "
         f"mean trace {dense['mean_generated_tokens']:.0f} tokens, {dense['parameters']:,} parameters.",
@@ -340,19 +370,29 @@ def main() -> None:
     if not args.no_write:
         plot(records, lora, dense, PLOT)
         write_results("quality", text)
-        (HERE / "quality.json").write_text(
-            json.dumps(
-                {
-                    "dense": dense,
-                    "runs": records,
-                    "stage_sweep": sweep,
-                    "lora": lora,
-                    "fractions": fractions,
-                    "normalizations": norms,
-                },
-                indent=1,
-            )
-        )
+        write_results("quality-summary", readme_summary(args, dense, records, lora, command), README)
+
+
+def readme_summary(args, dense: dict, records: list[dict], lora: list[dict], command: str) -> str:
+    """The README's results block: accuracy per method and sparsity, and the plot."""
+    cols = args.sparsities
+    lines = [
+        f"Greedy accuracy on {dense['n']} held-out problems of the shipped reasoner (dense: "
+        f"{dense['accuracy']:.3f}), {args.num_prompts} calibration prompts, written by "
+        f"`python benchmarks/bench_quality.py {command}`".rstrip() + " (intervals, ablations, cost: "
+        "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
+        "",
+        "| method | " + " | ".join(f"{s:.0%}" for s in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for method in args.methods:
+        rows = {r["target"]: r for r in records if r["method"] == method}
+        lines.append(f"| {method} | " + " | ".join(f"{rows[s]['accuracy']:.3f}" for s in cols if s in rows) + " |")
+    if lora:
+        by = {r["target"]: r for r in lora}
+        lines.append("| resp + LoRA | " + " | ".join(f"{by[s]['accuracy']:.3f}" if s in by else "-" for s in cols) + " |")
+    lines += ["", "![accuracy vs sparsity](benchmarks/quality.png)"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "magnitude": (
         {"importance": "magnitude", "num_stages": 1, "regeneration_milestones": []},
-        "weight magnitude (L2 norm per structure), one shot",
+        "weight magnitude (squared L2 norm per structure), one shot",
     ),
     "wanda-sp": (
         {"importance": "wanda-sp", "num_stages": 1, "regeneration_milestones": []},
@@ -97,8 +97,9 @@ class RESPConfig:
     """Keep each pruned layer's MLP width a multiple of this (e.g. 64 or 128 for GPU-friendly shapes)."""
 
     # Schedule.
-    num_stages: int = 8
-    """Sparsity rises linearly from 0 to target_sparsity over this many stages."""
+    num_stages: int = 4
+    """Sparsity rises linearly from 0 to target_sparsity over this many stages (4: the cheapest schedule
+    within a point of the best in benchmarks/bench_quality.py's stage sweep; the reference uses 112)."""
     regeneration_milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     """Sparsities at which the pruned model regenerates its calibration traces ([] = never)."""
     regeneration_fraction: float = 1.0
