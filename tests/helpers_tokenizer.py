@@ -9,22 +9,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-# A reduced Qwen3 chat template: same turn markers and the same `enable_thinking` switch (an empty
-# think block is pre-filled in the generation prompt when thinking is disabled).
-QWEN3_STYLE_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
+# The testbed's Qwen3-style chat template and special tokens (same turn markers, same `enable_thinking`
+# switch: an empty think block is pre-filled in the generation prompt when thinking is disabled).
+from optimum_resp.testbed.tokenizer import CHAT_TEMPLATE as QWEN3_STYLE_CHAT_TEMPLATE
+from optimum_resp.testbed.tokenizer import SPECIAL_TOKENS, THINK_END, THINK_START
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-THINK_TOKENS = ["<think>", "</think>"]
+THINK_TOKENS = [THINK_START, THINK_END]
 
 
 @contextlib.contextmanager
