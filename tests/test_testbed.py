@@ -227,8 +227,25 @@ def test_training_script_quick_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "training_info.json").read_text())
     assert info["steps"] == 3 and info["heldout_greedy_eval"]["n"] == 2
+    assert info["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     enc = tok("<|im_start|>user\nhi<|im_end|>\n", return_tensors="pt", add_special_tokens=False)
     assert model(**enc).logits.shape[-1] == len(tok)
+
+
+def test_model_card_evaluation_is_the_benchmark_scripts_block():
+    """The card's accuracy table is written by benchmarks/bench_testbed.py, and agrees with training_info.json."""
+    card = (testbed_model_path() / "README.md").read_text()
+    block = card.split("<!-- evaluation:start -->", 1)[1].split("<!-- evaluation:end -->", 1)[0]
+    rows = {tuple(cells[:3]): cells for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("| ")
+    )}
+    expected = {(split, fmt, dec) for split in ("test", "hard") for fmt in ("gsm8k", "mathqa")
+                for dec in ("greedy", "sampled")}
+    assert expected <= set(rows)
+    info = json.loads((testbed_model_path() / "training_info.json").read_text())
+    greedy = rows[("test", "gsm8k", "greedy")]
+    assert greedy[3] == str(info["heldout_greedy_eval"]["n"])
+    assert greedy[4] == f"{info['heldout_greedy_eval']['accuracy']:.1%}"
