@@ -94,7 +94,7 @@ def render(rows: list[dict], info: dict | None, args: argparse.Namespace) -> str
 
 
 def main() -> None:
-    """Parse arguments, evaluate and write the RESULTS.md section."""
+    """Parse arguments, evaluate, write the RESULTS.md section and (full splits only) the model card table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=None, help="items per split (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
