@@ -83,13 +83,17 @@ def render(rows: list[dict], info: dict | None, args: argparse.Namespace) -> str
     lines = ["## Testbed: tiny reasoner (`optimum_resp/testbed/tiny_reasoner`)", ""]
     if info:
         arch = info.get("architecture", {})
-        lines += [
-            f"Qwen3, {info.get('num_parameters', 0) / 1e6:.2f}M parameters ({arch}). "
-            f"Trained with `{info.get('command', '?')}`: {info.get('steps', '?')} steps, "
-            f"{info.get('train_wall_time_s', 0) / 60:.1f} min training wall time "
-            f"({info.get('total_wall_time_s', 0) / 60:.1f} min total incl. data and final eval), seed {info.get('seed')}.",
-            "",
-        ]
+        runs = info.get("previous_runs", []) + [info]
+        lines.append(f"Qwen3, {info.get('num_parameters', 0) / 1e6:.2f}M parameters ({arch}), trained in {len(runs)} "
+                     f"run(s), {sum(r.get('train_wall_time_s', 0) for r in runs) / 60:.1f} min of training in all:")
+        lines.append("")
+        for i, r in enumerate(runs, 1):
+            lines.append(
+                f"{i}. `{r.get('command', '?')}`: {r.get('steps', '?')} steps, {r.get('train_wall_time_s', 0) / 60:.1f} "
+                f"min training wall time ({r.get('total_wall_time_s', 0) / 60:.1f} min total incl. data and final "
+                f"eval) on {r.get('device', 'cpu')}, seed {r.get('seed')}; held-out greedy accuracy after it: "
+                f"{r.get('heldout_greedy_eval', {}).get('accuracy', float('nan')):.1%}.")
+        lines.append("")
     return "\n".join(lines) + "\n" + eval_table(rows, args)
 
 

@@ -219,6 +219,15 @@ def greedy_accuracy(model, tokenizer, problems: list[Problem], batch_size: int =
             "truncated_fraction": truncated / n}
 
 
+def previous_runs(init_from: str | None) -> list[dict]:
+    """Training records of the checkpoint a run starts from, oldest first (empty for a run from scratch)."""
+    path = Path(init_from) / "training_info.json" if init_from else None
+    if path is None or not path.exists():
+        return []
+    info = json.loads(path.read_text())
+    return info.pop("previous_runs", []) + [info]
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Build data, tokenizer and model, train, evaluate and save; return the training info dict."""
     args = parse_args(argv)
@@ -310,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         "final_train_loss": result.training_loss, "threads": args.threads,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__, "heldout_greedy_eval": metrics,
+        "previous_runs": previous_runs(args.init_from),
     }
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps({"steps": steps, "train_min": round(train_s / 60, 2), "eval": metrics}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -233,6 +234,20 @@ def test_training_script_quick_run(tmp_path):
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     enc = tok("<|im_start|>user\nhi<|im_end|>\n", return_tensors="pt", add_special_tokens=False)
     assert model(**enc).logits.shape[-1] == len(tok)
+
+
+def test_training_record_chains_the_runs_a_checkpoint_continues(tmp_path):
+    """A run started with --init-from records the runs behind its starting checkpoint, oldest first."""
+    spec = importlib.util.spec_from_file_location("train_tiny_reasoner", REPO / "examples" / "train_tiny_reasoner.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.previous_runs(None) == []
+    assert script.previous_runs(str(tmp_path)) == []  # a checkpoint without a record
+    first = {"command": "first", "steps": 10}
+    second = {"command": "second", "steps": 5, "previous_runs": [first]}
+    (tmp_path / "training_info.json").write_text(json.dumps(second))
+    assert [r["command"] for r in script.previous_runs(str(tmp_path))] == ["first", "second"]
+    assert all("previous_runs" not in r for r in script.previous_runs(str(tmp_path)))
 
 
 def test_model_card_evaluation_is_the_benchmark_scripts_block():
