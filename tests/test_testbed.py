@@ -122,6 +122,36 @@ def test_mathqa_variant(splits):
         assert p.mathqa_solution().endswith(f"\\boxed{{{p.correct}}}.")
 
 
+def test_mathqa_solution_checks_options_in_prompt_order(splits):
+    for p in splits["test"]:
+        prompt_options = re.findall(r"^([a-e])\) (\d+)$", p.mathqa_prompt(), flags=re.M)
+        think = p.mathqa_solution().split("<think>\n", 1)[1].split("\n</think>", 1)[0]
+        checks = re.findall(r"^([a-e])\) (\d+) (yes|no)$", think, flags=re.M)
+        k = "abcde".index(p.correct) + 1
+        # each checked option is written as in the prompt, the checks stop at the correct one
+        assert [(letter, value) for letter, value, _ in checks] == prompt_options[:k]
+        assert [verdict for _, _, verdict in checks] == ["no"] * (k - 1) + ["yes"]
+        assert f"So the value is {p.answer}.\n" in think
+        assert think.endswith(f"So it is option {p.correct}.")
+        # the arithmetic is the GSM8K trace's, without its answer line
+        assert think.startswith(p.think.rsplit("\n", 1)[0] + "\n")
+
+
+def test_trace_quotes_each_question_sentence_token_for_token(splits, small_tokenizer):
+    for p in splits["test"][:50]:
+        quoted = [line for line in p.think.split("\n") if line.startswith("> ")]
+        assert quoted and p.think.split("\n")[-1] == f"So the answer is {p.answer}."
+        for line in quoted:
+            sentence = line[2:].split(". ")[0].rstrip(".") + "."
+            assert sentence in p.question
+            if not p.question.startswith(sentence):
+                # the quote tokenizes exactly as the sentence does inside the question (first word included)
+                ids = small_tokenizer(" " + sentence, add_special_tokens=False)["input_ids"]
+                q_ids = small_tokenizer(p.question, add_special_tokens=False)["input_ids"]
+                assert any(q_ids[i:i + len(ids)] == ids for i in range(len(q_ids))), sentence
+                assert small_tokenizer(line, add_special_tokens=False)["input_ids"][1:1 + len(ids)] == ids
+
+
 def test_prompts_match_evaluation_harness(splits):
     from optimum_resp.evaluation.tasks import get_task
 

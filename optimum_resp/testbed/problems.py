@@ -148,11 +148,23 @@ class Problem:
         return f"{self.question}\n\nOptions:\n{lines}\n\n{MATHQA_INSTRUCTION}"
 
     def mathqa_solution(self) -> str:
-        """Return a model-style solution that ends with the correct option letter."""
+        """Return a model-style solution that ends with the correct option letter.
+
+        After the value, the trace checks the options in order, each written as in the prompt (``a) 23``),
+        until the one that matches: a local comparison a small model can learn, unlike recalling which
+        letter holds the value.
+        """
         think = self.think.rsplit("\n", 1)[0]
+        checks = []
+        for opt in self.options.split(" , "):
+            letter, value = opt.split(" ) ")
+            checks.append(f"{letter}) {value} {'yes' if letter == self.correct else 'no'}")
+            if letter == self.correct:
+                break
+        checks_text = "\n".join(checks)
         return (
-            f"<think>\n{think}\nSo the value is {self.answer}, which is option {self.correct}.\n</think>\n\n"
-            f"The answer is \\boxed{{{self.correct}}}."
+            f"<think>\n{think}\nSo the value is {self.answer}.\n{checks_text}\nSo it is option {self.correct}.\n"
+            f"</think>\n\nThe answer is \\boxed{{{self.correct}}}."
         )
 
     def to_dict(self) -> dict:
@@ -161,13 +173,12 @@ class Problem:
 
 
 class _Builder:
-    """Accumulates question sentences, think lines, gold lines and steps for one problem."""
+    """Accumulates question sentences, gold lines and steps for one problem."""
 
     def __init__(self, max_value: int = MAX_VALUE) -> None:
         self.max = max_value
         self.q: list[str] = []
         self.q_steps: list[list[Step]] = []  # the steps each question sentence introduces
-        self.think: list[str] = []
         self.gold: list[str] = []
         self.steps: list[Step] = []
 
@@ -178,11 +189,15 @@ class _Builder:
         self.q_steps.append(self.steps[done:])
 
     def trace(self) -> list[str]:
-        """Model-style think lines: each sentence quoted, followed by the arithmetic it implies."""
+        """Model-style think lines: each sentence quoted (``> ``), followed by the arithmetic it implies.
+
+        The ``> `` marker keeps the quoted sentence's first word tokenized as in the question (with its
+        leading space), so quoting is a plain token-for-token copy.
+        """
         lines = []
         for sentence, steps in zip(self.q, self.q_steps, strict=True):
             calc = " ".join(f"{s.expr()} = {s.result}." for s in steps)
-            lines.append(f"{sentence} {calc}" if calc else sentence)
+            lines.append(f"> {sentence} {calc}" if calc else f"> {sentence}")
         return lines
 
     def step(self, a: int, op: str, b: int) -> int:
@@ -238,26 +253,17 @@ def _apply_op(rng: random.Random, b: _Builder, op: str, v: int, w: dict[str, str
             k = rng.choice(ks)
             cont = rng.choice(CONTAINERS)
             r = b.step(v, "div", k)
-            tpl = rng.choice(
-                [
-                    (
+            b.say(
+                rng.choice(
+                    [
                         f"{pro} splits the {unit} equally into {k} {cont} and keeps only one of them.",
-                        f"{name} splits {v} {unit} into {k} equal {cont} and keeps one: {v} / {k} = {r} {unit}.",
-                    ),
-                    (
                         f"{pro} shares the {unit} equally among {k} people, {name} included, and keeps one share.",
-                        f"{v} {unit} shared among {k} people is {v} / {k} = {r} {unit} each, so {name} keeps {r}.",
-                    ),
-                    (
                         f"Then {pro.lower()} loses all but one {k}th of the {unit}."
                         if k > 3
                         else f"Then {pro.lower()} keeps only one {'half' if k == 2 else 'third'} of the {unit}.",
-                        f"Keeping one part in {k}: {v} / {k} = {r} {unit}.",
-                    ),
-                ]
+                    ]
+                )
             )
-            b.say(tpl[0])
-            b.think.append(tpl[1])
             b.gold_line(f"{name} keeps", v, "div", k, r)
             return r
     if op == "mul":
@@ -265,21 +271,15 @@ def _apply_op(rng: random.Random, b: _Builder, op: str, v: int, w: dict[str, str
         k = rng.randint(2, kmax)
         r = b.step(v, "mul", k)
         word = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}[k]
-        tpl = rng.choice(
-            [
-                (
+        b.say(
+            rng.choice(
+                [
                     f"Then the number of {unit} {name} has becomes {word} as large.",
-                    f"{word.capitalize()} as many: {v} * {k} = {r} {unit}.",
-                ),
-                (
                     f"After a good week, {name} has {word} as many {unit} as before.",
-                    f"{name} now has {word} as many, so {v} * {k} = {r} {unit}.",
-                ),
-                (f"{pro} multiplies the {unit} by {k}.", f"Multiplying by {k} gives {v} * {k} = {r} {unit}."),
-            ]
+                    f"{pro} multiplies the {unit} by {k}.",
+                ]
+            )
         )
-        b.say(tpl[0])
-        b.think.append(tpl[1])
         b.gold_line(f"{name} has", v, "mul", k, r)
         return r
     if op == "sub" and v < 4:
@@ -290,38 +290,29 @@ def _apply_op(rng: random.Random, b: _Builder, op: str, v: int, w: dict[str, str
             op = "sub"
         else:
             r = b.step(v, "add", x)
-            tpl = rng.choice(
-                [
-                    (
+            b.say(
+                rng.choice(
+                    [
                         f"{pro} {w['gain']} {x} more {unit}.",
-                        f"{pro} {w['gain']} {x} more, so {v} + {x} = {r} {unit}.",
-                    ),
-                    (
                         f"Later {name} {w['gain']} another {x} {unit}.",
-                        f"Adding {x} more gives {v} + {x} = {r} {unit}.",
-                    ),
-                    (
                         f"Then {x} more {unit} are added to {name}'s pile.",
-                        f"{x} more are added: {v} + {x} = {r} {unit}.",
-                    ),
-                ]
+                    ]
+                )
             )
-            b.say(tpl[0])
-            b.think.append(tpl[1])
             b.gold_line(f"{name} has", v, "add", x, r)
             return r
     # sub
     x = rng.randint(1, min(60, v - 2))
     r = b.step(v, "sub", x)
-    tpl = rng.choice(
-        [
-            (f"{pro} {w['lose']} {x} {unit}.", f"{pro} {w['lose']} {x}, so {v} - {x} = {r} {unit} are left."),
-            (f"Then {name} gives {x} {unit} to a friend.", f"Giving away {x} leaves {v} - {x} = {r} {unit}."),
-            (f"Sadly, {x} of the {unit} get lost.", f"Losing {x} leaves {v} - {x} = {r} {unit}."),
-        ]
+    b.say(
+        rng.choice(
+            [
+                f"{pro} {w['lose']} {x} {unit}.",
+                f"Then {name} gives {x} {unit} to a friend.",
+                f"Sadly, {x} of the {unit} get lost.",
+            ]
+        )
     )
-    b.say(tpl[0])
-    b.think.append(tpl[1])
     b.gold_line(f"{name} has", v, "sub", x, r)
     return r
 
@@ -339,8 +330,6 @@ def _apply_pair(rng: random.Random, b: _Builder, v: int, w: dict[str, str]) -> i
         p = b.step(a, "mul", per)
         r = b.step(v, "add", p)
         b.say(f"{pro} {w['gain']} {a} {cont} with {per} {unit} in each.")
-        b.think.append(f"{a} {cont} with {per} each is {a} * {per} = {p} {unit}.")
-        b.think.append(f"Together that makes {v} + {p} = {r} {unit}.")
         b.gold_line(f"{name} gets", a, "mul", per, p)
         b.gold_line("Now there are", v, "add", p, r)
     else:
@@ -349,8 +338,6 @@ def _apply_pair(rng: random.Random, b: _Builder, v: int, w: dict[str, str]) -> i
         p = b.step(a, "mul", per)
         r = b.step(v, "sub", p)
         b.say(f"{pro} fills {a} {cont} with {per} {unit} each and gives the {cont} away.")
-        b.think.append(f"{a} {cont} of {per} is {a} * {per} = {p} {unit} given away.")
-        b.think.append(f"That leaves {v} - {p} = {r} {unit}.")
         b.gold_line(f"{name} gives away", a, "mul", per, p)
         b.gold_line("That leaves", v, "sub", p, r)
     return r
@@ -363,7 +350,6 @@ def _final_price(rng: random.Random, b: _Builder, v: int, w: dict[str, str]) -> 
     p = rng.randint(2, pmax)
     r = b.step(v, "mul", p)
     b.say(f"{w['pro']} sells every {one} for ${p}.")
-    b.think.append(f"Selling {v} {unit} at ${p} each gives {v} * {p} = {r} dollars.")
     b.gold_line(f"{name} earns", v, "mul", p, r)
     return r, f"How many dollars does {name} earn from selling all the {unit}?"
 
@@ -398,7 +384,6 @@ def _gen_inventory(rng: random.Random, n: int, max_value: int = MAX_VALUE) -> tu
             ]
         )
     )
-    b.think.append(f"{name} starts with {v} {unit}.")
     price = n >= 3 and rng.random() < 0.3
     for op in _pick_ops(rng, n - int(price), v):
         v = _apply_pair(rng, b, v, w) if op == "pair" else _apply_op(rng, b, op, v, w)
@@ -421,7 +406,6 @@ def _gen_compare(rng: random.Random, n: int, max_value: int = MAX_VALUE) -> tupl
     b = _Builder(max_value)
     v = rng.randint(5, 60)
     b.say(f"{names[0]} has {v} {unit}.")
-    b.think.append(f"{names[0]} has {v} {unit}.")
     for i in range(n):
         prev, cur = names[i], names[i + 1]
         ks = _divisors(v, 2, 4)
@@ -433,24 +417,20 @@ def _gen_compare(rng: random.Random, n: int, max_value: int = MAX_VALUE) -> tupl
             x = rng.randint(2, min(50, b.max - v))
             r = b.step(v, "add", x)
             b.say(f"{cur} has {x} more {unit} than {prev}.")
-            b.think.append(f"{cur} has {x} more than {prev}: {v} + {x} = {r}.")
         elif op == "sub":
             x = rng.randint(1, min(50, v - 2))
             r = b.step(v, "sub", x)
             b.say(f"{cur} has {x} fewer {unit} than {prev}.")
-            b.think.append(f"{cur} has {x} fewer than {prev}: {v} - {x} = {r}.")
         elif op == "mul":
             k = rng.randint(2, max(2, min(4, b.max // v)))
             r = b.step(v, "mul", k)
             word = {2: "twice", 3: "three times", 4: "four times"}[k]
             b.say(f"{cur} has {word} as many {unit} as {prev}.")
-            b.think.append(f"{cur} has {word} as many as {prev}: {v} * {k} = {r}.")
         else:
             k = rng.choice(ks)
             r = b.step(v, "div", k)
             word = {2: "half", 3: "a third", 4: "a quarter"}[k]
             b.say(f"{cur} has {word} as many {unit} as {prev}.")
-            b.think.append(f"{cur} has {word} as many as {prev}: {v} / {k} = {r}.")
         b.gold_line(f"{cur} has", v, op, b.steps[-1].b, r)
         v = r
     return b, v, f"How many {unit} does {names[-1]} have?"
@@ -463,9 +443,6 @@ def _gen_rate(rng: random.Random, n: int, max_value: int = MAX_VALUE) -> tuple[_
     b = _Builder(max_value)
     v = b.step(rate, "mul", hours)
     b.say(f"A {place} makes {rate} {unit} every hour and works for {hours} hours.")
-    b.think.append(
-        f"The {place} makes {rate} {unit} per hour for {hours} hours: {rate} * {hours} = {v} {unit}."
-    )
     b.gold_line("It makes", rate, "mul", hours, v)
     w = {
         "name": f"the {place}",
@@ -479,7 +456,6 @@ def _gen_rate(rng: random.Random, n: int, max_value: int = MAX_VALUE) -> tuple[_
         v = _apply_op(rng, b, op, v, w)
     # capitalise sentence starts that begin with "the <place>"
     b.q = [s[0].upper() + s[1:] for s in b.q]
-    b.think = [s[0].upper() + s[1:] for s in b.think]
     b.gold = [s[0].upper() + s[1:] for s in b.gold]
     return b, v, f"How many {unit} does the {place} have in the end?"
 
