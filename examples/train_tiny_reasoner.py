@@ -1,9 +1,13 @@
 """Train the testbed's tiny Qwen3 reasoner on synthetic multi-step arithmetic word problems (CPU friendly).
 
-The shipped checkpoint (its model card and ``training_info.json`` record the run)::
+The shipped checkpoint came from two runs (its model card and ``training_info.json`` record both; the first
+ran on the previous trace format, at commit 541158a)::
 
     python examples/train_tiny_reasoner.py --output-dir /tmp/tr_v2 --time-budget-min 52 --seed 0 --threads 2 \
         --num-train 80000 --eval-batch-size 100
+    python examples/train_tiny_reasoner.py --output-dir /tmp/tr_v3 --init-from /tmp/tr_v2 --time-budget-min 44 \
+        --seed 0 --threads 2 --num-train 30000 --train-offset 80000 --batch-size 16 --lr 1e-3 --mathqa-frac 0.2 \
+        --eval-batch-size 100
 
 On a machine with a CUDA GPU the same command trains there (bf16 autocast where supported, fp32 weights);
 raise ``--batch-size`` and ``--num-train`` to use it.
