@@ -8,13 +8,19 @@ time and peak memory (max RSS) are its own. Results: a table and ablations in be
 
     python benchmarks/bench_quality.py                          # the full benchmark (about an hour on CPU)
     python benchmarks/bench_quality.py --quick                  # a smoke run in a few minutes
+
+A stopped benchmark resumes: each finished run's record is kept in benchmarks/quality_runs/, named by a hash
+of everything that decides it (method, sparsity, overrides, model weights, data, settings), and the same
+command later reuses it. A retrained model or new data hash differently, so stale records are never reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -23,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 PLOT = HERE / "quality.png"
+RUNS = HERE / "quality_runs"  # one record per finished run: a stopped benchmark resumes from here
 README = HERE.parent / "README.md"
 
 from results_md import write_results  # noqa: E402
@@ -41,6 +48,26 @@ def kept_fractions(report: dict) -> dict[str, float]:
         / sum(layer["dense"][key] for layer in report["layers"])
         for kind, key in keys.items()
     }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_record_path(args: argparse.Namespace, method: str, sparsity: float, overrides: dict) -> Path:
+    """Where one run's record is kept: named by everything that decides its result (weights and data by hash)."""
+    model = Path(args.model)
+    key = {
+        "method": method,
+        "sparsity": sparsity,
+        "overrides": overrides,
+        "model": [_sha256(f) for f in sorted(model.glob("*.safetensors")) + [model / "config.json"]],
+        "train": _sha256(Path(args.train_data)),
+        "test": _sha256(Path(args.test_data)),
+        **{k: getattr(args, k) for k in ("num_prompts", "eval_limit", "max_new_tokens", "seed", "threads")},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return RUNS / f"{method}-{sparsity:.2f}-{digest}.json"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -104,12 +131,27 @@ def worker(args: argparse.Namespace) -> None:
         mean_generated_tokens=evaluation.summary["mean_generated_tokens"],
         rss_model_mib=rss_loaded / 2**20,
         parameters=model.num_parameters(),
+        wall_seconds=time.time() - psutil.Process().create_time(),
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
+    path = run_record_path(args, args.method, args.sparsity, json.loads(args.overrides))
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: a killed run leaves no half-written record
     print("RESULT " + json.dumps(record), flush=True)
 
 
 def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -> dict:
-    """Run a worker subprocess; add its wall time and peak RSS (os.wait4 gives the child's own)."""
+    """One run's record: kept from an earlier benchmark with the same settings, else from a worker subprocess.
+
+    The worker measures its own wall time (from process start) and peak RSS, so every run is isolated.
+    """
+    path = run_record_path(args, method, sparsity, overrides or {})
+    if path.exists():
+        record = json.loads(path.read_text())
+        print(f"{method:14s} {sparsity:.2f} {json.dumps(overrides or {})}: kept from {path.name}", flush=True)
+        return record
     cmd = [
         sys.executable,
         __file__,
@@ -137,15 +179,11 @@ def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -
         "--threads",
         str(args.threads),
     ]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{method} at {sparsity} failed:\n{output[-4000:]}")
-    line = next(x for x in output.splitlines() if x.startswith("RESULT "))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} at {sparsity} failed:\n{proc.stdout[-4000:]}")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     record = json.loads(line[len("RESULT ") :])
-    record.update(wall_seconds=time.perf_counter() - start, peak_rss_mib=usage.ru_maxrss / 1024)
     print(
         f"{method:14s} {sparsity:.2f} {json.dumps(overrides or {})}: acc {record['accuracy']:.3f} "
         f"[{record['ci_low']:.3f}, {record['ci_high']:.3f}] sparsity {record['sparsity']:.3f} "

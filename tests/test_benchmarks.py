@@ -1,0 +1,62 @@
+"""Tests for the benchmark scripts' own machinery (not their measurements)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench_quality(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+    return module
+
+
+@pytest.fixture
+def settings(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text('{"question": "q", "answer": "#### 1"}\n')
+    return argparse.Namespace(model=str(model), train_data=str(tmp_path / "train.jsonl"),
+                              test_data=str(tmp_path / "test.jsonl"), num_prompts=8, eval_limit=10,
+                              max_new_tokens=16, seed=0, threads=1)
+
+
+def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality, settings):
+    path = bench_quality.run_record_path
+    base = path(settings, "resp", 0.4, {})
+    assert base == path(settings, "resp", 0.4, {})
+    assert base.parent == bench_quality.RUNS and base.name.startswith("resp-0.40-")
+    assert base != path(settings, "resp", 0.4, {"num_stages": 8})
+    assert base != path(settings, "resp", 0.3, {})
+    assert base != path(settings, "magnitude", 0.4, {})
+    assert base != path(argparse.Namespace(**{**vars(settings), "seed": 1}), "resp", 0.4, {})
+    (Path(settings.model) / "model.safetensors").write_bytes(b"other weights")  # a retrained model
+    assert base != path(settings, "resp", 0.4, {})
+
+
+def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings, monkeypatch):
+    record = {"method": "resp", "target": 0.4, "accuracy": 0.5, "wall_seconds": 12.0}
+    path = bench_quality.run_record_path(settings, "resp", 0.4, {"num_stages": 8})
+    path.parent.mkdir()
+    path.write_text(json.dumps(record))
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a kept run must not be run again")
+
+    monkeypatch.setattr(bench_quality.subprocess, "run", no_worker)
+    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}) == record
+    with pytest.raises(AssertionError, match="must not be run again"):  # a different run is not kept
+        bench_quality.run_one(settings, "resp", 0.4, {})
