@@ -1,16 +1,14 @@
 """Train the testbed's tiny Qwen3 reasoner on synthetic multi-step arithmetic word problems (CPU friendly).
 
-The shipped checkpoint came from two runs (its model card and ``training_info.json`` record both; the first
-ran on the previous trace format, at commit 541158a)::
+The shipped checkpoint came from one run from scratch on one NVIDIA H200 (5.5 minutes of training; its model card
+and ``training_info.json`` record it)::
 
-    python examples/train_tiny_reasoner.py --output-dir /tmp/tr_v2 --time-budget-min 52 --seed 0 --threads 2 \
-        --num-train 80000 --eval-batch-size 100
-    python examples/train_tiny_reasoner.py --output-dir /tmp/tr_v3 --init-from /tmp/tr_v2 --time-budget-min 44 \
-        --seed 0 --threads 2 --num-train 30000 --train-offset 80000 --batch-size 16 --lr 1e-3 --mathqa-frac 0.2 \
-        --eval-batch-size 100
+    python examples/train_tiny_reasoner.py --output-dir /tmp/gpu_run --time-budget-min 5.5 --seed 0 --threads 8 \
+        --num-train 240000 --batch-size 128 --lr 2e-3 --mathqa-frac 0.2 --eval-batch-size 500 --save-every-min 2
 
-On a machine with a CUDA GPU the same command trains there (bf16 autocast where supported, fp32 weights);
-raise ``--batch-size`` and ``--num-train`` to use it.
+On a CUDA GPU the script trains there (bf16 autocast, fp32 weights); without one, on the CPU. That run moved ~424k
+tokens/s; earlier runs on a 2-core CPU moved 1.2k-2.9k, and 44 minutes from scratch there reached only 14.6%
+held-out accuracy: on a CPU, train longer or chain runs with ``--init-from``.
 
 Quick smoke run (used by the tests)::
 
