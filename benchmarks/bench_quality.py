@@ -12,6 +12,7 @@ time and peak memory (max RSS) are its own. Results: a table and ablations in be
 A stopped benchmark resumes: each finished run's record is kept in benchmarks/quality_runs/, named by a hash
 of everything that decides it (method, sparsity, overrides, model weights, data, settings), and the same
 command later reuses it. A retrained model or new data hash differently, so stale records are never reused.
+`--quick` smoke runs keep theirs apart, in quality_runs/quick/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run_record_path(args: argparse.Namespace, method: str, sparsity: float, over
         **{k: getattr(args, k) for k in ("num_prompts", "eval_limit", "max_new_tokens", "seed", "threads")},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return RUNS / f"{method}-{sparsity:.2f}-{digest}.json"
+    return (RUNS / "quick" if args.quick else RUNS) / f"{method}-{sparsity:.2f}-{digest}.json"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -135,7 +136,7 @@ def worker(args: argparse.Namespace) -> None:
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     path = run_record_path(args, args.method, args.sparsity, json.loads(args.overrides))
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)  # atomic: a killed run leaves no half-written record

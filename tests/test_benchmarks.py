@@ -31,7 +31,7 @@ def settings(tmp_path):
         (tmp_path / name).write_text('{"question": "q", "answer": "#### 1"}\n')
     return argparse.Namespace(model=str(model), train_data=str(tmp_path / "train.jsonl"),
                               test_data=str(tmp_path / "test.jsonl"), num_prompts=8, eval_limit=10,
-                              max_new_tokens=16, seed=0, threads=1)
+                              max_new_tokens=16, seed=0, threads=1, quick=False)
 
 
 def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality, settings):
@@ -43,6 +43,8 @@ def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality
     assert base != path(settings, "resp", 0.3, {})
     assert base != path(settings, "magnitude", 0.4, {})
     assert base != path(argparse.Namespace(**{**vars(settings), "seed": 1}), "resp", 0.4, {})
+    quick = path(argparse.Namespace(**{**vars(settings), "quick": True}), "resp", 0.4, {})
+    assert quick.parent == bench_quality.RUNS / "quick"  # smoke runs stay out of the kept (committed) records
     (Path(settings.model) / "model.safetensors").write_bytes(b"other weights")  # a retrained model
     assert base != path(settings, "resp", 0.4, {})
 
