@@ -135,11 +135,6 @@ def worker(args: argparse.Namespace) -> None:
         wall_seconds=time.time() - psutil.Process().create_time(),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    path = run_record_path(args, args.method, args.sparsity, json.loads(args.overrides))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: a killed run leaves no half-written record
     print("RESULT " + json.dumps(record), flush=True)
 
 
@@ -185,6 +180,10 @@ def run_one(args, method: str, sparsity: float, overrides: dict | None = None) -
         raise RuntimeError(f"{method} at {sparsity} failed:\n{proc.stdout[-4000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     record = json.loads(line[len("RESULT ") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: a killed benchmark leaves no half-written record
     print(
         f"{method:14s} {sparsity:.2f} {json.dumps(overrides or {})}: acc {record['accuracy']:.3f} "
         f"[{record['ci_low']:.3f}, {record['ci_high']:.3f}] sparsity {record['sparsity']:.3f} "
