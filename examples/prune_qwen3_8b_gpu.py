@@ -8,9 +8,15 @@ samples at 112 steps; optimum-resp's default of 4 stages is far cheaper (the che
 a point of the best in the stage sweep on the testbed, benchmarks/RESULTS.md; that sweep is on a tiny
 model, so `--stages 8` or 16 is worth a try on an 8B one).
 
-    pip install "optimum-resp[vllm]"            # vLLM makes the dense model's generation much faster
+    pip install "optimum-resp[vllm]"            # calibration rounds through vLLM, and serving
     python examples/prune_qwen3_8b_gpu.py --sparsity 0.4 --output qwen3-8b-resp40
     optimum-resp eval qwen3-8b-resp40 --task gsm8k --data openai/gsm8k --limit 500
+    vllm serve qwen3-8b-resp40                  # per_layer or uniform: optimum-resp's vLLM plugin loads both
+
+With vLLM installed, the default generator='auto' times the first calibration round through vLLM
+against a transformers probe and keeps the faster backend for the regenerations. Each vLLM round starts
+an engine for the model as it is at that stage and shuts it down before scoring, so the engine and the
+pruner share the GPU (its KV cache is sized to the round, within half of the free memory).
 
 Memory: the model in bf16 (16 GB) plus one forward+backward of a 2.5k-token sequence; importance is
 accumulated per structure in gradient hooks, so no full set of gradients is ever stored. The same

@@ -29,6 +29,7 @@ __all__ = [
     "LinearSlice",
     "STRUCTURES",
     "UnsupportedArchitectureError",
+    "architecture_specs",
     "get_architecture",
     "layer_sizes",
     "register_architecture",
@@ -160,6 +161,11 @@ def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
     _REGISTRY[spec.model_type] = spec
     _REGISTRY[spec.per_layer_model_type] = spec
     return spec
+
+
+def architecture_specs() -> list[ArchitectureSpec]:
+    """Every registered architecture, once each."""
+    return list({id(spec): spec for spec in _REGISTRY.values()}.values())
 
 
 def supported_model_types() -> list[str]:

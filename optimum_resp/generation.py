@@ -164,7 +164,13 @@ def end_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return ids
 
 
-def _strip_ids(tokenizer: Any) -> set[int]:
+def adds_special_tokens(tokenizer: Any, prompts: Sequence[str]) -> bool:
+    """Whether prompts are tokenized with special tokens: chat templates usually render the BOS themselves."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and all(p.startswith(bos) for p in prompts))
+
+
+def strip_ids(tokenizer: Any) -> set[int]:
     """Special-token ids removed from decoded text; the think tags are kept even when they are special."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     for idx, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
@@ -205,8 +211,8 @@ def _build_generation_config(
     return GenerationConfig(**kwargs)
 
 
-def _finish(
-    tokenizer: Any, prompt: str, generated: list[int], end_ids: set[int], strip_ids: set[int]
+def finish_completion(
+    tokenizer: Any, prompt: str, generated: Sequence[int], end_ids: set[int], hidden: set[int]
 ) -> Completion:
     """Cut a generated id sequence after its first end-of-turn token and decode the visible text."""
     cut = next((i for i, tok in enumerate(generated) if tok in end_ids), None)
@@ -214,7 +220,7 @@ def _finish(
         token_ids, body, truncated = list(generated), list(generated), True
     else:
         token_ids, body, truncated = list(generated[: cut + 1]), list(generated[:cut]), False
-    visible = [tok for tok in body if tok not in strip_ids]
+    visible = [tok for tok in body if tok not in hidden]
     text = tokenizer.decode(visible, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     return Completion(
         prompt=prompt, text=text, token_ids=token_ids, num_tokens=len(token_ids), truncated=truncated
@@ -240,12 +246,10 @@ def generate(
         return CompletionList([], stats)
 
     end_ids = end_token_ids(tokenizer, model)
-    strip_ids = _strip_ids(tokenizer)
+    hidden = strip_ids(tokenizer)
     device = _model_device(model)
 
-    bos = getattr(tokenizer, "bos_token", None)
-    # Chat templates usually render the BOS themselves; only let the tokenizer add specials otherwise.
-    add_special = not (bos and all(p.startswith(bos) for p in prompts))
+    add_special = adds_special_tokens(tokenizer, prompts)
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
@@ -280,7 +284,7 @@ def generate(
             sequences = out.sequences if hasattr(out, "sequences") else out
             new_tokens = sequences[:, input_ids.shape[1] :].tolist()
             for row, idx in enumerate(batch):
-                completion = _finish(tokenizer, prompts[idx], new_tokens[row], set(end_ids), strip_ids)
+                completion = finish_completion(tokenizer, prompts[idx], new_tokens[row], set(end_ids), hidden)
                 stats.generated_tokens += completion.num_tokens
                 results[idx] = completion
     finally:
@@ -302,8 +306,11 @@ __all__ = [
     "CompletionList",
     "GenerationSettings",
     "GenerationStats",
+    "adds_special_tokens",
     "build_prompt",
     "end_token_ids",
+    "finish_completion",
     "generate",
+    "strip_ids",
     "supports_thinking_switch",
 ]

@@ -152,6 +152,13 @@ def _layer_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _vllm_stock_head_dim_mismatch(report: dict[str, Any]) -> bool:
+    """A uniform Qwen2 that lost query heads: vLLM's (and llama.cpp's) Qwen2 derive head_dim from hidden / heads."""
+    layers = report.get("layers") or []
+    lost = any(x["pruned"]["num_attention_heads"] < x["dense"]["num_attention_heads"] for x in layers)
+    return report.get("model_type") == "qwen2" and lost
+
+
 def _stage_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for s in report.get("stages") or []:
@@ -290,6 +297,7 @@ def render_model_card(
         stage_rows=_stage_rows(report),
         eval_rows=_eval_rows(eval_results, entries),
         export=mode,
+        vllm_stock_head_dim=_vllm_stock_head_dim_mismatch(report),
         command=command,
         command_fence=_fence(command or ""),
     )

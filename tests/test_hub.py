@@ -217,6 +217,15 @@ def test_loading_instructions_follow_the_export_mode(pruned, uniform_report):
     # uniform: plain transformers, no package import, no remote code.
     assert f'AutoModelForCausalLM.from_pretrained("{REPO}", dtype="auto")' in uniform
     assert "import optimum_resp" not in uniform and "trust_remote_code" not in uniform
+    # Both say how to serve with vLLM: the per_layer one through optimum-resp's plugin.
+    assert f"vllm serve {REPO}" in per_layer and "pip install optimum-resp vllm" in per_layer
+    assert f"vllm serve {REPO}" in uniform and "plugin" not in uniform
+    qwen2 = {**uniform_report, "model_type": "qwen2"}
+    assert any(
+        x["pruned"]["num_attention_heads"] < x["dense"]["num_attention_heads"] for x in qwen2["layers"]
+    )
+    qwen2_card = str(render_model_card(qwen2, BASE, model_id=REPO))
+    assert "vllm serve" not in qwen2_card and "lost query heads" in qwen2_card
     assert "`uniform` export" in uniform and "`per_layer` export" in per_layer
     # Without a resp_config, the mode comes from whether the pruned layers differ.
     assert export_mode({k: v for k, v in pruned[1].items() if k != "resp_config"}) == "per_layer"

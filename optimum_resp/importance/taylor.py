@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, modeling_utils
 from transformers.trainer_callback import PrinterCallback
 
 from .base import (
@@ -44,6 +44,10 @@ from .base import (
     structure_sums,
 )
 from .data import IGNORE_INDEX, CalibrationCollator, check_examples
+
+# transformers releases with `slice_logits_to_keep` project only the True positions of a boolean
+# (batch, seq) `logits_to_keep`; older ones (5.19, which vLLM pins) take a 1D tensor of positions.
+_MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
 
 __all__ = ["AbsAfter", "TaylorImportanceCallback", "TaylorScorer"]
 
@@ -288,10 +292,16 @@ class _TaylorTrainer(Trainer):
         if self._slice_logits:
             # Project only the scored positions onto the vocabulary (decode-only: the trace, not the prompt).
             keep = F.pad(scored, (0, 1), value=False)
-            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            if _MASK_LOGITS_TO_KEEP:
+                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+                logits = outputs.logits
+            else:  # 1D positions, kept in every row: the union of the scored ones, then each row's own
+                positions = keep.any(dim=0).nonzero().squeeze(1)
+                outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+                logits = outputs.logits[keep[:, positions]]
         else:
             outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits
+            logits = outputs.logits
         if logits.dim() == 3:  # full logits (the model ignored or lacks logits_to_keep)
             logits = logits[:, :-1][scored]
         token_loss = F.cross_entropy(logits.float(), targets[scored], reduction="none")
