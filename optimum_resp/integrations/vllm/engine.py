@@ -37,6 +37,7 @@ INSTALL_HINT = (
 # pruner's own copy of the model and the scoring pass that follows keep room.
 _KV_FRACTION_OF_FREE = 0.5
 _MIN_KV_BYTES = 32 * 2**20
+_MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def vllm_installed() -> bool:
@@ -77,6 +78,24 @@ def kv_cache_budget(
     need = int(1.1 * one_seq * max(1, num_seqs))
     cap = int(_KV_FRACTION_OF_FREE * _free_bytes(device))
     return max(min(need, cap), one_seq + one_seq // 8, _MIN_KV_BYTES)
+
+
+@contextlib.contextmanager
+def _in_process_engine(device: torch.device) -> Iterator[None]:
+    """On CPU, run vLLM's engine core in this process (unless the user set VLLM_ENABLE_V1_MULTIPROCESSING).
+
+    Measured on the shipped reasoner (2-core CPU): engine start 15.0 -> 1.6 s, shutdown 5.4 -> 1.5 s, same
+    tokens. vLLM then pins this process's OpenMP threads and ignores later `torch.set_num_threads` calls.
+    On CUDA the engine keeps its own process, whose exit gives all of its memory back before scoring.
+    """
+    if device.type != "cpu" or _MULTIPROCESSING_ENV in os.environ:
+        yield
+        return
+    os.environ[_MULTIPROCESSING_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(_MULTIPROCESSING_ENV, None)
 
 
 @dataclass
@@ -127,7 +146,8 @@ def vllm_engine(
     with tempfile.TemporaryDirectory(prefix="resp-vllm-") as folder:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        llm = LLM(model=folder, tokenizer=folder, **kwargs)
+        with _in_process_engine(device):
+            llm = LLM(model=folder, tokenizer=folder, **kwargs)
         stats.startup_s = time.perf_counter() - start
         logger.info("vLLM engine started in %.1fs (%s)", stats.startup_s, type(model).__name__)
         try:
