@@ -113,6 +113,8 @@ class RESPPruner:
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
         self.scorer = scorer or self._default_scorer()
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
+        self._use_cache = getattr(model.config, "use_cache", True)
         self._check_inputs()
         self.result: PruneResult | None = None
         self._dense_traces: list[Trace] = []
@@ -161,6 +163,13 @@ class RESPPruner:
             logger.warning(
                 "The tokenizer has no chat template: calibration prompts fall back to a plain 'Question: ... "
                 "Answer:' format, and thinking mode cannot be switched on."
+            )
+        widths = [s.intermediate_size for s in layer_sizes(config)]
+        if "channels" in c.structures and c.channel_multiple > min(widths):
+            raise ValueError(
+                f"channel_multiple={c.channel_multiple} is larger than this model's narrowest MLP "
+                f"({min(widths)} channels), so no channel of it could ever be removed. Use a multiple of at "
+                f"most {min(widths)} (64 or 128 suit real models), or leave 'channels' out of structures."
             )
         protected = c.protected_for(config.num_hidden_layers)
         dense = sum(decoder_linear_params(config))
@@ -311,6 +320,7 @@ class RESPPruner:
             else model
         )
         final.config._name_or_path = self.source
+        final.config.use_cache = self._use_cache
         report = size_report(dense_config, final).to_dict()
         report.update(
             dense_total_params=dense_total,

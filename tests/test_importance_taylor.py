@@ -286,8 +286,10 @@ def test_model_state_restored_after_scoring():
     model.model.embed_tokens.weight.requires_grad_(False)  # a user's own freezing pattern is kept
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert model.config.use_cache is True
     for mode in ("batch", "all"):
         TaylorScorer(abs_after=mode, batch_size=2, progress=False).score(model, make_examples())
+    assert model.config.use_cache is True  # the Trainer's training setting does not leak into exports
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -57,6 +57,9 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
 
     stages = result.stages
     assert [s["stage"] for s in stages] == [1, 2, 3]
+    # The scoring pass trains through the Trainer (use_cache off); the export keeps the user's setting.
+    assert model.config.use_cache is True and result.model.config.use_cache is True
+
     assert [s["target_sparsity"] for s in stages] == pytest.approx([0.1, 0.2, 0.3])
     for s in stages:  # each stage reaches its target, overshooting by less than a few structures
         assert s["target_sparsity"] <= s["sparsity"] < s["target_sparsity"] + 0.05
@@ -87,6 +90,7 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
     report = json.loads((out / "resp_report.json").read_text())
     assert report["sparsity"] == result.report["sparsity"] and len(report["stages"]) == 3
     assert (out / "resp_config.json").exists() and (out / "tokenizer.json").exists()
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True  # as the dense model had it
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
         assert torch.equal(reloaded(dense_logits_input).logits, result.model(dense_logits_input).logits)
@@ -242,6 +246,14 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
         pruner.prune([])
     with pytest.raises(ValueError, match=r"prompts \[1\] are empty"):
         pruner.prune(["a question", "  "])
+    # One bare prompt is refused, never split into its characters (or a dict into its keys).
+    with pytest.raises(ValueError, match=r"one str was passed \('What is 2\+2\?'\)\. Wrap it in a list"):
+        pruner.prune("What is 2+2?")
+    with pytest.raises(ValueError, match=r"one dict was passed"):
+        pruner.prune({"question": "What is 2+2?"})
+    # A channel multiple wider than the MLP (96 here) could never remove a channel: refused, not ignored.
+    with pytest.raises(ValueError, match=r"channel_multiple=128 is larger than this model's narrowest MLP \(96"):
+        RESPPruner(model, tokenizer, small_config(channel_multiple=128))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something.txt").write_text("x")
     with pytest.raises(ValueError, match="is not empty and holds no RESP run"):

@@ -42,6 +42,13 @@ class Trace:
 
 def as_prompts(prompts: Iterable[str | Mapping[str, Any] | CalibrationPrompt]) -> list[CalibrationPrompt]:
     """Accept bare questions, dicts with `question` (and `gold`, `solution`), or CalibrationPrompts."""
+    if isinstance(prompts, (str, bytes, Mapping, CalibrationPrompt)):
+        # Iterating one of these would make a calibration set of its characters or its keys.
+        shown = repr(prompts if not isinstance(prompts, CalibrationPrompt) else prompts.question)[:60]
+        raise ValueError(
+            f"prompts must be a list of calibration prompts, but one {type(prompts).__name__} was passed "
+            f"({shown}). Wrap it in a list: [{shown}]."
+        )
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, CalibrationPrompt):

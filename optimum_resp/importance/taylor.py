@@ -391,6 +391,7 @@ class TaylorScorer(Scorer):
         prunable = {id(p) for lin in linears for _, p in lin.params}
         saved_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         was_training = model.training
+        use_cache = getattr(model.config, "use_cache", None)  # the Trainer switches it off for training
         original_device = next(model.parameters()).device
         pad_token_id = getattr(model.config, "pad_token_id", None)
         collator = CalibrationCollator(0 if pad_token_id is None else pad_token_id)
@@ -418,6 +419,8 @@ class TaylorScorer(Scorer):
                     p.requires_grad_(flag)
                     p.grad = None
                 model.train(was_training)
+                if use_cache is not None:
+                    model.config.use_cache = use_cache
                 if trainer is not None:
                     trainer.accelerator.free_memory()  # drops the accelerate wrappers (DDP) around the model
                     del trainer

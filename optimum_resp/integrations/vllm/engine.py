@@ -2,7 +2,8 @@
 
 Each engine is built for one model: a prune changes layer sizes at every stage, and vLLM cannot change
 a live engine's shapes (weights and KV cache are laid out at start-up), so every regeneration starts
-one engine and closes it, freeing its memory before scoring runs again.
+one engine and closes it, freeing its memory before scoring runs again. On CPU the engine core runs in
+this process, which makes that start and shutdown cheap (see `_in_process_engine`).
 """
 
 from __future__ import annotations
