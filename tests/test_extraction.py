@@ -65,6 +65,17 @@ NUMERIC_CASES = [
     ("Reasoning opened in the prompt: 5 + 5 = 10 and th", None, "unclosed_think"),
     ("reasoning 4 + 4 = 8</think>\n\nThe answer is 8.", "8", "answer_is"),
     ("<think>a</think><think>b 3</think> final 4", "4", "last_number"),
+    # A check after the answer sentence, on the same line, is not the answer (even when it disagrees).
+    ("</think>\n\nThe answer is 12. (Check: 4+8=13.)", "12", "answer_is"),
+    ("</think>\n\nThe answer is 12. (Check: 3*4=12.)", "12", "answer_is"),
+    ("</think>\n\nSo the answer is 7 (check: 10-3=7, and 7*2=14).", "7", "answer_is"),
+    ("</think>\n\nThe final answer is: 42; check: 6*7=41.", "42", "answer_is"),
+    ("</think>\n\nThe answer is $1,200. (Check: 400*3=1300)", "1200", "answer_is"),
+    ("</think>\n\nThe answer is -4. Check: 2-6=-5.", "-4", "answer_is"),
+    # ... while a decimal point, thousands marks and a stated sum stay inside the answer.
+    ("</think>\n\nThe answer is 3.5 liters. (Check: 7/2=3.4)", "3.5", "answer_is"),
+    ("</think>\n\nThe answer is 1,234,567.", "1234567", "answer_is"),
+    ("</think>\n\nThe answer is (12). (Check: 3*4=13)", "12", "answer_is"),
 ]
 
 

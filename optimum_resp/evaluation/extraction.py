@@ -217,6 +217,18 @@ _ANSWER_IS_RE = re.compile(
 )
 
 
+# Where an "answer is ..." sentence ends: a parenthesis after some text, or a sentence mark that is not
+# a decimal point ("3.5") or a thousands mark inside a number.
+_CLAUSE_END_RE = re.compile(r"(?<=\S)\s*\(|[.!?;](?!\d)")
+
+
+def _answer_clause(tail: str) -> str:
+    """The stated answer up to the end of its sentence, so a check after it cannot be taken for it."""
+    end = _CLAUSE_END_RE.search(tail.lstrip())
+    stripped = tail.lstrip()
+    return stripped if end is None else stripped[: end.start()]
+
+
 def _numeric_from_answer_part(answer: str) -> Extraction:
     """Apply the numeric rules (boxed, ####, answer is, last number) to an answer part."""
     for content in reversed(find_boxed(answer)):
@@ -229,9 +241,14 @@ def _numeric_from_answer_part(answer: str) -> Extraction:
             return Extraction(value, "hash", match.group(0).strip())
     for match in reversed(list(_ANSWER_IS_RE.finditer(answer))):
         tail = answer[match.end() :].split("\n", 1)[0]
-        value = _number_in_box(tail)  # "the answer is 5 + 6 = 11" states 11
+        clause = _answer_clause(tail)
+        # "the answer is 5 + 6 = 11" states 11; a later "(Check: 3*4 = 12.)" states nothing.
+        value = _number_in_box(clause)
+        if value is None:
+            clause = tail
+            value = _number_in_box(tail)
         if value is not None:
-            return Extraction(value, "answer_is", (match.group(0) + tail).strip())
+            return Extraction(value, "answer_is", (match.group(0) + clause).strip())
     numbers = list(_NUMBER_RE.finditer(_clean_latex_numbers(answer)))
     if numbers:
         return Extraction(_number_from_match(numbers[-1]), "last_number", numbers[-1].group(0).strip())
