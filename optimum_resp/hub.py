@@ -20,6 +20,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -416,8 +417,53 @@ def check_folder(folder: str | os.PathLike) -> Path:
     return path
 
 
+def check_model_source(name_or_path: str | os.PathLike) -> None:
+    """Refuse at once a model path that looks local but does not exist (it would otherwise be sent to the
+    Hub, retried for a minute, and fail there with an unrelated message)."""
+    text = os.fspath(name_or_path)
+    if Path(text).expanduser().exists():
+        return
+    looks_local = (
+        isinstance(name_or_path, os.PathLike)
+        or text.startswith(("/", "./", "../", "~", "."))
+        or text.count("/") > 1
+        or text.endswith(("/", os.sep))
+        or (os.sep != "/" and os.sep in text)
+    )
+    if looks_local:
+        raise FileNotFoundError(
+            f"Model folder {text} does not exist. Check the path, or pass a Hub id such as 'Qwen/Qwen3-8B'."
+        )
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be written in it; a clear error otherwise."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".resp-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write to {path} ({err.strerror or err}). Choose a folder you can write to."
+        ) from err
+    return path
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a string that cannot name a Hub repo, before any work (ValueError: bad input)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"{repo_id!r} is not a valid Hub repo id ({err}). Use 'name' or 'user/name'."
+        ) from err
+
+
 def check_can_push(repo_id: str, token: str | None = None, what: str = "the model") -> str:
-    """Refuse to push while offline or without a token, before any work; returns the token to use."""
+    """Refuse to push an invalid repo id, or while offline or without a token, before any work; returns
+    the token to use."""
+    check_repo_id(repo_id)
     if _offline():
         raise HubPushError(
             f"HF_HUB_OFFLINE is set, so {what} cannot be pushed to {repo_id}. Unset HF_HUB_OFFLINE (and "

@@ -50,6 +50,7 @@ from .calibration import (
     select_by_difficulty,
 )
 from .configuration_resp import RESPConfig
+from .hub import check_model_source
 from .importance import build_examples, check_bias_compensation, get_scorer, save_scores
 from .importance.base import Scorer
 from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
@@ -134,6 +135,7 @@ class RESPPruner:
         own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
         if config is not None and not isinstance(config, RESPConfig):
             config = RESPConfig.from_pretrained(config)
+        check_model_source(model_id_or_path)  # a missing local folder fails here, not after Hub retries
         model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)

@@ -123,11 +123,28 @@ def test_bad_usage_exit_codes(model_dir, tmp_path, capsys):
     assert main(prune_args(model_dir, busy)) == 2
     assert "is not empty and holds no RESP run" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
+    # Paths that look local and do not exist fail at once, never sent to the Hub; same for info.
+    for command in (prune_args(tmp_path / "no-such-model", tmp_path / "y"), ["eval", "./no/such/model"]):
+        assert main(command) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+    # An unwritable eval --output is refused before the model loads (a file stands where the folder goes).
+    (tmp_path / "taken").write_text("x")
+    assert main(["eval", str(model_dir), "--output", str(tmp_path / "taken" / "out"), "--limit", "1"]) == 2
+    assert "Cannot write to" in capsys.readouterr().err
 
     assert main([]) == 2
     with pytest.raises(SystemExit) as exc:
         main(["prune", "--help"])
     assert exc.value.code == 0 and "Running the same command again resumes" in capsys.readouterr().out
+
+
+def test_an_invalid_repo_id_is_refused_before_pruning(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    assert main(prune_args(model_dir, tmp_path / "p", "--push-to-hub", "not a repo!")) == 2
+    assert "'not a repo!' is not a valid Hub repo id" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_push_without_a_token_is_refused_before_pruning(model_dir, tmp_path, capsys, monkeypatch):

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..evaluation import EvalConfig, evaluate_model
+    from ..hub import check_model_source, check_writable
 
     config = EvalConfig(
         task=args.task,
@@ -57,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
+    check_model_source(args.model)
+    if args.output is not None:
+        check_writable(args.output)  # an unwritable --output fails now, not after the whole evaluation
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).eval()
     if torch.cuda.is_available():
         model.cuda()

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from ..architectures import LayerSizes
 
     directory = Path(args.directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} does not exist (or is not a folder).")
     report_file, run_file = directory / "resp_report.json", directory / "resp_run.json"
     if not report_file.exists() and not run_file.exists():
         raise ValueError(f"{directory} holds no RESP output (no resp_report.json or resp_run.json).")
