@@ -43,7 +43,7 @@ REPORT_FILE = "resp_report.json"
 BASE_TAGS = ("pruned", "structured-pruning", "resp", "reasoning")
 RESP_PAPER = "https://arxiv.org/abs/2512.02185"
 # Resume-only checkpoints and interrupted atomic writes of a RESP run: never part of the published model.
-DEFAULT_IGNORE_PATTERNS = ("stages/*", ".*.tmp", "resp_run.json")
+DEFAULT_IGNORE_PATTERNS = ("stages/*", ".*.tmp", "resp_run.json", ".resp.lock")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}

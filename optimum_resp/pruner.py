@@ -19,6 +19,7 @@ Each step is one call into a room below: `calibration` (traces), `importance` (s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ BIASES_FILE = "added_biases.safetensors"
 SELECTED_FILE = "selected_prompts.json"
 REPORT_FILE = "resp_report.json"
 STAGES_DIR = "stages"
+LOCK_FILE = ".resp.lock"
 
 
 def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
@@ -197,9 +200,15 @@ class RESPPruner:
 
     def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
+        prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        if output_dir is None:
+            return self._prune(prompts, None)
+        out = Path(output_dir)
+        with _run_lock(out):  # a second prune into the same folder is refused while this one runs
+            return self._prune(prompts, out)
+
+    def _prune(self, prompts: list[CalibrationPrompt], out: Path | None) -> PruneResult:
         c = self.config
-        prompts = as_prompts(prompts)[: c.num_calibration_prompts]
-        out = Path(output_dir) if output_dir is not None else None
         dense_config = self.model.config
         dense_params = sum(decoder_linear_params(dense_config))
         dense_total = self.model.num_parameters()
@@ -372,7 +381,7 @@ class RESPPruner:
     def _open_run(self, out: Path) -> dict | None:
         """Start a run in `out`, or return the state after its last finished stage to resume from."""
         if not (out / RUN_FILE).exists():
-            if out.exists() and any(out.iterdir()):
+            if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
                 raise ValueError(f"{out} is not empty and holds no RESP run; choose an empty or new folder.")
             out.mkdir(parents=True, exist_ok=True)
             self.config.save_pretrained(out)
@@ -511,6 +520,37 @@ def _restore_biases(model: PreTrainedModel, biases: dict[str, torch.Tensor]) -> 
             raise ValueError(f"Cannot restore an added bias on {module_name}: no config flag builds it.")
         setattr(model.config, flag, True)
     return model
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out` (a `.resp.lock` file, released by the OS if the process dies)."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock
+        yield
+        return
+    lock = out / LOCK_FILE
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise ValueError(
+                f"{out} is in use by another prune ({owner}). Wait for it to finish (running the same "
+                "command again then resumes), or choose another output folder."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -262,6 +262,22 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
         pruner.save_pretrained(tmp_path / "out")
 
 
+def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
+    from optimum_resp.pruner import LOCK_FILE, _run_lock
+
+    tokenizer = build_tiny_tokenizer()
+    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=1), generator="hf")
+    out = tmp_path / "run"
+    with _run_lock(out):  # what a running prune holds
+        with pytest.raises(ValueError, match=rf"{out} is in use by another prune \(pid \d+\)"):
+            pruner.prune(PROMPTS, out)
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # the refused prune wrote nothing
+    # A lock file left by a killed prune holds no lock (the OS dropped it): the next prune runs.
+    (out / LOCK_FILE).write_text("pid 999999")
+    result = pruner.prune(PROMPTS, out)
+    assert result.report["sparsity"] > 0 and not (out / LOCK_FILE).exists()
+
+
 def test_a_run_folder_with_another_config_is_refused(tmp_path):
     tokenizer = build_tiny_tokenizer()
     model = tiny_model(tokenizer)
