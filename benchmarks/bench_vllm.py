@@ -40,7 +40,7 @@ from optimum_resp.testbed import testbed_data_path, testbed_model_path
 from optimum_resp.testing_utils import random_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import build_dense  # noqa: E402
+from bench_speed import SHAPES, build_dense  # noqa: E402
 from results_md import write_results  # noqa: E402
 
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shape", default="qwen3-0.6b")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--exports", nargs="+", default=["uniform", "per_layer"])

@@ -332,3 +332,16 @@ def test_vllm_serve_answers_a_chat_request_with_the_transformers_text(reasoner, 
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_bench_vllm_runs_end_to_end_on_a_tiny_shape(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_vllm
+
+    bench_vllm.main(
+        ["--shape", "tiny", "--sparsities", "0.4", "--exports", "per_layer", "--repeats", "1", "--concurrent", "2",
+         "--new-tokens", "4", "--decode-tokens", "4", "--calibration-prompts", "4", "--calibration-tokens", "32",
+         "--shape-calibration-prompts", "2", "--shape-calibration-tokens", "4", "--no-write"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| 40.0% | per_layer | " in out and "| shipped reasoner | 4 | " in out and "4/4 |" in out

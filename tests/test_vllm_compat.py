@@ -83,12 +83,14 @@ def test_kv_cache_is_counted_per_layer_and_sized_to_the_job(monkeypatch):
     free = 10 * 2**30
     monkeypatch.setattr(engine_module, "_free_bytes", lambda device: free)
     cpu = torch.device("cpu")
-    assert kv_cache_budget(config, torch.float32, cpu, 100, 2000) == int(1.1 * per_token * 2000 * 100)
+    # 2000 tokens are counted as 8 whole blocks of 256, plus two spare blocks.
+    seq, spare = 2048 * per_token, 2 * 256 * per_token
+    assert kv_cache_budget(config, torch.float32, cpu, 100, 2000) == int(1.1 * seq * 100) + spare
     assert kv_cache_budget(config, torch.float32, cpu, 10**6, 2000) == free // 2  # capped by free memory
     assert kv_cache_budget(config, torch.float32, cpu, 1, 10) == 32 * 2**20  # never below the floor
     monkeypatch.setattr(engine_module, "_free_bytes", lambda device: 0)
-    one_seq = per_token * 2000
-    assert kv_cache_budget(config, torch.float32, cpu, 50, 2000) >= one_seq  # vLLM needs one full sequence
+    assert kv_cache_budget(config, torch.float32, cpu, 50, 2000) == 32 * 2**20  # the floor, > one sequence
+    assert kv_cache_budget(config, torch.float32, cpu, 50, 64000) == 64000 * per_token + spare  # one full one
 
 
 def test_vllm_registers_exactly_the_per_layer_classes():

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import importlib.util
 import logging
+import math
 import os
 import tempfile
 import time
@@ -38,6 +39,7 @@ INSTALL_HINT = (
 # pruner's own copy of the model and the scoring pass that follows keep room.
 _KV_FRACTION_OF_FREE = 0.5
 _MIN_KV_BYTES = 32 * 2**20
+KV_BLOCK_TOKENS = 256
 _MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
@@ -66,19 +68,20 @@ def _free_bytes(device: torch.device) -> int:
     return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 8 * 2**30
 
 
-def kv_cache_budget(
-    config, dtype: torch.dtype, device: torch.device, num_seqs: int, max_model_len: int
-) -> int:
+def kv_cache_budget(config, dtype: torch.dtype, device: torch.device, num_seqs: int, max_model_len: int) -> int:
     """KV-cache bytes for `num_seqs` sequences of `max_model_len` tokens at once, capped by free memory.
 
-    A budget below the full need only means vLLM runs fewer sequences at a time; it always holds at
-    least one full-length sequence (vLLM refuses to start otherwise).
+    Sequences are counted in whole blocks of `KV_BLOCK_TOKENS` (vLLM allocates whole blocks: 16 tokens on
+    GPU, up to 128 on CPU), plus two spare blocks (vLLM keeps one back). A budget below the full need
+    only means vLLM runs fewer sequences at a time; it always holds one full-length sequence, without
+    which vLLM refuses to start.
     """
     per_token = kv_cache_bytes_per_token(config, dtype)
-    one_seq = per_token * max_model_len
-    need = int(1.1 * one_seq * max(1, num_seqs))
+    seq_tokens = math.ceil(max_model_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+    spare = 2 * KV_BLOCK_TOKENS * per_token
+    need = int(1.1 * per_token * seq_tokens * max(1, num_seqs)) + spare
     cap = int(_KV_FRACTION_OF_FREE * _free_bytes(device))
-    return max(min(need, cap), one_seq + one_seq // 8, _MIN_KV_BYTES)
+    return max(min(need, cap), per_token * seq_tokens + spare, _MIN_KV_BYTES)
 
 
 @contextlib.contextmanager
