@@ -20,6 +20,7 @@ Each step is one call into a room below: `calibration` (traces), `importance` (s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from .calibration import (
     select_by_difficulty,
 )
 from .configuration_resp import RESPConfig
+from .generation import adds_special_tokens, build_prompt
 from .hub import check_model_source
 from .importance import build_examples, check_bias_compensation, get_scorer, save_scores
 from .importance.base import Scorer
@@ -157,6 +159,15 @@ class RESPPruner:
         return get_scorer(c.importance, batch_size=c.batch_size)
 
     def _check_inputs(self) -> None:
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and self.config.max_length > positions:
+            logger.warning(
+                "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
+                self.config.max_length,
+                positions,
+                positions,
+            )
+            self.config = dataclasses.replace(self.config, max_length=positions)
         c, config = self.config, self.model.config
         vocab = len(self.tokenizer)
         if vocab > config.vocab_size:
@@ -194,6 +205,33 @@ class RESPPruner:
                 "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
             )
 
+    def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> None:
+        """Refuse prompts that leave no room to score a trace (max_length) or to generate one (positions)."""
+        c = self.config
+        if c.calibration_source == "text":
+            return
+        chat = [build_prompt(self.tokenizer, p.question, thinking=c.thinking) for p in prompts]
+        ids = self.tokenizer(chat, add_special_tokens=adds_special_tokens(self.tokenizer, chat))["input_ids"]
+        lengths = [len(i) for i in ids]
+        too_long = [i for i, n in enumerate(lengths) if n >= c.max_length]
+        if too_long:
+            raise ValueError(
+                f"Calibration prompts {too_long[:10]} are {max(lengths[i] for i in too_long)} tokens or more with "
+                f"the chat template, but max_length={c.max_length} (prompt + trace tokens scored): no token of "
+                "their traces could be scored. Raise max_length, or shorten or drop those prompts."
+            )
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        # (max_length is already clamped to the positions, so a prompt filling them is refused above.)
+        if positions and c.calibration_source == "self":
+            if max(lengths) + c.max_new_tokens > positions:
+                logger.warning(
+                    "The longest calibration prompt (%d tokens) plus max_new_tokens=%d exceeds the model's %d "
+                    "positions: a trace that long runs past what the model was trained on.",
+                    max(lengths),
+                    c.max_new_tokens,
+                    positions,
+                )
+
     # ------------------------------------------------------------------------------------------
     # The algorithm.
     # ------------------------------------------------------------------------------------------
@@ -201,6 +239,7 @@ class RESPPruner:
     def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        self._check_prompt_lengths(prompts)  # before any generation, and before a run folder is written
         if output_dir is None:
             return self._prune(prompts, None)
         out = Path(output_dir)

@@ -226,6 +226,13 @@ def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+class _NoGeneration:
+    """A generator that must never be reached (the refusal has to come first)."""
+
+    def generate(self, *args, **kwargs):
+        raise AssertionError("generation started before the bad input was refused")
+
+
 def test_bad_inputs_are_refused_before_work(tmp_path):
     tokenizer = build_tiny_tokenizer()
     model = tiny_model(tokenizer)
@@ -251,6 +258,18 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
         pruner.prune("What is 2+2?")
     with pytest.raises(ValueError, match=r"one dict was passed"):
         pruner.prune({"question": "What is 2+2?"})
+    # Prompts that leave no trace token to score, or no position to generate in: refused before generating.
+    long = "x" * 300  # byte-level tokenizer: 300+ tokens with the chat template
+    never = RESPPruner(model, tokenizer, small_config(max_length=200), generator=_NoGeneration())
+    with pytest.raises(ValueError, match=r"Calibration prompts \[1\] are \d+ tokens or more .* max_length=200"):
+        never.prune(["short", long], tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # no run folder was written either
+    # max_length above the model's positions is clamped to them (default 4096 vs 256 here), so a prompt
+    # filling every position is refused the same way.
+    clamped = RESPPruner(model, tokenizer, small_config(), generator=_NoGeneration())
+    assert clamped.config.max_length == 256
+    with pytest.raises(ValueError, match=r"prompts \[0\] are \d+ tokens or more .* max_length=256"):
+        clamped.prune([long * 2])
     # A channel multiple wider than the MLP (96 here) could never remove a channel: refused, not ignored.
     with pytest.raises(ValueError, match=r"channel_multiple=128 is larger than this model's narrowest MLP \(96"):
         RESPPruner(model, tokenizer, small_config(channel_multiple=128))
