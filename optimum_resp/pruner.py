@@ -111,9 +111,9 @@ class RESPPruner:
         scorer: Scorer | None = None,
         source: str | None = None,
     ) -> None:
-        self.config = config or RESPConfig()
         self.spec = get_architecture(model)  # unsupported architectures fail here, before any work
         self.model = model
+        self.config = self._fit_max_length(config or RESPConfig())
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
@@ -158,16 +158,20 @@ class RESPPruner:
             return get_scorer("magnitude")
         return get_scorer(c.importance, batch_size=c.batch_size)
 
-    def _check_inputs(self) -> None:
+    def _fit_max_length(self, config: RESPConfig) -> RESPConfig:
+        """`config` with max_length clamped to the model's positions (a longer example cannot be scored)."""
         positions = getattr(self.model.config, "max_position_embeddings", None)
-        if positions and self.config.max_length > positions:
-            logger.warning(
-                "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
-                self.config.max_length,
-                positions,
-                positions,
-            )
-            self.config = dataclasses.replace(self.config, max_length=positions)
+        if not positions or config.max_length <= positions:
+            return config
+        logger.warning(
+            "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
+            config.max_length,
+            positions,
+            positions,
+        )
+        return dataclasses.replace(config, max_length=positions)
+
+    def _check_inputs(self) -> None:
         c, config = self.config, self.model.config
         vocab = len(self.tokenizer)
         if vocab > config.vocab_size:
@@ -206,7 +210,8 @@ class RESPPruner:
             )
 
     def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> None:
-        """Refuse prompts that leave no room to score a trace (max_length) or to generate one (positions)."""
+        """Refuse prompts that leave no trace token to score under max_length; warn when a full-length trace
+        would run past the model's positions."""
         c = self.config
         if c.calibration_source == "text":
             return
