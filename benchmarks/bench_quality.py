@@ -41,13 +41,12 @@ METHODS = {name: overrides for name, (overrides, _) in METHOD_PRESETS.items()}
 DESCRIPTIONS = {name: description for name, (_, description) in METHOD_PRESETS.items()}
 
 
-def kept_fractions(report: dict) -> dict[str, float]:
-    """Fraction of the dense query heads, KV groups and MLP channels kept, summed over layers."""
-    keys = {"query_heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "channels": "intermediate_size"}
+def kept_fractions(report) -> dict[str, float]:
+    """Fraction of the dense query heads, KV groups and MLP channels kept (a PruneReport), summed over layers."""
+    size = report.size
     return {
-        kind: sum(layer["pruned"][key] for layer in report["layers"])
-        / sum(layer["dense"][key] for layer in report["layers"])
-        for kind, key in keys.items()
+        kind: sum(p.count(kind) for p in size.pruned_layers) / sum(d.count(kind) for d in size.dense_layers)
+        for kind in ("query_heads", "kv_heads", "channels")
     }
 
 
@@ -103,7 +102,7 @@ def worker(args: argparse.Namespace) -> None:
         result = pruner.prune(prompts)
         model = result.model
         record.update(
-            sparsity=result.report["sparsity"],
+            sparsity=result.report.sparsity,
             stages=len(result.stages),
             prune_seconds=time.perf_counter() - start,
             kept=kept_fractions(result.report),
@@ -300,7 +299,9 @@ def main() -> None:
         dict(run_one(args, "resp", 0.4, {"normalization": n}), normalization=n, ablation=True)
         for n in args.normalizations
     ]
-    data = dict(dense=dense, runs=records, stage_sweep=sweep, lora=lora, fractions=fractions, normalizations=norms)
+    data = dict(
+        dense=dense, runs=records, stage_sweep=sweep, lora=lora, fractions=fractions, normalizations=norms
+    )
     if not args.no_write:  # the raw records first: a rendering bug must not cost the hour of runs
         (HERE / "quality.json").write_text(json.dumps(data, indent=1))
     render_and_write(args, **data)
@@ -417,7 +418,8 @@ def readme_summary(args, dense: dict, records: list[dict], lora: list[dict], com
     lines = [
         f"Greedy accuracy on {dense['n']} held-out problems of the shipped reasoner (dense: "
         f"{dense['accuracy']:.3f}), {args.num_prompts} calibration prompts, written by "
-        f"`python benchmarks/bench_quality.py {command}`".rstrip() + " (intervals, ablations, cost: "
+        f"`python benchmarks/bench_quality.py {command}`".rstrip()
+        + " (intervals, ablations, cost: "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
         "",
         "| method | " + " | ".join(f"{s:.0%}" for s in cols) + " |",
@@ -425,10 +427,16 @@ def readme_summary(args, dense: dict, records: list[dict], lora: list[dict], com
     ]
     for method in args.methods:
         rows = {r["target"]: r for r in records if r["method"] == method}
-        lines.append(f"| {method} | " + " | ".join(f"{rows[s]['accuracy']:.3f}" for s in cols if s in rows) + " |")
+        lines.append(
+            f"| {method} | " + " | ".join(f"{rows[s]['accuracy']:.3f}" for s in cols if s in rows) + " |"
+        )
     if lora:
         by = {r["target"]: r for r in lora}
-        lines.append("| resp + LoRA | " + " | ".join(f"{by[s]['accuracy']:.3f}" if s in by else "-" for s in cols) + " |")
+        lines.append(
+            "| resp + LoRA | "
+            + " | ".join(f"{by[s]['accuracy']:.3f}" if s in by else "-" for s in cols)
+            + " |"
+        )
     lines += ["", "![accuracy vs sparsity](benchmarks/quality.png)"]
     return "\n".join(lines)
 

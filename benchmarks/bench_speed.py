@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     parser.add_argument("--exports", nargs="+", default=["uniform", "per_layer"])
     parser.add_argument(
-        "--channel-multiples", type=int, nargs="+", default=[1],
+        "--channel-multiples",
+        type=int,
+        nargs="+",
+        default=[1],
         help="kept MLP widths rounded to these multiples (one row each; 1 = no rounding)",
     )
     parser.add_argument("--prefill-tokens", type=int, default=512)

@@ -35,6 +35,7 @@ import torch
 from optimum_resp import prune_model, size_report
 from optimum_resp.calibration import HFGenerator, VLLMGenerator
 from optimum_resp.generation import GenerationSettings, build_prompt
+from optimum_resp.integrations.vllm.engine import _in_process_engine
 from optimum_resp.speed import linear_weights
 from optimum_resp.testbed import testbed_data_path, testbed_model_path
 from optimum_resp.testing_utils import random_plan
@@ -116,7 +117,11 @@ def shape_round(dense, args, dtype: str, eager: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         start = time.perf_counter()
         dense.save_pretrained(tmp)
-        with engine(tmp, dtype, 64 + new + 16, 2 * 2**30, eager) as llm:
+        # The engine core in this process on CPU, as VLLMGenerator runs it during a prune.
+        with (
+            _in_process_engine(next(dense.parameters()).device),
+            engine(tmp, dtype, 64 + new + 16, 2 * 2**30, eager) as llm,
+        ):
             startup = time.perf_counter() - start
             vllm_s = timed_generate(llm, prompts, new)
             stop = time.perf_counter()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from optimum_resp.files import atomic_write
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = (
@@ -20,6 +21,4 @@ def write_results(section: str, text: str, path: Path = RESULTS) -> None:
         current = current[: current.index(start)] + block + current[current.index(end) + len(end) :]
     else:
         current = current.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(current)
-    os.replace(tmp, path)
+    atomic_write(path, current)

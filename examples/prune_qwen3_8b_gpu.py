@@ -68,7 +68,7 @@ def main() -> None:
     prompts = prompts_from_task("gsm8k", args.calibration, split="train", limit=500, seed=0)
     result = pruner.prune(prompts, output_dir=args.output)  # re-run the same command to resume
     pruner.save_pretrained(args.output)
-    print(f"sparsity {result.report['sparsity']:.1%}; saved to {args.output}")
+    print(f"sparsity {result.report.sparsity:.1%}; saved to {args.output}")
 
 
 if __name__ == "__main__":

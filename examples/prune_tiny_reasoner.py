@@ -55,8 +55,8 @@ def main() -> None:
     dense = evaluate_model(model, tokenizer, held_out, show_progress=False).summary
     pruned = evaluate_model(result.model, tokenizer, held_out, show_progress=False).summary
     print(
-        f"sparsity {result.report['sparsity']:.1%}: parameters {result.report['dense_total_params']:,} -> "
-        f"{result.report['pruned_total_params']:,}"
+        f"sparsity {result.report.sparsity:.1%}: parameters {result.report.dense_total_params:,} -> "
+        f"{result.report.pruned_total_params:,}"
     )
     print(
         f"held-out accuracy: dense {dense['accuracy']:.3f}, pruned {pruned['accuracy']:.3f} (n={pruned['n']})"

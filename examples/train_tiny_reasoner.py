@@ -49,12 +49,30 @@ logger = logging.getLogger("train_tiny_reasoner")
 
 SIZES: dict[str, dict[str, int]] = {
     # hidden, layers, q heads, kv heads, head_dim, intermediate
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                 intermediate_size=128),
-    "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                  intermediate_size=768),
-    "base": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                 intermediate_size=1024),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=768,
+    ),
+    "base": dict(
+        hidden_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=1024,
+    ),
 }
 
 BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -69,41 +87,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate-size", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-value", type=int, default=MAX_VALUE, help="cap on intermediate values in the problems")
-    p.add_argument("--init-from", default=None,
-                   help="start from this checkpoint (model + tokenizer) instead of a fresh model and tokenizer")
+    p.add_argument(
+        "--max-value", type=int, default=MAX_VALUE, help="cap on intermediate values in the problems"
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this checkpoint (model + tokenizer) instead of a fresh model and tokenizer",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (schedule by steps)")
-    p.add_argument("--time-budget-min", type=float, default=40.0,
-                   help="wall-clock training budget; the LR schedule follows elapsed time (ignored with --max-steps)")
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=40.0,
+        help="wall-clock training budget; the LR schedule follows elapsed time (ignored with --max-steps)",
+    )
     p.add_argument("--num-train", type=int, default=80000, help="generated training problems")
-    p.add_argument("--train-offset", type=int, default=0,
-                   help="skip this many generated training problems (fresh data when continuing a run)")
+    p.add_argument(
+        "--train-offset",
+        type=int,
+        default=0,
+        help="skip this many generated training problems (fresh data when continuing a run)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--warmup-frac", type=float, default=0.04)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--plain-frac", type=float, default=0.1,
-                   help="fraction of prompts that are the bare question (the rest use the harness's GSM8K text)")
-    p.add_argument("--mathqa-frac", type=float, default=0.15,
-                   help="fraction of multiple-choice examples in the harness's MathQA prompt format")
+    p.add_argument(
+        "--plain-frac",
+        type=float,
+        default=0.1,
+        help="fraction of prompts that are the bare question (the rest use the harness's GSM8K text)",
+    )
+    p.add_argument(
+        "--mathqa-frac",
+        type=float,
+        default=0.15,
+        help="fraction of multiple-choice examples in the harness's MathQA prompt format",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-n", type=int, default=500, help="held-out test problems for the final greedy eval")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=320)
-    p.add_argument("--save-every-min", type=float, default=8.0, help="periodic checkpoint into <output-dir>/latest")
+    p.add_argument(
+        "--save-every-min", type=float, default=8.0, help="periodic checkpoint into <output-dir>/latest"
+    )
     p.add_argument("--tokenizer-problems", type=int, default=4000)
     return p.parse_args(argv)
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, user: str) -> str:
     """Render the chat prompt (thinking mode) for one user message."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                         enable_thinking=True, tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], add_generation_prompt=True, enable_thinking=True, tokenize=False
+    )
 
 
-def build_examples(tokenizer: PreTrainedTokenizerBase, problems: list[Problem], seed: int, plain_frac: float,
-                   mathqa_frac: float) -> Dataset:
+def build_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    seed: int,
+    plain_frac: float,
+    mathqa_frac: float,
+) -> Dataset:
     """Tokenize chat-formatted (prompt, solution) pairs; prompt tokens get label -100."""
     rng = random.Random(seed + 17)
     prompts, completions = [], []
@@ -121,7 +168,9 @@ def build_examples(tokenizer: PreTrainedTokenizerBase, problems: list[Problem], 
     c_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     input_ids = [a + b for a, b in zip(p_ids, c_ids, strict=True)]
     labels = [[-100] * len(a) + b for a, b in zip(p_ids, c_ids, strict=True)]
-    return Dataset.from_dict({"input_ids": input_ids, "labels": labels, "length": [len(x) for x in input_ids]})
+    return Dataset.from_dict(
+        {"input_ids": input_ids, "labels": labels, "length": [len(x) for x in input_ids]}
+    )
 
 
 class PadCollator:
@@ -147,7 +196,12 @@ class TimeBudget(TrainerCallback):
     """Stop at the time budget, log throughput and save a periodic checkpoint."""
 
     def __init__(self, budget_s: float | None, save_every_s: float, out_dir: Path, tokenizer) -> None:
-        self.budget_s, self.save_every_s, self.out_dir, self.tokenizer = budget_s, save_every_s, out_dir, tokenizer
+        self.budget_s, self.save_every_s, self.out_dir, self.tokenizer = (
+            budget_s,
+            save_every_s,
+            out_dir,
+            tokenizer,
+        )
         self.start = time.monotonic()
         self.last_save = self.start
         self.tokens = 0
@@ -167,7 +221,9 @@ class TimeBudget(TrainerCallback):
         return control
 
 
-def make_lr_lambda(max_steps: int | None, budget_s: float | None, warmup_frac: float, min_ratio: float, clock):
+def make_lr_lambda(
+    max_steps: int | None, budget_s: float | None, warmup_frac: float, min_ratio: float, clock
+):
     """Warmup + cosine schedule over steps, or over elapsed wall-clock time when ``max_steps`` is None."""
     start = clock()
 
@@ -194,21 +250,36 @@ def extract_boxed(text: str) -> str | None:
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, problems: list[Problem], batch_size: int = 64, max_new_tokens: int = 320,
-                    mathqa: bool = False) -> dict:
+def greedy_accuracy(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    batch_size: int = 64,
+    max_new_tokens: int = 320,
+    mathqa: bool = False,
+) -> dict:
     """Greedy-decode ``problems`` in left-padded batches; return accuracy and mean generated tokens."""
     model.eval()
     tokenizer.padding_side = "left"
     correct, gen_tokens, truncated = 0, 0, 0
     eos = tokenizer.convert_tokens_to_ids(IM_END)
     for i in range(0, len(problems), batch_size):
-        chunk = problems[i:i + batch_size]
+        chunk = problems[i : i + batch_size]
         users = [p.mathqa_prompt() if mathqa else p.gsm8k_prompt() for p in chunk]
-        enc = tokenizer([prompt_text(tokenizer, u) for u in users], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
+        enc = tokenizer(
+            [prompt_text(tokenizer, u) for u in users],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(model.device)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
         for p, row in zip(chunk, new, strict=True):
             ids = row.tolist()
             n = ids.index(eos) + 1 if eos in ids else len(ids)
@@ -217,8 +288,12 @@ def greedy_accuracy(model, tokenizer, problems: list[Problem], batch_size: int =
             pred = extract_boxed(tokenizer.decode(ids[:n], skip_special_tokens=True))
             correct += pred == (p.correct if mathqa else str(p.answer))
     n = max(1, len(problems))
-    return {"n": len(problems), "accuracy": correct / n, "mean_generated_tokens": gen_tokens / n,
-            "truncated_fraction": truncated / n}
+    return {
+        "n": len(problems),
+        "accuracy": correct / n,
+        "mean_generated_tokens": gen_tokens / n,
+        "truncated_fraction": truncated / n,
+    }
 
 
 def previous_runs(init_from: str | None) -> list[dict]:
@@ -234,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Build data, tokenizer and model, train, evaluate and save; return the training info dict."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    )
     logger.info("command: %s", command)
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
@@ -248,26 +325,45 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(args.init_from)
     else:
         tokenizer = build_testbed_tokenizer(num_problems=args.tokenizer_problems, seed=args.seed)
-    splits = generate_splits({"train": args.train_offset + args.num_train, "test": max(args.eval_n, 1)},
-                             seed=args.seed, max_value=args.max_value)
-    splits["train"] = splits["train"][args.train_offset:]
+    splits = generate_splits(
+        {"train": args.train_offset + args.num_train, "test": max(args.eval_n, 1)},
+        seed=args.seed,
+        max_value=args.max_value,
+    )
+    splits["train"] = splits["train"][args.train_offset :]
     train_ds = build_examples(tokenizer, splits["train"], args.seed, args.plain_frac, args.mathqa_frac)
-    logger.info("train examples: %d, mean length %.1f tokens, data+tokenizer in %.1fs", len(train_ds),
-                sum(train_ds["length"]) / len(train_ds), time.time() - t0)
+    logger.info(
+        "train examples: %d, mean length %.1f tokens, data+tokenizer in %.1fs",
+        len(train_ds),
+        sum(train_ds["length"]) / len(train_ds),
+        time.time() - t0,
+    )
 
     arch = dict(SIZES[args.size])
-    for key, val in (("hidden_size", args.hidden_size), ("intermediate_size", args.intermediate_size),
-                     ("num_hidden_layers", args.num_layers)):
+    for key, val in (
+        ("hidden_size", args.hidden_size),
+        ("intermediate_size", args.intermediate_size),
+        ("num_hidden_layers", args.num_layers),
+    ):
         if val is not None:
             arch[key] = val
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=1024, rope_theta=10000.0,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end,
-                         pad_token_id=tokenizer.pad_token_id, attention_dropout=0.0, **arch)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=im_end,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
+        **arch,
+    )
     config._attn_implementation = "sdpa"
     if args.init_from:
-        model = AutoModelForCausalLM.from_pretrained(args.init_from, attn_implementation="sdpa",
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            args.init_from, attn_implementation="sdpa", dtype=torch.float32
+        )
         arch = {k: getattr(model.config, k) for k in arch}
         logger.info("initialised from %s", args.init_from)
     else:
@@ -279,48 +375,97 @@ def main(argv: list[str] | None = None) -> dict:
     max_steps = args.max_steps if args.max_steps is not None else 10**7
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, make_lr_lambda(args.max_steps, budget_s, args.warmup_frac, args.min_lr_ratio, time.monotonic))
+        optim, make_lr_lambda(args.max_steps, budget_s, args.warmup_frac, args.min_lr_ratio, time.monotonic)
+    )
     targs = TrainingArguments(
-        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=args.batch_size, max_steps=max_steps,
-        num_train_epochs=100, logging_steps=25, save_strategy="no", report_to=[], seed=args.seed,
-        train_sampling_strategy="group_by_length", length_column_name="length", dataloader_num_workers=0,
-        max_grad_norm=1.0, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), disable_tqdm=False,
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=max_steps,
+        num_train_epochs=100,
+        logging_steps=25,
+        save_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        dataloader_num_workers=0,
+        max_grad_norm=1.0,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        disable_tqdm=False,
         remove_unused_columns=False,
     )
     budget_cb = TimeBudget(budget_s, args.save_every_min * 60, out_dir, tokenizer)
-    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=PadCollator(tokenizer.pad_token_id),
-                      optimizers=(optim, sched), callbacks=[budget_cb])
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train_ds,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        optimizers=(optim, sched),
+        callbacks=[budget_cb],
+    )
     t_train = time.time()
     result = trainer.train()
     train_s = time.time() - t_train
     steps = trainer.state.global_step
     tokens = steps * args.batch_size * sum(train_ds["length"]) / len(train_ds)
-    logger.info("trained %d steps in %.1f min (~%.0f tokens/s), final loss %.4f", steps, train_s / 60,
-                tokens / train_s, result.training_loss)
+    logger.info(
+        "trained %d steps in %.1f min (~%.0f tokens/s), final loss %.4f",
+        steps,
+        train_s / 60,
+        tokens / train_s,
+        result.training_loss,
+    )
 
-    model.generation_config = GenerationConfig(eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id,
-                                               bos_token_id=None, do_sample=False, max_new_tokens=args.max_new_tokens)
+    model.generation_config = GenerationConfig(
+        eos_token_id=im_end,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        do_sample=False,
+        max_new_tokens=args.max_new_tokens,
+    )
     model.config.use_cache = True
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
     t_eval = time.time()
-    metrics = greedy_accuracy(model, tokenizer, splits["test"][:args.eval_n], args.eval_batch_size,
-                              args.max_new_tokens) if args.eval_n > 0 else {}
+    metrics = (
+        greedy_accuracy(
+            model, tokenizer, splits["test"][: args.eval_n], args.eval_batch_size, args.max_new_tokens
+        )
+        if args.eval_n > 0
+        else {}
+    )
     logger.info("held-out greedy eval: %s (%.1fs)", metrics, time.time() - t_eval)
     info = {
-        "command": command, "seed": args.seed, "size": args.size, "architecture": arch,
-        "num_parameters": n_params, "num_train_problems": args.num_train, "max_value": args.max_value,
+        "command": command,
+        "seed": args.seed,
+        "size": args.size,
+        "architecture": arch,
+        "num_parameters": n_params,
+        "num_train_problems": args.num_train,
+        "max_value": args.max_value,
         "train_offset": args.train_offset,
-        "init_from": args.init_from, "batch_size": args.batch_size,
-        "lr": args.lr, "steps": steps, "examples_seen": steps * args.batch_size, "approx_tokens_seen": int(tokens),
-        "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.time() - t0, 1),
-        "final_train_loss": result.training_loss, "threads": args.threads,
+        "init_from": args.init_from,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "steps": steps,
+        "examples_seen": steps * args.batch_size,
+        "approx_tokens_seen": int(tokens),
+        "train_wall_time_s": round(train_s, 1),
+        "total_wall_time_s": round(time.time() - t0, 1),
+        "final_train_loss": result.training_loss,
+        "threads": args.threads,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__, "heldout_greedy_eval": metrics,
+        "torch": torch.__version__,
+        "heldout_greedy_eval": metrics,
         "previous_runs": previous_runs(args.init_from),
     }
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")

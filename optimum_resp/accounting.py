@@ -7,7 +7,9 @@ biases of q/k/v/o and gate/up/down; embeddings, norms and lm_head excluded): wha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PretrainedConfig
 
@@ -80,6 +82,20 @@ class SizeReport:
                 )
             ],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SizeReport:
+        """Inverse of `to_dict` (the derived fields, sparsity and sums, are recomputed)."""
+        layers = d["layers"]
+        return cls(
+            model_type=d["model_type"],
+            dense_layers=tuple(LayerSizes(**layer["dense"]) for layer in layers),
+            pruned_layers=tuple(LayerSizes(**layer["pruned"]) for layer in layers),
+            dense_layer_params=tuple(layer["dense_params"] for layer in layers),
+            pruned_layer_params=tuple(layer["pruned_params"] for layer in layers),
+            dense_total_params=d.get("dense_total_params"),
+            pruned_total_params=d.get("pruned_total_params"),
+        )
 
     def format_table(self) -> str:
         """A Markdown table of per-layer sizes followed by the totals."""

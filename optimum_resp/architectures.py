@@ -23,6 +23,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
+
 __all__ = [
     "ArchitectureSpec",
     "LayerSizes",
@@ -108,6 +110,20 @@ class ArchitectureSpec:
     down_proj: str = "mlp.down_proj"
     # Modules of the layer that act per head and are left untouched by head removal (Qwen3 q/k norm).
     head_norms: tuple[str, ...] = ()
+
+    @property
+    def added_bias_flags(self) -> dict[str, str]:
+        """Linears the per_layer classes can give a bias the stock layer lacks: module path -> config flag.
+
+        Bias compensation (FLAP) folds removed inputs into these biases; the flags make the per_layer
+        classes build them, so a compensated model saves, reloads and resumes with them.
+        """
+        return {self.o_proj: O_PROJ_BIAS, self.down_proj: DOWN_PROJ_BIAS}
+
+    def native_biases(self, config: PretrainedConfig) -> dict[str, bool]:
+        """Whether the stock class of `config` has a bias on each linear of `added_bias_flags`."""
+        b = self.biases(config)
+        return {self.o_proj: b.o, self.down_proj: b.mlp}
 
     @property
     def structures(self) -> dict[str, tuple[LinearSlice, ...]]:

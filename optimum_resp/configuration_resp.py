@@ -14,12 +14,12 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .architectures import STRUCTURES
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -292,12 +292,7 @@ class RESPConfig:
         if directory.is_file():
             raise ValueError(f"{directory} is a file; save_pretrained needs a folder.")
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / CONFIG_NAME
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".resp_config.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json_string())
-        os.replace(tmp, path)
-        return path
+        return atomic_write(directory / CONFIG_NAME, self.to_json_string())
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, **hub_kwargs) -> RESPConfig:

@@ -14,13 +14,19 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .accounting import SPARSITY_DEFINITION
+from .configuration_resp import RESPConfig
+from .files import atomic_write
+from .report import PruneReport
+from .run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +45,10 @@ __all__ = [
 
 # The template lives in model_cards/ (the repository layout) and ships in the package through this symlink.
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "resp_model_card_template.md"
-REPORT_FILE = "resp_report.json"
 BASE_TAGS = ("pruned", "structured-pruning", "resp", "reasoning")
 RESP_PAPER = "https://arxiv.org/abs/2512.02185"
 # Resume-only checkpoints and interrupted atomic writes of a RESP run: never part of the published model.
-DEFAULT_IGNORE_PATTERNS = ("stages/*", ".*.tmp", "resp_run.json", ".resp.lock")
+DEFAULT_IGNORE_PATTERNS = RunFolder.WORK_FILES
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -58,13 +63,9 @@ class HubPushError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 
 
-def export_mode(report: dict[str, Any]) -> str:
+def export_mode(report: PruneReport | Mapping[str, Any]) -> str:
     """`uniform` or `per_layer`: from resp_config.export, else from whether the pruned layers differ."""
-    export = (report.get("resp_config") or {}).get("export")
-    if export in ("uniform", "per_layer"):
-        return export
-    shapes = {json.dumps(layer["pruned"], sort_keys=True) for layer in report.get("layers", [])}
-    return "uniform" if len(shapes) <= 1 else "per_layer"
+    return PruneReport.coerce(report).export
 
 
 def _hub_model_id(name: str | None) -> str | None:
@@ -82,9 +83,9 @@ def _num(x: Any) -> str:
     return "n/a" if x is None else f"{x:,}"
 
 
-def _default_model_name(base_model: str, report: dict[str, Any]) -> str:
+def _default_model_name(base_model: str, report: PruneReport) -> str:
     base = Path(base_model.rstrip("/")).name or "model"
-    return f"{base}-RESP-{round(100 * float(report.get('sparsity', 0.0)))}"
+    return f"{base}-RESP-{round(100 * report.sparsity)}"
 
 
 def build_eval_results(eval_results: Sequence[dict[str, Any]] | None) -> list[EvalResult]:
@@ -136,48 +137,47 @@ def _settings(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _layer_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+def _layer_rows(report: PruneReport) -> list[dict[str, str]]:
+    size = report.size
     rows = []
-    for layer in report["layers"]:
-        d, p = layer["dense"], layer["pruned"]
+    for i, (d, p) in enumerate(zip(size.dense_layers, size.pruned_layers)):
         rows.append(
             {
-                "layer": str(layer["layer"]),
-                "heads": f"{d['num_attention_heads']} → {p['num_attention_heads']}",
-                "kv_heads": f"{d['num_key_value_heads']} → {p['num_key_value_heads']}",
-                "channels": f"{d['intermediate_size']} → {p['intermediate_size']}",
-                "params": f"{_num(layer.get('dense_params'))} → {_num(layer.get('pruned_params'))}",
-                "sparsity": _pct(layer.get("sparsity")),
+                "layer": str(i),
+                "heads": f"{d.num_attention_heads} → {p.num_attention_heads}",
+                "kv_heads": f"{d.num_key_value_heads} → {p.num_key_value_heads}",
+                "channels": f"{d.intermediate_size} → {p.intermediate_size}",
+                "params": f"{_num(size.dense_layer_params[i])} → {_num(size.pruned_layer_params[i])}",
+                "sparsity": _pct(size.layer_sparsity(i)),
             }
         )
     return rows
 
 
-def _vllm_stock_head_dim_mismatch(report: dict[str, Any]) -> bool:
+def _vllm_stock_head_dim_mismatch(report: PruneReport) -> bool:
     """A uniform Qwen2 that lost query heads: vLLM's (and llama.cpp's) Qwen2 derive head_dim from hidden / heads."""
-    layers = report.get("layers") or []
-    lost = any(x["pruned"]["num_attention_heads"] < x["dense"]["num_attention_heads"] for x in layers)
-    return report.get("model_type") == "qwen2" and lost
+    size = report.size
+    lost = any(
+        p.num_attention_heads < d.num_attention_heads for d, p in zip(size.dense_layers, size.pruned_layers)
+    )
+    return report.model_type == "qwen2" and lost
 
 
-def _stage_rows(report: dict[str, Any]) -> list[dict[str, str]]:
-    rows = []
-    for s in report.get("stages") or []:
-        loss, tokens, secs = s.get("calibration_loss"), s.get("mean_trace_tokens"), s.get("seconds")
-        rows.append(
-            {
-                "stage": str(s.get("stage", len(rows) + 1)),
-                "target": _pct(s.get("target_sparsity")),
-                "sparsity": _pct(s.get("sparsity"), 2),
-                "regenerated": "yes" if s.get("regenerated") else "no",
-                "traces": _num(s.get("num_traces")),
-                "tokens": "n/a" if tokens is None else f"{tokens:.1f}",
-                "truncated": _pct(s.get("truncated_fraction")),
-                "loss": "n/a" if loss is None else f"{loss:.4f}",
-                "seconds": "n/a" if secs is None else f"{secs:.1f}",
-            }
-        )
-    return rows
+def _stage_rows(report: PruneReport) -> list[dict[str, str]]:
+    return [
+        {
+            "stage": str(s.stage),
+            "target": _pct(s.target_sparsity),
+            "sparsity": _pct(s.sparsity, 2),
+            "regenerated": "yes" if s.regenerated else "no",
+            "traces": _num(s.num_traces),
+            "tokens": f"{s.mean_trace_tokens:.1f}",
+            "truncated": _pct(s.truncated_fraction),
+            "loss": "n/a" if s.calibration_loss is None else f"{s.calibration_loss:.4f}",
+            "seconds": f"{s.seconds:.1f}",
+        }
+        for s in report.stages
+    ]
 
 
 def _eval_rows(eval_results: Sequence[dict[str, Any]], entries: list[EvalResult]) -> list[dict[str, str]]:
@@ -199,30 +199,29 @@ def _eval_rows(eval_results: Sequence[dict[str, Any]], entries: list[EvalResult]
     return rows
 
 
-def _recipe(resp_config: dict[str, Any] | None) -> str | None:
+_CALIBRATION_DATA = {
+    "self": "the model's own reasoning traces",
+    "gold": "human-written solutions",
+    "text": "plain text",
+}
+
+
+def _recipe(config: RESPConfig | None) -> str | None:
     """One line on how this model was pruned, naming any departure from RESP's defaults that matters."""
-    if not resp_config:
+    if config is None:
         return None
-    importance = resp_config.get("importance", "taylor")
-    if importance != "taylor":
-        scores = f"`{importance}` importance"
-    elif resp_config.get("loss", "decode") == "decode":
+    if config.importance != "taylor":
+        scores = f"`{config.importance}` importance"
+    elif config.loss == "decode":
         scores = "decode-token Taylor importance (RESP)"
     else:
         scores = "full-sequence Taylor importance"
-    source = resp_config.get("calibration_source", "self")
-    data = {
-        "self": "the model's own reasoning traces",
-        "gold": "human-written solutions",
-        "text": "plain text",
-    }
-    stages, target = resp_config.get("num_stages", "?"), resp_config.get("target_sparsity")
     return ", ".join(
         [
-            f"{stages} stage(s) to target sparsity {target}",
-            f"{resp_config.get('allocation', 'global')} allocation",
+            f"{config.num_stages} stage(s) to target sparsity {config.target_sparsity}",
+            f"{config.allocation} allocation",
             scores,
-            f"{data.get(source, source)} as calibration data",
+            f"{_CALIBRATION_DATA[config.calibration_source]} as calibration data",
         ]
     )
 
@@ -234,7 +233,7 @@ def _fence(text: str) -> str:
 
 
 def render_model_card(
-    report: dict[str, Any],
+    report: PruneReport | Mapping[str, Any],
     base_model: str,
     eval_results: list[dict[str, Any]] | None = None,
     license: str | None = None,
@@ -242,7 +241,11 @@ def render_model_card(
     model_id: str | None = None,
     template_path: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The model card of a RESP-pruned model: Hub metadata plus recipe, sizes, stages, evaluation, usage."""
+    """The model card of a RESP-pruned model: Hub metadata plus recipe, sizes, stages, evaluation, usage.
+
+    `report` is the prune's `PruneReport` (or its JSON form, a loaded resp_report.json).
+    """
+    report = PruneReport.coerce(report)
     template = Path(template_path) if template_path is not None else MODEL_CARD_TEMPLATE
     if not template.is_file():
         raise FileNotFoundError(
@@ -259,8 +262,8 @@ def render_model_card(
             "(e.g. 'Qwen/Qwen3-8B') to link the base model.",
             base_model,
         )
-    model_type = report.get("model_type")
-    tags = [*BASE_TAGS, *([model_type] if model_type else [])]
+    model_type = report.model_type
+    tags = [*BASE_TAGS, model_type]
     card_data = ModelCardData(
         base_model=hub_base,
         license=license or "other",
@@ -270,11 +273,9 @@ def render_model_card(
         model_name=model_name if entries else None,  # model-index's name; no stray key without results
         eval_results=entries or None,
     )
-    mode = export_mode(report)
-    resp_config = report.get("resp_config")
-    has_totals = (
-        report.get("dense_total_params") is not None and report.get("pruned_total_params") is not None
-    )
+    mode = report.export
+    size = report.size
+    has_totals = size.dense_total_params is not None and size.pruned_total_params is not None
     return ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -284,17 +285,17 @@ def render_model_card(
         base_model_link=f"https://huggingface.co/{hub_base}" if hub_base else None,
         license_known=license is not None,
         paper_url=RESP_PAPER,
-        sparsity=_pct(report.get("sparsity"), 2),
-        sparsity_definition=report.get("sparsity_definition", ""),
-        architecture=model_type or "n/a",
-        num_layers=len(report.get("layers", [])),
-        resp_config_json=json.dumps(resp_config, indent=2) if resp_config else None,
-        recipe=_recipe(resp_config),
+        sparsity=_pct(report.sparsity, 2),
+        sparsity_definition=SPARSITY_DEFINITION,
+        architecture=model_type,
+        num_layers=len(size.pruned_layers),
+        resp_config_json=json.dumps(report.resp_config.to_dict(), indent=2) if report.resp_config else None,
+        recipe=_recipe(report.resp_config),
         layer_rows=_layer_rows(report),
-        dense_linear=_num(report.get("dense_decoder_linear_params")),
-        pruned_linear=_num(report.get("pruned_decoder_linear_params")),
-        dense_total=_num(report.get("dense_total_params")) if has_totals else None,
-        pruned_total=_num(report.get("pruned_total_params")) if has_totals else None,
+        dense_linear=_num(size.dense_decoder_linear_params),
+        pruned_linear=_num(size.pruned_decoder_linear_params),
+        dense_total=_num(size.dense_total_params) if has_totals else None,
+        pruned_total=_num(size.pruned_total_params) if has_totals else None,
         stage_rows=_stage_rows(report),
         eval_rows=_eval_rows(eval_results, entries),
         export=mode,
@@ -306,7 +307,7 @@ def render_model_card(
 
 def write_model_card(
     directory: str | os.PathLike,
-    report: dict[str, Any] | None = None,
+    report: PruneReport | Mapping[str, Any] | None = None,
     base_model: str | None = None,
     eval_results: list[dict[str, Any]] | None = None,
     license: str | None = None,
@@ -320,27 +321,19 @@ def write_model_card(
     """
     directory = Path(directory)
     if report is None:
-        path = directory / REPORT_FILE
-        if not path.is_file():
+        report = RunFolder(directory).load_report()
+        if report is None:
             raise FileNotFoundError(
-                f"No {REPORT_FILE} in {directory}: pass report= or save the pruner first."
+                f"No {RunFolder.REPORT} in {directory}: pass report= or save the pruner first."
             )
-        report = json.loads(path.read_text(encoding="utf-8"))
-    base_model = base_model or report.get("source")
+    report = PruneReport.coerce(report)
+    base_model = base_model or report.source
     if not base_model:
         raise ValueError("The report names no source model: pass base_model='org/name'.")
     if license is None:
         license = base_model_license(base_model)
     card = render_model_card(report, base_model, eval_results, license, command, model_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".README.md.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(str(card))
-        os.replace(tmp, directory / "README.md")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / "README.md", str(card))
     logger.info("Wrote model card %s", directory / "README.md")
     return directory / "README.md"
 

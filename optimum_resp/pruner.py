@@ -13,32 +13,29 @@ The algorithm (RESP, arXiv 2512.02185), as `prune` runs it:
         checkpoint stage k (keep-sets, traces, scores), so a killed run resumes after it
     export the final model (uniform or per_layer)
 
-Each step is one call into a room below: `calibration` (traces), `importance` (scores),
-`allocation` (plans), `surgery` (smaller models), `accounting` (reports).
+`prune` below is that box, one short method per line of it. Each step is one call into a room below:
+`calibration` (traces), `importance` (scores, and a criterion's own step after surgery), `allocation`
+(plans), `surgery` (smaller models), `run_folder` (checkpoints and resume), `report` (what happened).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
 import random
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .accounting import SPARSITY_DEFINITION, decoder_linear_params, size_report
+from .accounting import decoder_linear_params, size_report
 from .allocation import allocate, max_removable_params
 from .architectures import get_architecture, layer_sizes
 from .calibration import (
@@ -48,30 +45,22 @@ from .calibration import (
     as_prompts,
     build_traces,
     get_generator,
-    load_traces,
-    save_traces,
     select_by_difficulty,
 )
+from .compensation import add_biases
 from .configuration_resp import RESPConfig
+from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .hub import check_model_source
-from .importance import build_examples, check_bias_compensation, get_scorer, save_scores
-from .importance.base import Scorer
-from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
+from .importance import Scorer, build_examples, scorer_class
 from .recovery import recover_with_lora
+from .report import PruneReport, RecoveryRecord, StageRecord
+from .run_folder import RunFolder, StageCheckpoint, fingerprint
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PruneResult", "RESPPruner", "compose_plans"]
-
-RUN_FILE = "resp_run.json"
-DENSE_TRACES = "dense_traces.jsonl"
-BIASES_FILE = "added_biases.safetensors"
-SELECTED_FILE = "selected_prompts.json"
-REPORT_FILE = "resp_report.json"
-STAGES_DIR = "stages"
-LOCK_FILE = ".resp.lock"
 
 
 def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
@@ -94,8 +83,21 @@ class PruneResult:
 
     model: PreTrainedModel
     plan: PruningPlan  # keep-sets against the dense model
-    report: dict[str, Any]
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    report: PruneReport
+    stages: list[StageRecord] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """Where a prune stands between stages: the current model and what the next stage needs."""
+
+    prompts: list[CalibrationPrompt]
+    model: PreTrainedModel
+    plan: PruningPlan  # keep-sets against the dense model
+    traces: list[Trace]
+    dense_traces: list[Trace]
+    history: list[StageRecord] = field(default_factory=list)
+    regenerated: list[float] = field(default_factory=list)  # milestones already crossed
 
 
 class RESPPruner:
@@ -117,13 +119,13 @@ class RESPPruner:
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
-        self.scorer = scorer or self._default_scorer()
+        self.scorer = scorer or scorer_class(self.config.importance).from_config(self.config)
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
+        self._dense_params = sum(decoder_linear_params(model.config))
         self._check_inputs()
         self.result: PruneResult | None = None
-        self._dense_traces: list[Trace] = []
 
     @classmethod
     def from_pretrained(
@@ -149,14 +151,6 @@ class RESPPruner:
     # ------------------------------------------------------------------------------------------
     # Checks that run before any expensive work.
     # ------------------------------------------------------------------------------------------
-
-    def _default_scorer(self) -> Scorer:
-        c = self.config
-        if c.importance == "taylor":
-            return get_scorer("taylor", abs_after=c.taylor_abs_after, batch_size=c.batch_size, seed=c.seed)
-        if c.importance == "magnitude":
-            return get_scorer("magnitude")
-        return get_scorer(c.importance, batch_size=c.batch_size)
 
     def _fit_max_length(self, config: RESPConfig) -> RESPConfig:
         """`config` with max_length clamped to the model's positions (a longer example cannot be scored)."""
@@ -202,8 +196,7 @@ class RESPPruner:
                 f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
                 "target_sparsity, protect fewer layers or lower channel_multiple."
             )
-        if getattr(self.scorer, "bias_compensation", False):
-            check_bias_compensation(config, c.export)
+        self.scorer.check(config, c)
         if (c.filter_correct or c.selection_difficulty_samples) and self.task is None:
             raise ValueError(
                 "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
@@ -245,130 +238,145 @@ class RESPPruner:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
         self._check_prompt_lengths(prompts)  # before any generation, and before a run folder is written
-        if output_dir is None:
-            return self._prune(prompts, None)
-        out = Path(output_dir)
-        with _run_lock(out):  # a second prune into the same folder is refused while this one runs
-            return self._prune(prompts, out)
+        run = RunFolder(output_dir) if output_dir is not None else None
+        # A second prune into the same folder is refused while this one runs.
+        with run.lock() if run is not None else contextlib.nullcontext():
+            state = self._start_or_resume(prompts, run)
+            for k, target in enumerate(self.config.stage_sparsities()):
+                if k >= len(state.history):
+                    state = self._stage(state, k, target, run)
+            model, recovery = self._recover(state)
+            self.result = self._export(model, state, recovery)
+        return self.result
 
-    def _prune(self, prompts: list[CalibrationPrompt], out: Path | None) -> PruneResult:
-        c = self.config
-        dense_config = self.model.config
-        dense_params = sum(decoder_linear_params(dense_config))
-        dense_total = self.model.num_parameters()
-        protected = c.protected_for(dense_config.num_hidden_layers)
-        state = self._open_run(out) if out is not None else None
-        if state is None:
-            if c.selection_difficulty_samples:
-                questions = {p.question for p in prompts}
-                prompts, _ = select_by_difficulty(
-                    self.model, self.tokenizer, prompts, c, self.generator, self.task
-                )
-                if out is not None:  # a resumed run regenerates for the same selected prompts
-                    _write_json(out / SELECTED_FILE, [p.question for p in prompts])
-                logger.info("SSGR selection kept %d of %d prompts", len(prompts), len(questions))
-            plan, history, regenerated = PruningPlan.full(dense_config), [], set()
-            model = self.model
-            traces = self._calibrate(model, prompts, stage=0)
-            if out is not None:
-                save_traces(traces, out / DENSE_TRACES)
+    def _start_or_resume(self, prompts: list[CalibrationPrompt], run: RunFolder | None) -> _State:
+        """The state before the next stage: after the last checkpointed stage, or the dense model and its
+        traces (those a killed run saved, when there are)."""
+        selected = dense_traces = None
+        if run is not None:
+            seen = fingerprint(self.model, prompts, self.source)
+            if run.is_run:
+                run.check_resume(self.config, seen)
+                run.clean()
+                selected, dense_traces = run.load_selected(prompts), run.load_dense_traces()
+                checkpoint = run.last_stage()
+                if checkpoint is not None:
+                    return self._resume(checkpoint, selected or prompts, dense_traces)
+            else:
+                run.start(self.config, seen)
+        if selected is not None:
+            prompts = selected
+        elif self.config.selection_difficulty_samples:
+            prompts = self._select(prompts, run)
+        if dense_traces is None:
+            dense_traces = self._calibrate(self.model, prompts, stage=0)
+            if run is not None:
+                run.save_dense_traces(dense_traces)
         else:
-            if (out / SELECTED_FILE).exists():
-                selected = set(json.loads((out / SELECTED_FILE).read_text()))
-                prompts = [p for p in prompts if p.question in selected]
-            plan, history, traces = state["plan"], state["history"], state["traces"]
-            regenerated = set(state["regenerated"])
-            model = _restore_biases(prune_model(self.model, plan, export="per_layer"), state["biases"])
-            logger.info("Resuming after stage %d of %d", len(history), c.num_stages)
+            logger.info("Reusing the %d dense traces saved in %s", len(dense_traces), run.path)
+        plan = PruningPlan.full(self.model.config)
+        return _State(prompts, self.model, plan, traces=dense_traces, dense_traces=dense_traces)
 
-        for k, target in enumerate(c.stage_sparsities()):
-            if k < len(history):
-                continue
-            start = time.perf_counter()
-            sparsity_now = 1 - sum(decoder_linear_params(model.config)) / dense_params
-            due = [m for m in c.regeneration_milestones if m <= sparsity_now + 1e-9 and m not in regenerated]
-            if due and c.calibration_source == "self":
-                logger.info(
-                    "Stage %d: sparsity %.3f crossed milestone(s) %s: regenerating traces",
-                    k + 1,
-                    sparsity_now,
-                    due,
-                )
-                traces = self._regenerate(model, prompts, traces, stage=k)
-                regenerated.update(due)
-            examples = build_examples(
-                self.tokenizer,
-                [t.prompt for t in traces],
-                [t.completion for t in traces],
-                c.loss,
-                c.max_length,
-            )
-            scores = self.scorer.score(model, examples)
-            removed = dense_params - sum(decoder_linear_params(model.config))
-            step = allocate(
-                model.config,
-                scores,
-                params_to_remove=max(0, math.ceil(target * dense_params) - removed),
-                allocation=c.allocation,
-                protected=protected,
-                structures=c.structures,
-                normalization=c.normalization,
-                dense_intermediate_size=layer_sizes(dense_config)[0].intermediate_size,
-                channel_multiple=c.channel_multiple,
-            )
-            pruned = prune_model(model, step, export="per_layer")
-            if getattr(self.scorer, "bias_compensation", False):  # FLAP: keep each layer's expected output
-                pruned = self.scorer.compensate(model, pruned, step)
-            model = pruned
-            plan = compose_plans(plan, step)
-            stats = self.scorer.last_stats
-            record = {
-                "stage": k + 1,
-                "target_sparsity": target,
-                "sparsity": 1 - sum(decoder_linear_params(model.config)) / dense_params,
-                "regenerated": bool(due) and c.calibration_source == "self",
-                "num_traces": len(traces),
-                "mean_trace_tokens": sum(t.num_tokens for t in traces) / len(traces),
-                "truncated_fraction": sum(t.truncated for t in traces) / len(traces),
-                "calibration_loss": stats.mean_loss if stats else None,
-                "seconds": time.perf_counter() - start,
-            }
-            history.append(record)
+    def _stage(self, state: _State, k: int, target: float, run: RunFolder | None) -> _State:
+        """One stage: regenerate if a milestone is due, score, allocate, cut, checkpoint."""
+        c = self.config
+        start = time.perf_counter()
+        traces, regenerated = state.traces, state.regenerated
+        due = [
+            m
+            for m in c.regeneration_milestones
+            if m <= self._sparsity(state.model) + 1e-9 and m not in regenerated
+        ]
+        if due and c.calibration_source == "self":
             logger.info(
-                "Stage %d/%d: sparsity %.3f (target %.3f), calibration loss %s, %.1fs",
+                "Stage %d: sparsity %.3f crossed milestone(s) %s: regenerating traces",
                 k + 1,
-                c.num_stages,
-                record["sparsity"],
-                target,
-                "n/a" if record["calibration_loss"] is None else f"{record['calibration_loss']:.4f}",
-                record["seconds"],
+                self._sparsity(state.model),
+                due,
             )
-            if out is not None:
-                self._checkpoint(out, k + 1, model, plan, traces, scores, history, sorted(regenerated))
+            traces = self._regenerate(state.model, state.prompts, traces, stage=k)
+            regenerated = sorted({*regenerated, *due})
+        examples = build_examples(
+            self.tokenizer, [t.prompt for t in traces], [t.completion for t in traces], c.loss, c.max_length
+        )
+        scores = self.scorer.score(state.model, examples)
+        step = self._allocate(state.model, scores, target)
+        model = self.scorer.after_surgery(
+            state.model, prune_model(state.model, step, export="per_layer"), step
+        )
+        stats = self.scorer.last_stats
+        record = StageRecord(
+            stage=k + 1,
+            target_sparsity=target,
+            sparsity=self._sparsity(model),
+            regenerated=bool(due) and c.calibration_source == "self",
+            num_traces=len(traces),
+            mean_trace_tokens=sum(t.num_tokens for t in traces) / len(traces),
+            truncated_fraction=sum(t.truncated for t in traces) / len(traces),
+            calibration_loss=stats.mean_loss if stats else None,
+            seconds=time.perf_counter() - start,
+        )
+        loss = "n/a" if record.calibration_loss is None else f"{record.calibration_loss:.4f}"
+        logger.info(
+            "Stage %d/%d: sparsity %.3f (target %.3f), calibration loss %s, %.1fs",
+            k + 1,
+            c.num_stages,
+            record.sparsity,
+            target,
+            loss,
+            record.seconds,
+        )
+        state = dataclasses.replace(
+            state,
+            model=model,
+            plan=compose_plans(state.plan, step),
+            traces=traces,
+            history=[*state.history, record],
+            regenerated=regenerated,
+        )
+        if run is not None:
+            run.save_stage(self._checkpoint(state))
+        return state
 
-        recovery = None
-        if c.recovery == "lora":  # self-distillation on the dense model's traces, merged into the weights
-            dense_traces = load_traces(out / DENSE_TRACES) if out is not None else self._dense_traces
-            rec = recover_with_lora(
-                model,
-                self.tokenizer,
-                dense_traces,
-                r=c.lora_r,
-                alpha=c.lora_alpha,
-                dropout=c.lora_dropout,
-                epochs=c.recovery_epochs,
-                learning_rate=c.recovery_learning_rate,
-                batch_size=c.batch_size,
-                max_length=c.max_length,
-                seed=c.seed,
-            )
-            model = rec.model
-            recovery = {
-                "method": "lora",
-                "train_loss": rec.train_loss,
-                "seconds": rec.seconds,
-                "trainable_parameters": rec.trainable_parameters,
-            }
+    def _allocate(self, model: PreTrainedModel, scores, target: float) -> PruningPlan:
+        """Keep-sets for `model` that bring the dense model's sparsity to `target` (one global ranking)."""
+        c = self.config
+        removed = self._dense_params - sum(decoder_linear_params(model.config))
+        return allocate(
+            model.config,
+            scores,
+            params_to_remove=max(0, math.ceil(target * self._dense_params) - removed),
+            allocation=c.allocation,
+            protected=c.protected_for(self.model.config.num_hidden_layers),
+            structures=c.structures,
+            normalization=c.normalization,
+            dense_intermediate_size=layer_sizes(self.model.config)[0].intermediate_size,
+            channel_multiple=c.channel_multiple,
+        )
+
+    def _recover(self, state: _State) -> tuple[PreTrainedModel, RecoveryRecord | None]:
+        """LoRA self-distillation on the dense model's traces, merged into the weights (when configured)."""
+        c = self.config
+        if c.recovery != "lora":
+            return state.model, None
+        rec = recover_with_lora(
+            state.model,
+            self.tokenizer,
+            state.dense_traces,
+            r=c.lora_r,
+            alpha=c.lora_alpha,
+            dropout=c.lora_dropout,
+            epochs=c.recovery_epochs,
+            learning_rate=c.recovery_learning_rate,
+            batch_size=c.batch_size,
+            max_length=c.max_length,
+            seed=c.seed,
+        )
+        return rec.model, RecoveryRecord("lora", rec.train_loss, rec.seconds, rec.trainable_parameters)
+
+    def _export(self, model: PreTrainedModel, state: _State, recovery: RecoveryRecord | None) -> PruneResult:
+        """The model in the configured export mode, with the user's use_cache and the report."""
+        c = self.config
         final = (
             prune_model(model, PruningPlan.full(model.config), export=c.export)
             if c.export == "uniform"
@@ -376,18 +384,28 @@ class RESPPruner:
         )
         final.config._name_or_path = self.source
         final.config.use_cache = self._use_cache
-        report = size_report(dense_config, final).to_dict()
-        report.update(
-            dense_total_params=dense_total,
-            pruned_total_params=final.num_parameters(),
-            sparsity_definition=SPARSITY_DEFINITION,
-            stages=history,
+        report = PruneReport(
+            size=size_report(self.model, final),
+            stages=state.history,
             source=self.source,
-            resp_config=c.to_dict(),
+            resp_config=c,
             recovery=recovery,
         )
-        self.result = PruneResult(final, plan, report, history)
-        return self.result
+        return PruneResult(final, state.plan, report, state.history)
+
+    # ------------------------------------------------------------------------------------------
+    # Calibration: SSGR selection, dense traces, regeneration.
+    # ------------------------------------------------------------------------------------------
+
+    def _select(self, prompts: list[CalibrationPrompt], run: RunFolder | None) -> list[CalibrationPrompt]:
+        """SSGR: the hardest prompts by the dense model's failure rate (saved, so a resume keeps them)."""
+        selected, _ = select_by_difficulty(
+            self.model, self.tokenizer, prompts, self.config, self.generator, self.task
+        )
+        if run is not None:
+            run.save_selected(selected)
+        logger.info("SSGR selection kept %d of %d prompts", len(selected), len(prompts))
+        return selected
 
     def _regenerate(
         self, model, prompts: list[CalibrationPrompt], traces: list[Trace], stage: int
@@ -405,7 +423,7 @@ class RESPPruner:
 
     def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
         """Traces for the prompts from the current model; each stage draws from its own seed."""
-        traces = build_traces(
+        return build_traces(
             model,
             self.tokenizer,
             prompts,
@@ -414,67 +432,42 @@ class RESPPruner:
             self.task,
             seed=self.config.seed + 7919 * stage,
         )
-        if stage == 0:
-            self._dense_traces = traces  # LoRA recovery distils the dense model's own traces
-        return traces
 
     # ------------------------------------------------------------------------------------------
-    # Checkpoints: one folder per finished stage, written to a temp name and renamed into place.
+    # Checkpoints.
     # ------------------------------------------------------------------------------------------
 
-    def _open_run(self, out: Path) -> dict | None:
-        """Start a run in `out`, or return the state after its last finished stage to resume from."""
-        if not (out / RUN_FILE).exists():
-            if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
-                raise ValueError(f"{out} is not empty and holds no RESP run; choose an empty or new folder.")
-            out.mkdir(parents=True, exist_ok=True)
-            self.config.save_pretrained(out)
-            _write_json(out / RUN_FILE, {"source": self.source, "status": "running"})
-            return None
-        saved = RESPConfig.from_pretrained(out)
-        if saved != self.config:
-            diff = {
-                k: (v, getattr(self.config, k))
-                for k, v in saved.to_dict().items()
-                if v != getattr(self.config, k)
-            }
-            raise ValueError(
-                f"{out} holds a RESP run with a different config (saved vs now: {diff}); use another output "
-                "folder, or the saved config to resume it."
-            )
-        stages = sorted((out / STAGES_DIR).glob("stage_*")) if (out / STAGES_DIR).exists() else []
-        if not stages:
-            return None
-        last = stages[-1]
-        record = json.loads((last / "record.json").read_text())
-        torch.set_rng_state(torch.load(last / "rng.pt", weights_only=True))
-        return {
-            "plan": PruningPlan.from_dict(json.loads((last / "plan.json").read_text())),
-            "history": record["history"],
-            "regenerated": record["regenerated"],
-            "traces": load_traces(last / "traces.jsonl"),
-            "biases": load_file(last / BIASES_FILE) if (last / BIASES_FILE).exists() else {},
-        }
+    def _sparsity(self, model: PreTrainedModel) -> float:
+        return 1 - sum(decoder_linear_params(model.config)) / self._dense_params
 
-    def _checkpoint(self, out, stage, model, plan, traces, scores, history, regenerated) -> None:
-        stages = out / STAGES_DIR
-        stages.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{stage:03d}."))
-        _write_json(tmp / "plan.json", plan.to_dict())
-        save_traces(traces, tmp / "traces.jsonl")
-        save_scores(scores, tmp / "scores.json", stage=stage, importance=self.config.importance)
-        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+    def _checkpoint(self, state: _State) -> StageCheckpoint:
         dense_names = set(self.model.state_dict())
-        added = {
-            n: t.detach().contiguous().cpu() for n, t in model.state_dict().items() if n not in dense_names
+        added = {  # biases a criterion added (bias compensation): the plan alone cannot rebuild them
+            n: t.detach().contiguous().cpu()
+            for n, t in state.model.state_dict().items()
+            if n not in dense_names
         }
-        if added:  # biases a criterion added (FLAP's compensation): the plan alone cannot rebuild them
-            save_file(added, tmp / BIASES_FILE)
-        _write_json(tmp / "record.json", {"history": history, "regenerated": regenerated})
-        final = stages / f"stage_{stage:03d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        return StageCheckpoint(
+            state.plan, state.history, state.regenerated, state.traces, torch.get_rng_state(), added
+        )
+
+    def _resume(
+        self, checkpoint: StageCheckpoint, prompts: list[CalibrationPrompt], dense_traces: list[Trace] | None
+    ) -> _State:
+        torch.set_rng_state(checkpoint.rng_state)
+        model = add_biases(
+            prune_model(self.model, checkpoint.plan, export="per_layer"), checkpoint.added_biases
+        )
+        logger.info("Resuming after stage %d of %d", checkpoint.stage, self.config.num_stages)
+        return _State(
+            prompts,
+            model,
+            checkpoint.plan,
+            traces=checkpoint.traces,
+            dense_traces=dense_traces or [],
+            history=checkpoint.history,
+            regenerated=checkpoint.regenerated,
+        )
 
     # ------------------------------------------------------------------------------------------
     # Output.
@@ -499,14 +492,15 @@ class RESPPruner:
 
         if self.result is None:
             raise ValueError("Nothing to save yet: call prune() first.")
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.result.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        self.config.save_pretrained(directory)
-        _write_json(directory / REPORT_FILE, self.result.report)
+        run = RunFolder(save_directory)
+        run.path.mkdir(parents=True, exist_ok=True)
+        with umask_permissions(run.path):
+            self.result.model.save_pretrained(run.path)
+            self.tokenizer.save_pretrained(run.path)
+        self.config.save_pretrained(run.path)
+        run.save_report(self.result.report)
         write_model_card(
-            directory,
+            run.path,
             report=self.result.report,
             base_model=base_model or self.source,
             eval_results=eval_results,
@@ -514,9 +508,9 @@ class RESPPruner:
             command=command,
             model_id=model_id,
         )
-        if (directory / RUN_FILE).exists():
-            _write_json(directory / RUN_FILE, {"source": self.source, "status": "finished"})
-        return directory
+        if run.is_run:
+            run.mark_finished()
+        return run.path
 
     def push_to_hub(
         self,
@@ -551,54 +545,3 @@ class RESPPruner:
             revision=revision,
             endpoint=endpoint,
         )
-
-
-def _restore_biases(model: PreTrainedModel, biases: dict[str, torch.Tensor]) -> PreTrainedModel:
-    """Put back biases a criterion added to linears that had none (and the config flags that build them)."""
-    for name, tensor in biases.items():
-        module_name = name.removesuffix(".bias")
-        linear = model.get_submodule(module_name)
-        linear.bias = torch.nn.Parameter(tensor.to(linear.weight.device, linear.weight.dtype))
-        flag = {"o_proj": O_PROJ_BIAS, "down_proj": DOWN_PROJ_BIAS}.get(module_name.rsplit(".", 1)[-1])
-        if flag is None:
-            raise ValueError(f"Cannot restore an added bias on {module_name}: no config flag builds it.")
-        setattr(model.config, flag, True)
-    return model
-
-
-@contextlib.contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `out` (a `.resp.lock` file, released by the OS if the process dies)."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX (Windows): no lock
-        yield
-        return
-    lock = out / LOCK_FILE
-    with open(lock, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise ValueError(
-                f"{out} is in use by another prune ({owner}). Wait for it to finish (running the same "
-                "command again then resumes), or choose another output folder."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

@@ -7,6 +7,7 @@ decoded token, dense over pruned (lm_head included; the embedding lookup reads o
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -42,16 +43,22 @@ def _prefill_seconds(model, input_ids: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _cache_argument(model) -> str:
+    """The forward's KV-cache keyword: `cache` (transformers >= 5.24) or `past_key_values` (before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _decode(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, int]:
     """Seconds per greedy token after the prompt's prefill, and the KV cache bytes at the end."""
+    name = _cache_argument(model)
     out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    past, token = getattr(out, name), out.logits[:, -1:].argmax(-1)
     _sync(prompt.device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=token, use_cache=True, **{name: past})
+        past, token = getattr(out, name), out.logits[:, -1:].argmax(-1)
     _sync(prompt.device)
     seconds = (time.perf_counter() - start) / new_tokens
     kv_bytes = sum(t.numel() * t.element_size() for layer in past.layers for t in (layer.keys, layer.values))

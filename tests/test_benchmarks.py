@@ -29,9 +29,17 @@ def settings(tmp_path):
     (model / "config.json").write_text("{}")
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text('{"question": "q", "answer": "#### 1"}\n')
-    return argparse.Namespace(model=str(model), train_data=str(tmp_path / "train.jsonl"),
-                              test_data=str(tmp_path / "test.jsonl"), num_prompts=8, eval_limit=10,
-                              max_new_tokens=16, seed=0, threads=1, quick=False)
+    return argparse.Namespace(
+        model=str(model),
+        train_data=str(tmp_path / "train.jsonl"),
+        test_data=str(tmp_path / "test.jsonl"),
+        num_prompts=8,
+        eval_limit=10,
+        max_new_tokens=16,
+        seed=0,
+        threads=1,
+        quick=False,
+    )
 
 
 def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality, settings):

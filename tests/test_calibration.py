@@ -87,7 +87,10 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
     def script(call, prompt):
         question = next(q for q in golds if q in prompt)
         right = prompts.index(next(p for p in prompts if p.question == question)) % 2 == 0
-        return f"<think>\nsome steps\n</think>\n\nThe answer is \\boxed{{{golds[question] if right else 1}}}.", False
+        return (
+            f"<think>\nsome steps\n</think>\n\nThe answer is \\boxed{{{golds[question] if right else 1}}}.",
+            False,
+        )
 
     gen = FakeGenerator(script)
     config = RESPConfig(max_new_tokens=64, temperature=0.7)
@@ -103,15 +106,25 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
 def test_gold_traces_use_the_human_solution():
     tokenizer = build_tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=3)
-    traces = build_traces(None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None))
+    traces = build_traces(
+        None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None)
+    )
     assert [t.completion for t in traces] == [p.solution + "<|im_end|>" for p in prompts]
 
 
 def test_selection_filters():
-    traces = [trace(n, truncated=n == 100, correct=n % 20 == 0) for n in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)]
+    traces = [
+        trace(n, truncated=n == 100, correct=n % 20 == 0) for n in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+    ]
     assert len(select_traces(traces, RESPConfig())) == 10
     assert [t.num_tokens for t in select_traces(traces, RESPConfig(keep_truncated=False))][-1] == 90
-    assert [t.num_tokens for t in select_traces(traces, RESPConfig(filter_correct=True))] == [20, 40, 60, 80, 100]
+    assert [t.num_tokens for t in select_traces(traces, RESPConfig(filter_correct=True))] == [
+        20,
+        40,
+        60,
+        80,
+        100,
+    ]
     middle = select_traces(traces, RESPConfig(selection_length_quantiles=[0.25, 0.75]))
     assert [t.num_tokens for t in middle] == [40, 50, 60, 70]
     with pytest.raises(ValueError, match="All 2 calibration traces hit max_new_tokens"):
@@ -134,7 +147,9 @@ def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
     config = RESPConfig(selection_difficulty_samples=4, selection_keep_fraction=0.5)
     kept, rates = select_by_difficulty(None, tokenizer, prompts, config, gen, "gsm8k")
     assert [prompts.index(p) for p in kept] == [1, 2] and rates == [1.0, 0.5]
-    assert len(gen.calls) == 4 and len({s.seed for s in gen.calls}) == 4 and all(s.do_sample for s in gen.calls)
+    assert (
+        len(gen.calls) == 4 and len({s.seed for s in gen.calls}) == 4 and all(s.do_sample for s in gen.calls)
+    )
 
 
 def test_generator_interface():
@@ -154,6 +169,8 @@ def test_hf_generator_runs_a_real_model():
     tokenizer = build_tiny_tokenizer()
     with single_torch_thread():
         model = build_tiny_qwen3(tokenizer)
-        out = HFGenerator().generate(model, tokenizer, ["hello", "a longer prompt"], GenerationSettings(max_new_tokens=5))
+        out = HFGenerator().generate(
+            model, tokenizer, ["hello", "a longer prompt"], GenerationSettings(max_new_tokens=5)
+        )
     assert len(out) == 2 and all(1 <= c.num_tokens <= 5 for c in out)
     assert torch.is_tensor(torch.tensor(out[0].token_ids))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.commands.cli import main
@@ -23,10 +23,7 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prune_args(model_dir, out, *extra):
@@ -85,7 +82,9 @@ def test_uniform_export_flag(model_dir, tmp_path, monkeypatch):
     from optimum_resp import RESPConfig
 
     RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2).save_pretrained(cfg)
-    args = prune_args(model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform", "--channel-multiple", "32")
+    args = prune_args(
+        model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform", "--channel-multiple", "32"
+    )
     assert main(args) == 0
     saved = json.loads((tmp_path / "u" / "config.json").read_text())
     assert saved["model_type"] == "qwen3" and "auto_map" not in saved

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import huggingface_hub.constants
 import pytest
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer
 
 from optimum_resp.evaluation import (
     TASKS,
@@ -52,10 +52,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

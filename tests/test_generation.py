@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer
 
 from optimum_resp.generation import (
     GenerationSettings,
@@ -13,11 +13,7 @@ from optimum_resp.generation import (
     supports_thinking_switch,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def pruned(tmp_path_factory):
         pruner = RESPPruner(model, tokenizer, resp, generator="hf", source=BASE)
         result = pruner.prune([f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (1, 1)]])
         folder = pruner.save_pretrained(tmp_path_factory.mktemp("pruned") / "model")
-    return folder, result.report
+    return folder, result.report.to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -9,11 +10,12 @@ import textwrap
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.allocation import allocate
 from optimum_resp.architectures import get_architecture, layer_sizes
+from optimum_resp.compensation import check_bias_compensation
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.importance import (
     SCORERS,
@@ -21,7 +23,6 @@ from optimum_resp.importance import (
     FLAPScorer,
     MagnitudeScorer,
     WandaSPScorer,
-    check_bias_compensation,
     collect_input_stats,
     get_scorer,
 )
@@ -33,10 +34,7 @@ from optimum_resp.testing_utils import random_plan, tiny_config
 ARCHS = ["qwen3", "llama"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(model_type: str, seed: int = 0):
@@ -277,7 +275,7 @@ def test_compensation_keeps_each_layers_mean_output(model_type, tmp_path):
     spec = get_architecture(model)
     dense_o_bias = None if model_type == "qwen3" else model.model.layers[0].self_attn.o_proj.bias.clone()
     plain = prune_model(model, plan, export="per_layer")
-    compensated = scorer.compensate(model, prune_model(model, plan, export="per_layer"), plan)
+    compensated = scorer.after_surgery(model, prune_model(model, plan, export="per_layer"), plan)
     inputs = captured_inputs(model, examples)
     for dense_mean, plain_mean in layer_output_means(model, plain, plan, inputs).values():
         assert not torch.allclose(dense_mean, plain_mean, atol=1e-4)
@@ -327,7 +325,7 @@ def test_compensated_model_loads_with_trust_remote_code_without_optimum_resp(tmp
     scorer = FLAPScorer(progress=False)
     scorer.score(model, examples)
     plan = random_plan(model.config, 0.4, per_layer=True)
-    compensated = scorer.compensate(model, prune_model(model, plan), plan)
+    compensated = scorer.after_surgery(model, prune_model(model, plan), plan)
     compensated.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["o_proj_bias"] is True and saved["down_proj_bias"] is True
@@ -361,14 +359,14 @@ def test_uniform_compensation_needs_native_biases():
         check_bias_compensation(qwen3.config, "uniform")
     check_bias_compensation(qwen3.config, "per_layer")
     with pytest.raises(PruningPlanError, match="export='per_layer'"):
-        scorer.compensate(qwen3, prune_model(qwen3, plan, export="uniform"), plan)
+        scorer.after_surgery(qwen3, prune_model(qwen3, plan, export="uniform"), plan)
     # A compensated per_layer model cannot become a stock Qwen3 (it would drop the biases on reload).
-    compensated = scorer.compensate(qwen3, prune_model(qwen3, plan), plan)
+    compensated = scorer.after_surgery(qwen3, prune_model(qwen3, plan), plan)
     with pytest.raises(PruningPlanError, match="export='per_layer'"):
         prune_model(compensated, PruningPlan.full(compensated.config), export="uniform")
     assert (
         FLAPScorer(bias_compensation=False)
-        .compensate(qwen3, prune_model(qwen3, plan), plan)
+        .after_surgery(qwen3, prune_model(qwen3, plan), plan)
         .config.to_dict()
         .get("o_proj_bias")
         is None
@@ -382,12 +380,12 @@ def test_uniform_compensation_needs_native_biases():
     keep = LayerKeep(tuple(range(2, 8)), (1, 2, 3), tuple(range(10, 96)))
     plan = PruningPlan((LayerKeep.full(sizes), keep))
     uniform_plan = PruningPlan((keep, keep))
-    stock = scorer.compensate(llama, prune_model(llama, uniform_plan, export="uniform"), uniform_plan)
+    stock = scorer.after_surgery(llama, prune_model(llama, uniform_plan, export="uniform"), uniform_plan)
     assert type(stock).__name__ == "LlamaForCausalLM"
     inputs = captured_inputs(llama, examples)
     for dense_mean, comp_mean in layer_output_means(llama, stock, uniform_plan, inputs).values():
         torch.testing.assert_close(comp_mean, dense_mean, atol=2e-5, rtol=1e-4)
-    partial = scorer.compensate(llama, prune_model(llama, plan), plan)
+    partial = scorer.after_surgery(llama, prune_model(llama, plan), plan)
     assert torch.equal(partial.model.layers[0].mlp.down_proj.bias, llama.model.layers[0].mlp.down_proj.bias)
     assert not torch.equal(
         partial.model.layers[1].mlp.down_proj.bias, llama.model.layers[1].mlp.down_proj.bias
@@ -417,7 +415,27 @@ def test_pruner_runs_with_each_baseline(importance):
     pruner = RESPPruner(model, tokenizer, resp_config, generator="hf")
     assert pruner.scorer.name == importance
     result = pruner.prune([f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4)]])
-    assert [s["stage"] for s in result.stages] == [1, 2]
-    assert 0.2 <= result.report["sparsity"] < 0.3
-    assert result.report["layers"][0]["pruned"] == result.report["layers"][0]["dense"]
+    assert [s.stage for s in result.stages] == [1, 2]
+    assert 0.2 <= result.report.sparsity < 0.3
+    assert result.report.size.pruned_layers[0] == result.report.size.dense_layers[0]
     assert layer_sizes(result.model.config) != layer_sizes(model.config)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
+def test_the_spec_names_the_biases_the_per_layer_classes_build(model_type):
+    """`ArchitectureSpec.added_bias_flags` and the per_layer classes (which import only transformers) agree."""
+    config = tiny_config(model_type, attention_bias=False, mlp_bias=False)
+    spec = get_architecture(config)
+    model = prune_model(AutoModelForCausalLM.from_config(config), random_plan(config, 0.3, per_layer=True))
+    assert not any(
+        layer.get_submodule(p).bias is not None for layer in model.model.layers for p in spec.added_bias_flags
+    )
+    for path, flag in spec.added_bias_flags.items():
+        flagged = copy.deepcopy(model.config)
+        setattr(flagged, flag, True)
+        rebuilt = type(model)(flagged)
+        assert all(layer.get_submodule(path).bias is not None for layer in rebuilt.model.layers), (path, flag)
+        others = [p for p in spec.added_bias_flags if p != path]
+        assert not any(
+            layer.get_submodule(p).bias is not None for layer in rebuilt.model.layers for p in others
+        )

@@ -33,13 +33,7 @@ WORKER = Path(__file__).with_name("_dist_taylor_worker.py")
 REPO = WORKER.parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run much faster on one intra-op thread on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(model_type: str = "qwen3", seed: int = 0):

@@ -13,21 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
+from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.pruner import RESPPruner, compose_plans
+from optimum_resp.run_folder import RunFolder
 from optimum_resp.surgery import PruningPlan, prune_model
 from optimum_resp.testing_utils import random_plan, tiny_config
 
 PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(tokenizer, seed: int = 0):
@@ -56,17 +54,17 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
     result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
 
     stages = result.stages
-    assert [s["stage"] for s in stages] == [1, 2, 3]
+    assert [s.stage for s in stages] == [1, 2, 3]
     # The scoring pass trains through the Trainer (use_cache off); the export keeps the user's setting.
     assert model.config.use_cache is True and result.model.config.use_cache is True
 
-    assert [s["target_sparsity"] for s in stages] == pytest.approx([0.1, 0.2, 0.3])
+    assert [s.target_sparsity for s in stages] == pytest.approx([0.1, 0.2, 0.3])
     for s in stages:  # each stage reaches its target, overshooting by less than a few structures
-        assert s["target_sparsity"] <= s["sparsity"] < s["target_sparsity"] + 0.05
-        assert s["calibration_loss"] > 0 and s["num_traces"] == 6
-    assert [s["regenerated"] for s in stages] == [False, True, False]  # milestone 0.1 crossed after stage 1
-    assert result.report["sparsity"] == pytest.approx(stages[-1]["sparsity"])
-    assert result.report["layers"][0]["pruned"] == result.report["layers"][0]["dense"]  # protected layer 0
+        assert s.target_sparsity <= s.sparsity < s.target_sparsity + 0.05
+        assert s.calibration_loss > 0 and s.num_traces == 6
+    assert [s.regenerated for s in stages] == [False, True, False]  # milestone 0.1 crossed after stage 1
+    assert result.report.sparsity == pytest.approx(stages[-1].sparsity)
+    assert result.report.size.pruned_layers[0] == result.report.size.dense_layers[0]  # protected layer 0
     assert type(result.model).__name__ == "RESPQwen3ForCausalLM"
 
     # The progressively pruned model is exactly the dense model cut down by the composed keep-sets.
@@ -80,7 +78,6 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
         assert {p.name for p in stage.iterdir()} == {
             "plan.json",
             "traces.jsonl",
-            "scores.json",
             "rng.pt",
             "record.json",
         }
@@ -88,7 +85,7 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
 
     out = pruner.save_pretrained(tmp_path / "saved")
     report = json.loads((out / "resp_report.json").read_text())
-    assert report["sparsity"] == result.report["sparsity"] and len(report["stages"]) == 3
+    assert report["sparsity"] == result.report.sparsity and len(report["stages"]) == 3
     assert (out / "resp_config.json").exists() and (out / "tokenizer.json").exists()
     assert json.loads((out / "config.json").read_text())["use_cache"] is True  # as the dense model had it
     reloaded = AutoModelForCausalLM.from_pretrained(out)
@@ -121,7 +118,7 @@ def test_uniform_export_gives_a_stock_model():
     )
     result = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS)
     assert type(result.model).__name__ == "Qwen3ForCausalLM"
-    assert len({json.dumps(layer["pruned"]) for layer in result.report["layers"]}) == 1
+    assert len(set(result.report.pruned_layers)) == 1
 
 
 def test_channel_multiple_holds_through_every_stage():
@@ -135,7 +132,7 @@ def test_channel_multiple_holds_through_every_stage():
     assert widths[0] == model.config.intermediate_size  # protected
     assert any(w < model.config.intermediate_size for w in widths)
     assert all(w % 16 == 0 for w in widths), widths
-    assert result.report["sparsity"] >= 0.2
+    assert result.report.sparsity >= 0.2
 
 
 def test_compose_plans_matches_two_step_surgery():
@@ -217,7 +214,7 @@ def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
     )
     fresh = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator="hf").prune(PROMPTS)
     assert resumed.plan == fresh.plan
-    assert [s["sparsity"] for s in resumed.stages] == [s["sparsity"] for s in fresh.stages]
+    assert [s.sparsity for s in resumed.stages] == [s.sparsity for s in fresh.stages]
     assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["stage_001", "stage_002", "stage_003"]
 
 
@@ -242,9 +239,7 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
     small_vocab = AutoModelForCausalLM.from_config(tiny_config("qwen3", vocab_size=100))
     with pytest.raises(ValueError, match="tokenizer has .* tokens but the model's embedding has 100 rows"):
         RESPPruner(small_vocab, tokenizer, small_config())
-    with pytest.raises(
-        ValueError, match=r"at most .* can go\. Lower target_sparsity, protect fewer layers"
-    ):
+    with pytest.raises(ValueError, match=r"at most .* can go\. Lower target_sparsity, protect fewer layers"):
         RESPPruner(model, tokenizer, small_config(target_sparsity=0.9, protected_layers=[0, 1, 2]))
     with pytest.raises(ValueError, match="pass task='gsm8k' or 'mathqa'"):
         RESPPruner(model, tokenizer, small_config(filter_correct=True))
@@ -261,7 +256,9 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
     # Prompts that leave no trace token to score, or no position to generate in: refused before generating.
     long = "x" * 300  # byte-level tokenizer: 300+ tokens with the chat template
     never = RESPPruner(model, tokenizer, small_config(max_length=200), generator=_NoGeneration())
-    with pytest.raises(ValueError, match=r"Calibration prompts \[1\] are \d+ tokens or more .* max_length=200"):
+    with pytest.raises(
+        ValueError, match=r"Calibration prompts \[1\] are \d+ tokens or more .* max_length=200"
+    ):
         never.prune(["short", long], tmp_path / "never")
     assert not (tmp_path / "never").exists()  # no run folder was written either
     # max_length above the model's positions is clamped to them (default 4096 vs 256 here), so a prompt
@@ -271,7 +268,9 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"prompts \[0\] are \d+ tokens or more .* max_length=256"):
         clamped.prune([long * 2])
     # A channel multiple wider than the MLP (96 here) could never remove a channel: refused, not ignored.
-    with pytest.raises(ValueError, match=r"channel_multiple=128 is larger than this model's narrowest MLP \(96"):
+    with pytest.raises(
+        ValueError, match=r"channel_multiple=128 is larger than this model's narrowest MLP \(96"
+    ):
         RESPPruner(model, tokenizer, small_config(channel_multiple=128))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something.txt").write_text("x")
@@ -282,19 +281,17 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
 
 
 def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
-    from optimum_resp.pruner import LOCK_FILE, _run_lock
-
     tokenizer = build_tiny_tokenizer()
     pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=1), generator="hf")
     out = tmp_path / "run"
-    with _run_lock(out):  # what a running prune holds
+    with RunFolder(out).lock():  # what a running prune holds
         with pytest.raises(ValueError, match=rf"{out} is in use by another prune \(pid \d+\)"):
             pruner.prune(PROMPTS, out)
-        assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # the refused prune wrote nothing
+        assert [p.name for p in out.iterdir()] == [RunFolder.LOCK]  # the refused prune wrote nothing
     # A lock file left by a killed prune holds no lock (the OS dropped it): the next prune runs.
-    (out / LOCK_FILE).write_text("pid 999999")
+    (out / RunFolder.LOCK).write_text("pid 999999")
     result = pruner.prune(PROMPTS, out)
-    assert result.report["sparsity"] > 0 and not (out / LOCK_FILE).exists()
+    assert result.report.sparsity > 0 and not (out / RunFolder.LOCK).exists()
 
 
 def test_a_run_folder_with_another_config_is_refused(tmp_path):
@@ -330,10 +327,10 @@ def test_gold_and_text_sources(tmp_path):
         RESPPruner(model, tokenizer, gold, generator="hf").prune(PROMPTS)
     prompts = [{"question": q, "solution": f"{q} It is easy. #### 5", "gold": "5"} for q in PROMPTS]
     result = RESPPruner(model, tokenizer, gold, generator="hf").prune(prompts)
-    assert result.stages[0]["sparsity"] >= 0.3
+    assert result.stages[0].sparsity >= 0.3
     text = small_config(calibration_source="text", loss="full", num_stages=1, regeneration_milestones=[])
     result = RESPPruner(model, tokenizer, text, generator="hf").prune(["Some plain text about numbers."] * 4)
-    assert result.stages[0]["sparsity"] >= 0.3
+    assert result.stages[0].sparsity >= 0.3
 
 
 def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
@@ -369,10 +366,7 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
     ).prune(PROMPTS)
     pruner = RESPPruner(model, tokenizer, config, generator="hf")
     result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
-    assert (
-        result.report["recovery"]["method"] == "lora"
-        and result.report["recovery"]["trainable_parameters"] > 0
-    )
+    assert result.report.recovery.method == "lora" and result.report.recovery.trainable_parameters > 0
     assert not any("lora" in name for name, _ in result.model.named_parameters())
     assert type(result.model).__name__ == "RESPQwen3ForCausalLM"
     assert plain.plan == result.plan  # recovery changes weights, not structure
@@ -465,3 +459,59 @@ def test_partial_regeneration_replaces_only_a_fraction_of_traces(tmp_path):
     assert sorted(t.question for t in after) == sorted(PROMPTS)
     unchanged = [t for t in after if t == before[t.question]]
     assert len(unchanged) == 3  # the other half was generated again by the pruned model (new seed, new model)
+
+
+# ------------------------------------------------------------------------------------------------
+# The scorer protocol: a new criterion is a subclass and a register_scorer line.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def custom_scorer():
+    from optimum_resp.importance import SCORERS, MagnitudeScorer, register_scorer
+
+    @register_scorer("test-custom")
+    class Custom(MagnitudeScorer):
+        built: list = []
+        surgeries: list = []
+
+        @classmethod
+        def from_config(cls, config):
+            scorer = cls()
+            scorer.seed = config.seed
+            cls.built.append(scorer)
+            return scorer
+
+        def check(self, model_config, config):
+            if config.channel_multiple > 1:
+                raise ValueError("test-custom scores single channels only")
+
+        def after_surgery(self, model, pruned, plan):
+            Custom.surgeries.append((model, pruned, plan))
+            return pruned
+
+    yield Custom
+    del SCORERS["test-custom"]
+
+
+def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_scorer):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    with pytest.raises(ValueError, match="single channels only"):  # check: before any generation
+        RESPPruner(
+            model,
+            tokenizer,
+            small_config(importance="test-custom", channel_multiple=2),
+            generator=_NoGeneration(),
+        )
+    result = RESPPruner(
+        model, tokenizer, small_config(importance="test-custom", seed=5), generator="hf"
+    ).prune(PROMPTS)
+    assert [s.seed for s in custom_scorer.built] == [0, 5]  # from_config, once per pruner
+    assert len(custom_scorer.surgeries) == 3  # after_surgery after every stage's cut
+    first_model, first_pruned, first_step = custom_scorer.surgeries[0]
+    assert first_model is model and first_pruned.config.per_layer_config is not None
+    assert (
+        compose_plans(compose_plans(first_step, custom_scorer.surgeries[1][2]), custom_scorer.surgeries[2][2])
+        == result.plan
+    )

@@ -148,8 +148,8 @@ def test_trace_quotes_each_question_sentence_token_for_token(splits, small_token
                 # the quote tokenizes exactly as the sentence does inside the question (first word included)
                 ids = small_tokenizer(" " + sentence, add_special_tokens=False)["input_ids"]
                 q_ids = small_tokenizer(p.question, add_special_tokens=False)["input_ids"]
-                assert any(q_ids[i:i + len(ids)] == ids for i in range(len(q_ids))), sentence
-                assert small_tokenizer(line, add_special_tokens=False)["input_ids"][1:1 + len(ids)] == ids
+                assert any(q_ids[i : i + len(ids)] == ids for i in range(len(q_ids))), sentence
+                assert small_tokenizer(line, add_special_tokens=False)["input_ids"][1 : 1 + len(ids)] == ids
 
 
 def test_prompts_match_evaluation_harness(splits):
@@ -202,8 +202,10 @@ def test_chat_template(small_tokenizer, tmp_path):
     assert off == on + "<think>\n\n</think>\n\n"
     plain = tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
     assert plain == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
-    hist = msgs + [{"role": "assistant", "content": "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5."},
-                   {"role": "user", "content": "Thanks"}]
+    hist = msgs + [
+        {"role": "assistant", "content": "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5."},
+        {"role": "user", "content": "Thanks"},
+    ]
     rendered = tok.apply_chat_template(hist, add_generation_prompt=True, tokenize=False)
     assert "<|im_start|>assistant\nThe answer is 5.<|im_end|>" in rendered
     assert tok.padding_side == "left"
@@ -230,8 +232,15 @@ def test_shipped_checkpoint_loads(shipped):
 def test_shipped_checkpoint_generates_traces(shipped):
     model, tok = shipped
     probs = generate_split("test", 8)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p.gsm8k_prompt()}], add_generation_prompt=True,
-                                       enable_thinking=True, tokenize=False) for p in probs]
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": p.gsm8k_prompt()}],
+            add_generation_prompt=True,
+            enable_thinking=True,
+            tokenize=False,
+        )
+        for p in probs
+    ]
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest and robust on a shared CPU
@@ -240,7 +249,7 @@ def test_shipped_checkpoint_generates_traces(shipped):
             out = model.generate(**enc, max_new_tokens=200, do_sample=False)
     finally:
         torch.set_num_threads(threads)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     right = 0
     for p, text in zip(probs, texts, strict=True):
         assert text.startswith("<think>\n"), text
@@ -251,9 +260,30 @@ def test_shipped_checkpoint_generates_traces(shipped):
 
 def test_training_script_quick_run(tmp_path):
     out = tmp_path / "ckpt"
-    cmd = [sys.executable, str(REPO / "examples" / "train_tiny_reasoner.py"), "--output-dir", str(out), "--size", "tiny",
-           "--max-steps", "3", "--num-train", "64", "--eval-n", "2", "--max-new-tokens", "8", "--batch-size", "8",
-           "--tokenizer-problems", "200", "--save-every-min", "0", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "examples" / "train_tiny_reasoner.py"),
+        "--output-dir",
+        str(out),
+        "--size",
+        "tiny",
+        "--max-steps",
+        "3",
+        "--num-train",
+        "64",
+        "--eval-n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "8",
+        "--tokenizer-problems",
+        "200",
+        "--save-every-min",
+        "0",
+        "--threads",
+        "1",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "training_info.json").read_text())
@@ -268,7 +298,9 @@ def test_training_script_quick_run(tmp_path):
 
 def test_training_record_chains_the_runs_a_checkpoint_continues(tmp_path):
     """A run started with --init-from records the runs behind its starting checkpoint, oldest first."""
-    spec = importlib.util.spec_from_file_location("train_tiny_reasoner", REPO / "examples" / "train_tiny_reasoner.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_tiny_reasoner", REPO / "examples" / "train_tiny_reasoner.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.previous_runs(None) == []
@@ -284,11 +316,20 @@ def test_model_card_evaluation_is_the_benchmark_scripts_block():
     """The card's accuracy table is written by benchmarks/bench_testbed.py, and agrees with training_info.json."""
     card = (testbed_model_path() / "README.md").read_text()
     block = card.split("<!-- evaluation:start -->", 1)[1].split("<!-- evaluation:end -->", 1)[0]
-    rows = {tuple(cells[:3]): cells for cells in (
-        [c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("| ")
-    )}
-    expected = {(split, fmt, dec) for split in ("test", "hard") for fmt in ("gsm8k", "mathqa")
-                for dec in ("greedy", "sampled")}
+    rows = {
+        tuple(cells[:3]): cells
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in block.splitlines()
+            if line.startswith("| ")
+        )
+    }
+    expected = {
+        (split, fmt, dec)
+        for split in ("test", "hard")
+        for fmt in ("gsm8k", "mathqa")
+        for dec in ("greedy", "sampled")
+    }
     assert expected <= set(rows)
     info = json.loads((testbed_model_path() / "training_info.json").read_text())
     greedy = rows[("test", "gsm8k", "greedy")]

@@ -33,8 +33,8 @@ from vllm.inputs import TokensPrompt
 from optimum_resp import RESPConfig, RESPPruner
 from optimum_resp.architectures import layer_sizes
 from optimum_resp.calibration import AutoGenerator, HFGenerator, VLLMGenerator, prompts_from_task
+from optimum_resp.compensation import compensate_bias
 from optimum_resp.generation import GenerationSettings, build_prompt, generate
-from optimum_resp.importance.flap import compensate_bias
 from optimum_resp.surgery import prune_model
 from optimum_resp.testbed import testbed_data_path, testbed_model_path
 from optimum_resp.testing_utils import random_plan, tiny_config
@@ -146,7 +146,7 @@ def test_resp_prune_generating_through_vllm_gives_the_hf_keep_sets(reasoner, res
     generator = VLLMGenerator(enforce_eager=True)
     vllm_result = _prune(reasoner, _resp_config(), generator)
     assert vllm_result.plan == hf_result.plan
-    assert [s["regenerated"] for s in vllm_result.stages] == [s["regenerated"] for s in hf_result.stages]
+    assert [s.regenerated for s in vllm_result.stages] == [s.regenerated for s in hf_result.stages]
     assert generator.last_engine.startup_s > 0
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write
 
 __all__ = ["CalibrationPrompt", "Trace", "as_prompts", "load_traces", "save_traces"]
 
@@ -74,16 +74,21 @@ def as_prompts(prompts: Iterable[str | Mapping[str, Any] | CalibrationPrompt]) -
 
 def save_traces(traces: Sequence[Trace], path: str | os.PathLike) -> None:
     """Write traces as JSONL, atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for t in traces:
-            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in traces))
 
 
 def load_traces(path: str | os.PathLike) -> list[Trace]:
-    """Read traces written by `save_traces`."""
-    with open(path, encoding="utf-8") as f:
-        return [Trace(**json.loads(line)) for line in f if line.strip()]
+    """Read traces written by `save_traces`; a damaged line is an error naming the file and the line."""
+    traces = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                traces.append(Trace(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise ValueError(
+                    f"{path}, line {number}: not a saved trace ({err}). The file is damaged: delete it (or the "
+                    "stage folder holding it) and run again."
+                ) from err
+    return traces

@@ -100,13 +100,13 @@ def run_testbed(args: argparse.Namespace) -> int:
 
     report = result.report
     print()
-    print(size_report(model, result.model).format_table())
+    print(report.size.format_table())
     print()
     for s in result.stages:
-        loss = "n/a" if s["calibration_loss"] is None else f"{s['calibration_loss']:.3f}"
+        loss = "n/a" if s.calibration_loss is None else f"{s.calibration_loss:.3f}"
         print(
-            f"stage {s['stage']}: sparsity {s['sparsity']:.3f}, calibration loss {loss}"
-            f"{', traces regenerated' if s['regenerated'] else ''} ({s['seconds']:.0f}s)"
+            f"stage {s.stage}: sparsity {s.sparsity:.3f}, calibration loss {loss}"
+            f"{', traces regenerated' if s.regenerated else ''} ({s.seconds:.0f}s)"
         )
     print()
     print("|  | dense | RESP-pruned |")
@@ -115,8 +115,8 @@ def run_testbed(args: argparse.Namespace) -> int:
         f"| held-out accuracy (n={dense['n']}) | {dense['accuracy']:.3f} [{dense['ci_low']:.2f}, "
         f"{dense['ci_high']:.2f}] | {pruned['accuracy']:.3f} [{pruned['ci_low']:.2f}, {pruned['ci_high']:.2f}] |"
     )
-    print(f"| parameters | {report['dense_total_params']:,} | {report['pruned_total_params']:,} |")
-    print(f"| decoder-linear sparsity | 0 | {report['sparsity']:.1%} |")
+    print(f"| parameters | {report.dense_total_params:,} | {report.pruned_total_params:,} |")
+    print(f"| decoder-linear sparsity | 0 | {report.sparsity:.1%} |")
     print(
         f"| mean trace tokens | {dense['mean_generated_tokens']:.0f} | {pruned['mean_generated_tokens']:.0f} |"
     )

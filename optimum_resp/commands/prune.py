@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         pruner.save_pretrained(output, **card)
     print(
-        f"Pruned {args.model} with {args.method}: sparsity {result.report['sparsity']:.2%} "
-        f"({result.report['dense_total_params']:,} -> {result.report['pruned_total_params']:,} parameters). "
+        f"Pruned {args.model} with {args.method}: sparsity {result.report.sparsity:.2%} "
+        f"({result.report.dense_total_params:,} -> {result.report.pruned_total_params:,} parameters). "
         f"Saved to {output}."
     )
     return 0

@@ -13,11 +13,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write
 from ..generation import GenerationSettings, build_prompt, generate
 from .extraction import THINK_CLOSE, THINK_OPEN
 from .tasks import TASKS, TaskDataError, get_task, load_task_dataset, local_split_files
@@ -105,23 +105,8 @@ class EvalResult:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples)
-        _atomic_write(out / SAMPLES_FILE, lines)
-        _atomic_write(out / SUMMARY_FILE, json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` so readers never see partial files."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(out / SAMPLES_FILE, lines)
+        atomic_write(out / SUMMARY_FILE, json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def wilson_interval(correct: int, n: int, z: float = WILSON_Z_95) -> tuple[float, float]:

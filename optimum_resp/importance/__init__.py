@@ -17,10 +17,11 @@ from .base import (
     prunable_linears,
     register_scorer,
     save_scores,
+    scorer_class,
     structure_sums,
 )
 from .data import IGNORE_INDEX, CalibrationCollator, build_examples, check_examples
-from .flap import FLAPScorer, check_bias_compensation, compensate_bias
+from .flap import FLAPScorer
 from .magnitude import MagnitudeScorer
 from .taylor import TaylorImportanceCallback, TaylorScorer
 from .wanda import WandaSPScorer
@@ -41,14 +42,13 @@ __all__ = [
     "TaylorScorer",
     "WandaSPScorer",
     "build_examples",
-    "check_bias_compensation",
     "check_examples",
     "collect_input_stats",
-    "compensate_bias",
     "get_scorer",
     "load_scores",
     "prunable_linears",
     "register_scorer",
     "save_scores",
+    "scorer_class",
     "structure_sums",
 ]

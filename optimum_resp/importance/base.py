@@ -15,12 +15,17 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..architectures import STRUCTURES, get_architecture, layer_sizes
+
+if TYPE_CHECKING:
+    from ..configuration_resp import RESPConfig
+    from ..surgery import PruningPlan
 
 __all__ = [
     "SCORERS",
@@ -35,6 +40,7 @@ __all__ = [
     "prunable_linears",
     "register_scorer",
     "save_scores",
+    "scorer_class",
     "structure_sums",
 ]
 
@@ -192,9 +198,15 @@ def empty_scores(
 class Scorer(abc.ABC):
     """Base class of importance criteria: `score(model, examples)` returns one LayerScores per layer.
 
-    Subclasses set `name` (through `register_scorer`) and `requires`: "weights" scorers ignore
-    `examples`; "activations" scorers run forward passes over them; "gradients" scorers run
-    forward and backward passes. After `score`, `last_stats` describes the run.
+    The pruner drives every criterion through the same four steps, so adding one is a subclass and a
+    `register_scorer` line, never a branch in the pruner:
+    - `from_config(config)`: the scorer a `RESPConfig` asks for (its batch size, seed, ...);
+    - `check(model_config, config)`: refuse, before any work, a recipe this criterion cannot serve;
+    - `score(model, examples)`: the importance of every structure; `last_stats` then describes the run;
+    - `after_surgery(model, pruned, plan)`: a step on the smaller model (FLAP's bias compensation);
+      by default nothing.
+    `requires` says what `score` needs: "weights" ignores `examples`, "activations" runs forward passes
+    over them, "gradients" forward and backward passes.
     """
 
     name: ClassVar[str] = ""
@@ -203,11 +215,24 @@ class Scorer(abc.ABC):
     def __init__(self) -> None:
         self.last_stats: ScoringStats | None = None
 
+    @classmethod
+    def from_config(cls, config: RESPConfig) -> Scorer:
+        """The scorer `config` describes (by default one built with no arguments)."""
+        return cls()
+
+    def check(self, model_config: PretrainedConfig, config: RESPConfig) -> None:
+        """Raise a ValueError, before any work, when this criterion cannot serve `config` on this model."""
+        return None
+
     @abc.abstractmethod
     def score(
-        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None, **kwargs: Any
+        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None
     ) -> Scores:
         """Importance of every query head, KV group and channel of every decoder layer of `model`."""
+
+    def after_surgery(self, model: nn.Module, pruned: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
+        """`pruned` (= prune_model(model, plan)) after this criterion's own step; by default unchanged."""
+        return pruned
 
 
 SCORERS: dict[str, type[Scorer]] = {}
@@ -226,8 +251,13 @@ def register_scorer(name: str) -> Callable[[type[Scorer]], type[Scorer]]:
     return decorator
 
 
-def get_scorer(name: str, **kwargs: Any) -> Scorer:
-    """Instantiate a registered scorer by name, with a clear error listing the known names."""
+def scorer_class(name: str) -> type[Scorer]:
+    """The registered scorer class of `name`, with a clear error listing the known names."""
     if name not in SCORERS:
         raise ValueError(f"Unknown importance criterion {name!r}; registered: {', '.join(sorted(SCORERS))}.")
-    return SCORERS[name](**kwargs)
+    return SCORERS[name]
+
+
+def get_scorer(name: str, **kwargs: Any) -> Scorer:
+    """Instantiate a registered scorer by name with these constructor arguments."""
+    return scorer_class(name)(**kwargs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -41,11 +40,9 @@ class MagnitudeScorer(Scorer):
     requires = "weights"
 
     def score(
-        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None, **kwargs: Any
+        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None
     ) -> Scores:
         """Squared L2 norm of every query head, KV group and channel of every layer (`examples` are ignored)."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for MagnitudeScorer.score: {sorted(kwargs)}.")
         start = time.perf_counter()
         linears = prunable_linears(model)
         acc = empty_scores(linears)

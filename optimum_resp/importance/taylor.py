@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from .base import (
     structure_sums,
 )
 from .data import IGNORE_INDEX, CalibrationCollator, check_examples
+
+if TYPE_CHECKING:
+    from ..configuration_resp import RESPConfig
 
 # transformers releases with `slice_logits_to_keep` project only the True positions of a boolean
 # (batch, seq) `logits_to_keep`; older ones (5.19, which vLLM pins) take a 1D tensor of positions.
@@ -350,6 +353,10 @@ class TaylorScorer(Scorer):
         self.seed = seed
         self.training_args = dict(training_args or {})
 
+    @classmethod
+    def from_config(cls, config: RESPConfig) -> TaylorScorer:
+        return cls(abs_after=config.taylor_abs_after, batch_size=config.batch_size, seed=config.seed)
+
     def _arguments(self, output_dir: str) -> TrainingArguments:
         cuda = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
@@ -381,11 +388,8 @@ class TaylorScorer(Scorer):
         model: nn.Module,
         examples: Sequence[Mapping[str, Sequence[int]]] | None = None,
         output_dir: str | None = None,
-        **kwargs: Any,
     ) -> Scores:
         """Run one Trainer pass over `examples` and return Taylor importance per layer (also in `last_stats`)."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for TaylorScorer.score: {sorted(kwargs)}.")
         examples = check_examples(examples)
         linears = prunable_linears(model)
         prunable = {id(p) for lin in linears for _, p in lin.params}

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .activations import POSITIONS, Positions, collect_input_stats
 from .base import LayerScores, Scorer, Scores, empty_scores, prunable_linears, register_scorer, structure_sums
+
+if TYPE_CHECKING:
+    from ..configuration_resp import RESPConfig
 
 __all__ = ["WandaSPScorer"]
 
@@ -44,12 +47,14 @@ class WandaSPScorer(Scorer):
         self.batch_size = batch_size
         self.progress = progress
 
+    @classmethod
+    def from_config(cls, config: RESPConfig) -> WandaSPScorer:
+        return cls(batch_size=config.batch_size)
+
     def score(
-        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None, **kwargs: Any
+        self, model: nn.Module, examples: Sequence[Mapping[str, Sequence[int]]] | None = None
     ) -> Scores:
         """Wanda-sp importance of every query head, KV group and channel, from one pass over `examples`."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for WandaSPScorer.score: {sorted(kwargs)}.")
         linears = prunable_linears(model)
         stats, run = collect_input_stats(
             model, examples, linears, self.positions, self.batch_size, self.progress

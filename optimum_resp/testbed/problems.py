@@ -144,7 +144,9 @@ class Problem:
 
     def mathqa_prompt(self) -> str:
         """Return the user text the evaluation harness builds for MathQA (options one per line)."""
-        lines = "\n".join(f"{opt.split(' ) ')[0]}) {opt.split(' ) ')[1]}" for opt in self.options.split(" , "))
+        lines = "\n".join(
+            f"{opt.split(' ) ')[0]}) {opt.split(' ) ')[1]}" for opt in self.options.split(" , ")
+        )
         return f"{self.question}\n\nOptions:\n{lines}\n\n{MATHQA_INSTRUCTION}"
 
     def mathqa_solution(self) -> str:
@@ -536,11 +538,14 @@ def generate_split(split: str, n: int, seed: int = 0, max_value: int = MAX_VALUE
     if split not in SPLIT_STEPS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_STEPS)}")
     lo, hi = SPLIT_STEPS[split]
-    return generate_problems(n, seed=seed + SPLIT_SEED_OFFSET[split], min_steps=lo, max_steps=hi,
-                             max_value=max_value)
+    return generate_problems(
+        n, seed=seed + SPLIT_SEED_OFFSET[split], min_steps=lo, max_steps=hi, max_value=max_value
+    )
 
 
-def generate_splits(sizes: dict[str, int], seed: int = 0, max_value: int = MAX_VALUE) -> dict[str, list[Problem]]:
+def generate_splits(
+    sizes: dict[str, int], seed: int = 0, max_value: int = MAX_VALUE
+) -> dict[str, list[Problem]]:
     """Generate several splits; evaluation splits are made disjoint from ``train`` and from each other."""
     out: dict[str, list[Problem]] = {}
     for split in [s for s in ("test", "hard") if s in sizes]:
@@ -548,8 +553,9 @@ def generate_splits(sizes: dict[str, int], seed: int = 0, max_value: int = MAX_V
     held = {p.question for probs in out.values() for p in probs}
     if "train" in sizes:
         lo, hi = SPLIT_STEPS["train"]
-        out["train"] = generate_problems(sizes["train"], seed=seed, min_steps=lo, max_steps=hi, exclude=held,
-                                         max_value=max_value)
+        out["train"] = generate_problems(
+            sizes["train"], seed=seed, min_steps=lo, max_steps=hi, exclude=held, max_value=max_value
+        )
     return out
 
 

@@ -68,7 +68,9 @@ def _free_bytes(device: torch.device) -> int:
     return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 8 * 2**30
 
 
-def kv_cache_budget(config, dtype: torch.dtype, device: torch.device, num_seqs: int, max_model_len: int) -> int:
+def kv_cache_budget(
+    config, dtype: torch.dtype, device: torch.device, num_seqs: int, max_model_len: int
+) -> int:
     """KV-cache bytes for `num_seqs` sequences of `max_model_len` tokens at once, capped by free memory.
 
     Sequences are counted in whole blocks of `KV_BLOCK_TOKENS` (vLLM allocates whole blocks: 16 tokens on

@@ -30,7 +30,6 @@ from vllm.model_executor.models.qwen3 import Qwen3DecoderLayer
 from vllm.model_executor.models.utils import extract_layer_index
 
 from ...architectures import get_architecture
-from ...modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
 
 __all__ = ["RESPLlamaForCausalLM", "RESPQwen2ForCausalLM", "RESPQwen3ForCausalLM"]
 
@@ -61,12 +60,14 @@ def _qwen2_layer(vllm_config: VllmConfig, layer_config: PretrainedConfig, prefix
 
 def checkpoint_biases(config: PretrainedConfig, layer_config: PretrainedConfig) -> dict[str, bool]:
     """Which of the layer's vLLM linears carry a bias in the checkpoint (the transformers layer's biases)."""
-    b = get_architecture(config).biases(layer_config)
+    spec = get_architecture(config)
+    b = spec.biases(layer_config)
+    added = {path: bool(getattr(layer_config, flag, False)) for path, flag in spec.added_bias_flags.items()}
     return {
         "self_attn.qkv_proj": b.qkv,
-        "self_attn.o_proj": b.o or bool(getattr(layer_config, O_PROJ_BIAS, False)),
+        "self_attn.o_proj": b.o or added[spec.o_proj],
         "mlp.gate_up_proj": b.mlp,
-        "mlp.down_proj": b.mlp or bool(getattr(layer_config, DOWN_PROJ_BIAS, False)),
+        "mlp.down_proj": b.mlp or added[spec.down_proj],
     }
 
 

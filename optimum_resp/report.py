@@ -1,0 +1,128 @@
+"""What a prune did, typed: one `StageRecord` per stage and the final `PruneReport` (`resp_report.json`).
+
+The model card, `optimum-resp info`, the demo and the benchmarks all read these classes; the JSON form
+(`to_dict` / `from_dict`) is the file format, flat as it has always been: the size report's keys, then
+`stages`, `source`, `resp_config` and `recovery`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .accounting import SPARSITY_DEFINITION, SizeReport
+from .architectures import LayerSizes
+from .configuration_resp import RESPConfig
+
+__all__ = ["PruneReport", "RecoveryRecord", "StageRecord"]
+
+
+def _known(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass
+class StageRecord:
+    """One finished stage: where sparsity stood, on which traces it was scored, and what it cost."""
+
+    stage: int
+    target_sparsity: float
+    sparsity: float
+    regenerated: bool
+    num_traces: int
+    mean_trace_tokens: float
+    truncated_fraction: float
+    calibration_loss: float | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageRecord:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class RecoveryRecord:
+    """LoRA recovery after the last stage."""
+
+    method: str
+    train_loss: float | None
+    seconds: float
+    trainable_parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RecoveryRecord:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class PruneReport:
+    """Dense vs pruned sizes, the stage history, the recipe and the source of one prune."""
+
+    size: SizeReport
+    stages: list[StageRecord] = field(default_factory=list)
+    source: str | None = None
+    resp_config: RESPConfig | None = None
+    recovery: RecoveryRecord | None = None
+
+    @property
+    def sparsity(self) -> float:
+        return self.size.sparsity
+
+    @property
+    def model_type(self) -> str:
+        return self.size.model_type
+
+    @property
+    def dense_total_params(self) -> int | None:
+        return self.size.dense_total_params
+
+    @property
+    def pruned_total_params(self) -> int | None:
+        return self.size.pruned_total_params
+
+    @property
+    def pruned_layers(self) -> tuple[LayerSizes, ...]:
+        return self.size.pruned_layers
+
+    @property
+    def export(self) -> str:
+        """`uniform` or `per_layer`: from the recipe, else from whether the pruned layers differ."""
+        if self.resp_config is not None:
+            return self.resp_config.export
+        return "uniform" if len(set(self.size.pruned_layers)) <= 1 else "per_layer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.size.to_dict(),
+            "sparsity_definition": SPARSITY_DEFINITION,
+            "stages": [s.to_dict() for s in self.stages],
+            "source": self.source,
+            "resp_config": self.resp_config.to_dict() if self.resp_config is not None else None,
+            "recovery": self.recovery.to_dict() if self.recovery is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PruneReport:
+        """Inverse of `to_dict`; `stages`, `source`, `resp_config` and `recovery` may be absent."""
+        config, recovery = d.get("resp_config"), d.get("recovery")
+        return cls(
+            size=SizeReport.from_dict(d),
+            stages=[StageRecord.from_dict(s) for s in d.get("stages") or []],
+            source=d.get("source"),
+            resp_config=RESPConfig.from_dict(config) if config else None,
+            recovery=RecoveryRecord.from_dict(recovery) if recovery else None,
+        )
+
+    @classmethod
+    def coerce(cls, report: PruneReport | Mapping[str, Any]) -> PruneReport:
+        """A PruneReport from itself or from its JSON form (a loaded resp_report.json)."""
+        return report if isinstance(report, PruneReport) else cls.from_dict(report)

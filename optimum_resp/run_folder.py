@@ -1,0 +1,290 @@
+"""The folder a prune writes as it goes, so that a killed run resumes and a finished one explains itself.
+
+    resp_config.json       the recipe (RESPConfig)
+    resp_run.json          status, source, and the fingerprint of the model and calibration prompts
+    selected_prompts.json  the prompts SSGR's difficulty selection kept (only when it is on)
+    dense_traces.jsonl     the dense model's traces (LoRA recovery distils them; a resume before stage 1
+                           reuses them instead of generating again)
+    stages/stage_NNN/      one finished stage: plan.json (keep-sets against the dense model),
+                           traces.jsonl, record.json (history, milestones crossed), rng.pt, and
+                           added_biases.safetensors when bias compensation added biases
+    resp_report.json       the finished prune's report, beside the exported model
+
+`RunFolder` owns this layout: its save and load methods mirror each other, every file is written
+atomically (`files.atomic_write`) and every stage folder is renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .calibration import CalibrationPrompt, Trace, load_traces, save_traces
+from .configuration_resp import CONFIG_NAME, RESPConfig
+from .files import TMP_SUFFIX, atomic_write, default_mode, read_json, write_json
+from .report import PruneReport, StageRecord
+from .surgery import PruningPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Fingerprint", "RunFolder", "StageCheckpoint", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a run was started from: the model (id or path, and a hash of its config and weights) and the
+    calibration prompts. A resume with a different model or different prompts is refused."""
+
+    source: str
+    model: str
+    prompts: str
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """What differs from `other`, in words."""
+        out = []
+        if self.model != other.model:
+            out.append(f"the model's config or weights (source {self.source!r} vs {other.source!r})")
+        if self.prompts != other.prompts:
+            out.append("the calibration prompts")
+        return out
+
+
+def _tensor_digest(h: Any, tensor: torch.Tensor, sample: int = 4096) -> None:
+    """Feed the shape, dtype and a strided sample of a tensor's bytes (all of it when small) to `h`."""
+    h.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > sample:
+        flat = flat[:: flat.numel() // sample][:sample]
+    h.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+
+
+def fingerprint(model: Any, prompts: Sequence[CalibrationPrompt], source: str) -> Fingerprint:
+    """The fingerprint of a model and its calibration prompts (a sample of every weight: seconds on 8B)."""
+    h = hashlib.blake2b(digest_size=16)
+    # The architecture, not where it was loaded from or how the last pass set use_cache.
+    config = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if not k.startswith("_") and k not in ("transformers_version", "use_cache")
+    }
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        _tensor_digest(h, tensor)
+    p = hashlib.blake2b(digest_size=16)
+    for prompt in prompts:
+        p.update(json.dumps([prompt.question, prompt.gold, prompt.solution], sort_keys=True).encode())
+    return Fingerprint(source=source, model=h.hexdigest(), prompts=p.hexdigest())
+
+
+@dataclass
+class StageCheckpoint:
+    """The state after a finished stage: enough to rebuild the model from the dense one and go on."""
+
+    plan: PruningPlan  # keep-sets against the dense model
+    history: list[StageRecord]
+    regenerated: list[float]  # regeneration milestones already crossed
+    traces: list[Trace]
+    rng_state: torch.Tensor
+    added_biases: dict[str, torch.Tensor]  # biases the plan alone cannot rebuild (bias compensation)
+
+    @property
+    def stage(self) -> int:
+        return len(self.history)
+
+
+class RunFolder:
+    """A RESP run's output folder (see the module docstring for its layout)."""
+
+    CONFIG = CONFIG_NAME
+    RUN = "resp_run.json"
+    SELECTED = "selected_prompts.json"
+    DENSE_TRACES = "dense_traces.jsonl"
+    STAGES = "stages"
+    REPORT = "resp_report.json"
+    LOCK = ".resp.lock"
+    BIASES = "added_biases.safetensors"
+    # Resume-only files and interrupted writes: never part of the published model.
+    WORK_FILES = (f"{STAGES}/*", f".*{TMP_SUFFIX}", RUN, LOCK)
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ the run record
+
+    @property
+    def is_run(self) -> bool:
+        """Whether a RESP run was started here (finished or not)."""
+        return (self.path / self.RUN).is_file()
+
+    def start(self, config: RESPConfig, print_: Fingerprint) -> None:
+        """Begin a run in a new or empty folder: the recipe and the fingerprint of what it prunes."""
+        if self.path.exists() and any(p.name != self.LOCK for p in self.path.iterdir()):
+            raise ValueError(
+                f"{self.path} is not empty and holds no RESP run; choose an empty or new folder."
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(self.path)
+        write_json(self.path / self.RUN, {"status": "running", **asdict(print_)})
+
+    def check_resume(self, config: RESPConfig, print_: Fingerprint) -> None:
+        """Refuse to resume a run of another recipe, model or calibration set, saying what differs."""
+        saved = RESPConfig.from_pretrained(self.path)
+        if saved != config:
+            diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if v != getattr(config, k)}
+            raise ValueError(
+                f"{self.path} holds a RESP run with a different config (saved vs now: {diff}); use another output "
+                "folder, or the saved config to resume it."
+            )
+        record = read_json(self.path / self.RUN)
+        if "model" not in record:  # a run folder written before fingerprints: nothing to compare
+            logger.warning("%s records no fingerprint of its model; resuming without checking it.", self.path)
+            return
+        saved_print = Fingerprint(record.get("source", "?"), record["model"], record["prompts"])
+        differences = saved_print.differences(print_)
+        if differences:
+            raise ValueError(
+                f"{self.path} holds a RESP run of another model or calibration set: {' and '.join(differences)} "
+                "differ from this prune's. Use another output folder (or the same model and prompts to resume)."
+            )
+
+    @property
+    def status(self) -> str | None:
+        """`running` or `finished`; None when no run was started here."""
+        return read_json(self.path / self.RUN).get("status") if self.is_run else None
+
+    def mark_finished(self) -> None:
+        record = read_json(self.path / self.RUN)
+        write_json(self.path / self.RUN, {**record, "status": "finished"})
+
+    def clean(self) -> list[Path]:
+        """Remove what interrupted writes left behind (temp files, unfinished stage folders)."""
+        stray = [p for p in self.path.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+        stray += [p for p in (self.path / self.STAGES).glob(".stage_*") if p.is_dir()]
+        for p in stray:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        if stray:
+            logger.info("Removed %d leftover(s) of interrupted writes from %s", len(stray), self.path)
+        return stray
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder (`.resp.lock`, released by the OS if the process dies)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no lock
+            yield
+            return
+        lock = self.path / self.LOCK
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise ValueError(
+                    f"{self.path} is in use by another prune ({owner}). Wait for it to finish (running the same "
+                    "command again then resumes), or choose another output folder."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ calibration
+
+    def save_selected(self, prompts: Sequence[CalibrationPrompt]) -> None:
+        write_json(self.path / self.SELECTED, [p.question for p in prompts])
+
+    def load_selected(self, prompts: Sequence[CalibrationPrompt]) -> list[CalibrationPrompt] | None:
+        """The prompts SSGR kept in this run, in `prompts`' order; None when it selected nothing."""
+        if not (self.path / self.SELECTED).is_file():
+            return None
+        kept = set(read_json(self.path / self.SELECTED))
+        return [p for p in prompts if p.question in kept]
+
+    def save_dense_traces(self, traces: Sequence[Trace]) -> None:
+        save_traces(traces, self.path / self.DENSE_TRACES)
+
+    def load_dense_traces(self) -> list[Trace] | None:
+        path = self.path / self.DENSE_TRACES
+        return load_traces(path) if path.is_file() else None
+
+    # ------------------------------------------------------------------ stages
+
+    def stage_dirs(self) -> list[Path]:
+        stages = self.path / self.STAGES
+        return sorted(p for p in stages.glob("stage_*") if p.is_dir()) if stages.is_dir() else []
+
+    def save_stage(self, checkpoint: StageCheckpoint) -> Path:
+        """Write a finished stage into a temp folder, then rename it into place in one step."""
+        stages = self.path / self.STAGES
+        stages.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{checkpoint.stage:03d}."))
+        os.chmod(tmp, default_mode(directory=True))
+        write_json(tmp / "plan.json", checkpoint.plan.to_dict())
+        save_traces(checkpoint.traces, tmp / "traces.jsonl")
+        atomic_write(tmp / "rng.pt", lambda p: torch.save(checkpoint.rng_state, p))
+        if checkpoint.added_biases:
+            atomic_write(tmp / self.BIASES, lambda p: save_file(checkpoint.added_biases, str(p)))
+        record = {"history": [h.to_dict() for h in checkpoint.history], "regenerated": checkpoint.regenerated}
+        write_json(tmp / "record.json", record)
+        final = stages / f"stage_{checkpoint.stage:03d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def load_history(self) -> list[StageRecord]:
+        """The stage records of the last finished stage ([] before stage 1): cheap, for `info`."""
+        dirs = self.stage_dirs()
+        if not dirs:
+            return []
+        return [StageRecord.from_dict(h) for h in read_json(dirs[-1] / "record.json")["history"]]
+
+    def last_stage(self) -> StageCheckpoint | None:
+        """The state after the last finished stage, or None before stage 1."""
+        dirs = self.stage_dirs()
+        if not dirs:
+            return None
+        last = dirs[-1]
+        record = read_json(last / "record.json")
+        biases = last / self.BIASES
+        return StageCheckpoint(
+            plan=PruningPlan.from_dict(read_json(last / "plan.json")),
+            history=[StageRecord.from_dict(h) for h in record["history"]],
+            regenerated=list(record["regenerated"]),
+            traces=load_traces(last / "traces.jsonl"),
+            rng_state=torch.load(last / "rng.pt", weights_only=True),
+            added_biases=load_file(biases) if biases.is_file() else {},
+        )
+
+    # ------------------------------------------------------------------ the result
+
+    def save_report(self, report: PruneReport) -> None:
+        write_json(self.path / self.REPORT, report.to_dict())
+
+    def load_report(self) -> PruneReport | None:
+        path = self.path / self.REPORT
+        return PruneReport.from_dict(read_json(path)) if path.is_file() else None
