@@ -4,16 +4,19 @@ A structure is a set of slices that are removed together (Torch-Pruning's "depen
 data): a query head is rows of q_proj plus columns of o_proj; a KV group is rows of k_proj and
 v_proj (and, implicitly, every query head that reads it); an MLP channel is a row of gate_proj
 and up_proj plus a column of down_proj. Adding an architecture is one `register_architecture`
-call, not a branch in the surgery, importance or allocation code.
+call (its stock and per_layer classes, where its structures live, what a tiny test config needs),
+not a branch in the surgery, importance, allocation, modeling or test code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
@@ -23,6 +26,14 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from .modeling import (
+    RESPLlamaConfig,
+    RESPLlamaForCausalLM,
+    RESPQwen2Config,
+    RESPQwen2ForCausalLM,
+    RESPQwen3Config,
+    RESPQwen3ForCausalLM,
+)
 from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
 
 __all__ = [
@@ -98,7 +109,8 @@ class ArchitectureSpec:
     model_type: str
     config_class: type[PretrainedConfig]
     causal_lm_class: type
-    per_layer_model_type: str
+    per_layer_config_class: type[PretrainedConfig]  # optimum_resp.modeling: sizes per layer
+    per_layer_causal_lm_class: type
     biases: Callable[[PretrainedConfig], Biases]
     layers_path: str = "model.layers"
     q_proj: str = "self_attn.q_proj"
@@ -110,6 +122,12 @@ class ArchitectureSpec:
     down_proj: str = "mlp.down_proj"
     # Modules of the layer that act per head and are left untouched by head removal (Qwen3 q/k norm).
     head_norms: tuple[str, ...] = ()
+    # Overrides of `testing_utils.tiny_config`'s sizes this architecture needs (its own validation).
+    tiny_config_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_layer_model_type(self) -> str:
+        return self.per_layer_config_class.model_type
 
     @property
     def added_bias_flags(self) -> dict[str, str]:
@@ -173,9 +191,12 @@ _REGISTRY: dict[str, ArchitectureSpec] = {}
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
-    """Register a spec under its stock model type and its per-layer (heterogeneous) model type."""
+    """Register a spec under its stock and per-layer model types, and its per_layer classes with the
+    Auto classes (so `AutoModelForCausalLM.from_pretrained` loads a pruned checkpoint)."""
     _REGISTRY[spec.model_type] = spec
     _REGISTRY[spec.per_layer_model_type] = spec
+    AutoConfig.register(spec.per_layer_model_type, spec.per_layer_config_class, exist_ok=True)
+    AutoModelForCausalLM.register(spec.per_layer_config_class, spec.per_layer_causal_lm_class, exist_ok=True)
     return spec
 
 
@@ -217,7 +238,8 @@ register_architecture(
         model_type="qwen3",
         config_class=Qwen3Config,
         causal_lm_class=Qwen3ForCausalLM,
-        per_layer_model_type="resp_qwen3",
+        per_layer_config_class=RESPQwen3Config,
+        per_layer_causal_lm_class=RESPQwen3ForCausalLM,
         biases=lambda c: Biases(qkv=bool(c.attention_bias), o=bool(c.attention_bias), mlp=False),
         head_norms=("self_attn.q_norm", "self_attn.k_norm"),
     )
@@ -227,7 +249,8 @@ register_architecture(
         model_type="qwen2",
         config_class=Qwen2Config,
         causal_lm_class=Qwen2ForCausalLM,
-        per_layer_model_type="resp_qwen2",
+        per_layer_config_class=RESPQwen2Config,
+        per_layer_causal_lm_class=RESPQwen2ForCausalLM,
         biases=lambda c: Biases(qkv=True, o=False, mlp=False),
     )
 )
@@ -236,7 +259,11 @@ register_architecture(
         model_type="llama",
         config_class=LlamaConfig,
         causal_lm_class=LlamaForCausalLM,
-        per_layer_model_type="resp_llama",
+        per_layer_config_class=RESPLlamaConfig,
+        per_layer_causal_lm_class=RESPLlamaForCausalLM,
         biases=lambda c: Biases(qkv=bool(c.attention_bias), o=bool(c.attention_bias), mlp=bool(c.mlp_bias)),
+        # Stock LlamaConfig requires hidden_size % num_attention_heads == 0 (6, 4 and 3 heads), and the
+        # tiny Llama carries every bias it can.
+        tiny_config_overrides={"hidden_size": 96, "attention_bias": True, "mlp_bias": True},
     )
 )

@@ -11,9 +11,11 @@ fields the command line can be generated from, and still offers the same `save_p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +59,16 @@ METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-CALIBRATION_SOURCES = ("self", "gold", "text")
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    """{field: its Literal's values} for every `Literal[...]` field of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(cls)
+        if typing.get_origin(hints[f.name]) is Literal
+    }
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
@@ -158,8 +169,15 @@ class RESPConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def choices(cls, name: str) -> tuple[str, ...]:
+        """The values a `Literal` field accepts, read from its annotation (the one place they are written)."""
+        return _literal_fields(cls)[name]
+
     def validate(self) -> None:
         """Refuse every invalid value with a message that gives the valid range."""
+        for name, choices in _literal_fields(type(self)).items():
+            _choice(name, getattr(self, name), choices)
         _in_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(self.structures, list | tuple) or not self.structures:
             raise ValueError(
@@ -168,7 +186,6 @@ class RESPConfig:
         for s in self.structures:
             _choice("each of structures", s, STRUCTURES)
         self.structures = [s for s in STRUCTURES if s in self.structures]
-        _choice("allocation", self.allocation, ("global", "uniform"))
         if self.protected_layers is not None:
             if not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
@@ -183,7 +200,6 @@ class RESPConfig:
             _in_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
         self.regeneration_milestones = sorted(set(self.regeneration_milestones))
         _in_range("regeneration_fraction", self.regeneration_fraction, 0.0, 1.0, low_open=True)
-        _choice("calibration_source", self.calibration_source, CALIBRATION_SOURCES)
         _positive_int("num_calibration_prompts", self.num_calibration_prompts)
         if self.do_sample:
             _in_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
@@ -210,20 +226,15 @@ class RESPConfig:
         from .importance import SCORERS  # registered criteria (baselines register themselves on import)
 
         _choice("importance", self.importance, tuple(SCORERS))
-        _choice("loss", self.loss, ("decode", "full"))
         if self.loss == "decode" and self.calibration_source == "text":
             raise ValueError(
                 "loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'."
             )
-        _choice("taylor_abs_after", self.taylor_abs_after, ("batch", "all"))
-        _choice("normalization", self.normalization, ("resp", "params", "none"))
-        _choice("recovery", self.recovery, ("none", "lora"))
         _positive_int("lora_r", self.lora_r)
         _positive_int("lora_alpha", self.lora_alpha)
         _in_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
         _in_range("recovery_epochs", self.recovery_epochs, 0.0, 1000.0, low_open=True)
         _in_range("recovery_learning_rate", self.recovery_learning_rate, 0.0, 1.0, low_open=True)
-        _choice("export", self.export, ("uniform", "per_layer"))
         if self.export == "uniform" and self.allocation != "uniform":
             raise ValueError(
                 "export='uniform' needs the same sizes in every layer: set allocation='uniform' "

@@ -13,6 +13,7 @@ Two export modes:
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +25,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from .architectures import ArchitectureSpec, LayerSizes, get_architecture, layer_sizes
-from .modeling import PER_LAYER_CLASSES
 
 __all__ = [
     "ExportMode",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 ExportMode = Literal["uniform", "per_layer"]
-EXPORT_MODES = ("uniform", "per_layer")
+EXPORT_MODES = typing.get_args(ExportMode)
 
 
 class PruningPlanError(ValueError):
@@ -250,16 +250,15 @@ def pruned_config(config: PretrainedConfig, plan: PruningPlan, export: ExportMod
             ) from err
         new.architectures = [spec.causal_lm_class.__name__]
     else:
-        config_cls, model_cls = PER_LAYER_CLASSES[spec.per_layer_model_type]
         base["per_layer_config"] = {i: s.to_dict() for i, s in enumerate(sizes)}
-        new = config_cls.from_dict(base)
-        new.architectures = [model_cls.__name__]
+        new = spec.per_layer_config_class.from_dict(base)
+        new.architectures = [spec.per_layer_causal_lm_class.__name__]
     new._name_or_path = config._name_or_path
     return new
 
 
 def _model_class(spec: ArchitectureSpec, export: ExportMode) -> type[PreTrainedModel]:
-    return spec.causal_lm_class if export == "uniform" else PER_LAYER_CLASSES[spec.per_layer_model_type][1]
+    return spec.causal_lm_class if export == "uniform" else spec.per_layer_causal_lm_class
 
 
 def prune_model(

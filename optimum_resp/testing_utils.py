@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from transformers import PretrainedConfig
 
-from .architectures import LayerSizes, get_architecture, layer_sizes
+from .architectures import LayerSizes, architecture_specs, get_architecture, layer_sizes
 from .surgery import LayerKeep, PruningPlan
 
 __all__ = ["QWEN3_0_6B_SHAPE", "random_plan", "tiny_config"]
@@ -39,18 +39,12 @@ QWEN3_0_6B_SHAPE = dict(
 
 
 def tiny_config(model_type: str = "qwen3", **overrides) -> PretrainedConfig:
-    """A small config of a supported architecture (Qwen2 and Llama get their q/k/v biases switched on)."""
-    kwargs = {**_TINY, **overrides}
-    if model_type == "qwen3":
-        return Qwen3Config(**kwargs)
-    if model_type == "qwen2":
-        return Qwen2Config(**kwargs)
-    if model_type == "llama":
-        # hidden 96: stock LlamaConfig requires hidden_size % num_attention_heads == 0 (6, 4 and 3 heads).
-        return LlamaConfig(
-            **{**_TINY, "attention_bias": True, "mlp_bias": True, "hidden_size": 96, **overrides}
-        )
-    raise ValueError(f"No tiny config for {model_type!r}; choose qwen3, qwen2 or llama.")
+    """A small config of a supported architecture, with the overrides its spec asks for (Llama: every bias)."""
+    specs = {spec.model_type: spec for spec in architecture_specs()}
+    if model_type not in specs:
+        raise ValueError(f"No tiny config for {model_type!r}; choose one of {sorted(specs)}.")
+    spec = specs[model_type]
+    return spec.config_class(**{**_TINY, **spec.tiny_config_overrides, **overrides})
 
 
 def random_plan(

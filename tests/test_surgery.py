@@ -440,3 +440,20 @@ def test_untied_heads_stay_untied_even_if_the_config_says_tied():
     pruned = prune_model(model, random_plan(model.config, 0.4), export="uniform")
     assert pruned.lm_head.weight.data_ptr() != pruned.model.embed_tokens.weight.data_ptr()
     assert torch.equal(pruned.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
+def test_per_layer_classes_set_what_the_stock_classes_set(model_type):
+    """The per_layer decoder re-does the stock __init__ with per-layer sizes: an attribute or submodule
+    upstream adds must be added there too, and this fails loudly when it is not."""
+    config = tiny_config(model_type)
+    spec = get_architecture(config)
+    stock = spec.causal_lm_class(config)
+    rebuilt = spec.per_layer_causal_lm_class(prune_model(stock, PruningPlan.full(config)).config)
+
+    def shape(module):
+        return {k for k in vars(module) if not k.startswith("_")}, set(dict(module.named_children()))
+
+    assert shape(rebuilt.model) == shape(stock.model)
+    assert shape(rebuilt) == shape(stock)
+    assert [type(layer) for layer in rebuilt.model.layers] == [type(layer) for layer in stock.model.layers]

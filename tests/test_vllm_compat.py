@@ -94,14 +94,16 @@ def test_kv_cache_is_counted_per_layer_and_sized_to_the_job(monkeypatch):
 
 
 def test_vllm_registers_exactly_the_per_layer_classes():
-    from optimum_resp.modeling import PER_LAYER_CLASSES
+    from optimum_resp.architectures import architecture_specs
 
     assert sorted(vllm_architectures()) == [
         "RESPLlamaForCausalLM",
         "RESPQwen2ForCausalLM",
         "RESPQwen3ForCausalLM",
     ]
-    assert sorted(vllm_architectures()) == sorted(m.__name__ for _, m in PER_LAYER_CLASSES.values())
+    assert sorted(vllm_architectures()) == sorted(
+        s.per_layer_causal_lm_class.__name__ for s in architecture_specs()
+    )
 
 
 def test_stock_checkpoints_vllm_would_build_wrongly_are_refused():

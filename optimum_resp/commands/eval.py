@@ -12,6 +12,8 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> None:
+    from ..evaluation.tasks import TASKS
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model on GSM8K or MathQA",
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="Hub model id or local folder (pruned per_layer models load too)")
-    p.add_argument("--task", choices=["gsm8k", "mathqa"], default="gsm8k")
+    p.add_argument("--task", choices=sorted(TASKS), default="gsm8k")
     p.add_argument(
         "--data",
         default=None,

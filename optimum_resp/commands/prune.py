@@ -19,7 +19,8 @@ Running the same command again resumes after the last finished stage.
 
 def register(subparsers) -> None:
     from ..calibration import GENERATORS
-    from ..configuration_resp import METHOD_PRESETS
+    from ..configuration_resp import METHOD_PRESETS, RESPConfig
+    from ..evaluation.tasks import TASKS
 
     p = subparsers.add_parser(
         "prune",
@@ -35,17 +36,18 @@ def register(subparsers) -> None:
         required=True,
         help="calibration prompts: a Hub dataset id or a local .jsonl/.json/.parquet in the task's format",
     )
-    p.add_argument(
-        "--task", choices=["gsm8k", "mathqa"], default="gsm8k", help="format of the calibration data"
-    )
+    p.add_argument("--task", choices=sorted(TASKS), default="gsm8k", help="format of the calibration data")
     p.add_argument("--split", default="train", help="split of the calibration data (default: train)")
     p.add_argument(
         "--sparsity", type=float, default=None, help="fraction of decoder-linear parameters to remove"
     )
     p.add_argument("--method", choices=sorted(METHOD_PRESETS), default="resp")
-    p.add_argument("--export", choices=["uniform", "per_layer"], default=None)
+    p.add_argument("--export", choices=RESPConfig.choices("export"), default=None)
     p.add_argument(
-        "--recover", choices=["lora"], default=None, help="LoRA recovery on the dense model's traces"
+        "--recover",
+        choices=[c for c in RESPConfig.choices("recovery") if c != "none"],
+        default=None,
+        help="LoRA recovery on the dense model's traces",
     )
     p.add_argument(
         "--config", default=None, help="a resp_config.json (file or folder); flags above override it"

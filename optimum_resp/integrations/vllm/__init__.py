@@ -31,15 +31,11 @@ class VLLMCompatibilityError(ValueError):
     """A checkpoint vLLM cannot run as it is (raised before any engine starts)."""
 
 
-def _per_layer_classes() -> dict:
-    from ...modeling import PER_LAYER_CLASSES
-
-    return PER_LAYER_CLASSES
-
-
 def vllm_architectures() -> list[str]:
     """The `architectures` names of our per_layer classes, the names vLLM's registry knows them by."""
-    return [model_cls.__name__ for _, model_cls in _per_layer_classes().values()]
+    from ...architectures import architecture_specs
+
+    return [spec.per_layer_causal_lm_class.__name__ for spec in architecture_specs()]
 
 
 def stock_architectures() -> list[str]:
@@ -108,11 +104,9 @@ def _verify_hook():
     """A `VerifyAndUpdateConfig` for vLLM's per-architecture config checks (built when vLLM is there)."""
     from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
-    from ...architectures import supported_model_types
+    from ...architectures import architecture_specs, supported_model_types
 
-    ours = set(supported_model_types()) | {
-        config_cls.model_type for config_cls, _ in _per_layer_classes().values()
-    }
+    ours = set(supported_model_types()) | {spec.per_layer_model_type for spec in architecture_specs()}
 
     class RESPCheckpointCheck(VerifyAndUpdateConfig):
         @staticmethod
