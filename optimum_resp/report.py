@@ -19,13 +19,20 @@ from .configuration_resp import RESPConfig
 __all__ = ["PruneReport", "RecoveryRecord", "StageRecord"]
 
 
-def _known(cls, d: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+class _Record:
+    """A flat dataclass record whose JSON form is its fields (unknown keys are ignored on reading)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
-class StageRecord:
+class StageRecord(_Record):
     """One finished stage: where sparsity stood, on which traces it was scored, and what it cost."""
 
     stage: int
@@ -38,29 +45,15 @@ class StageRecord:
     calibration_loss: float | None
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StageRecord:
-        return cls(**_known(cls, d))
-
 
 @dataclass
-class RecoveryRecord:
+class RecoveryRecord(_Record):
     """LoRA recovery after the last stage."""
 
     method: str
     train_loss: float | None
     seconds: float
     trainable_parameters: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RecoveryRecord:
-        return cls(**_known(cls, d))
 
 
 @dataclass
