@@ -56,11 +56,13 @@ def run(
                     data=str(testbed_data_path(task, split)),
                     split=split,
                     limit=limit,
-                    thinking=True,
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
+                    generation={
+                        "thinking": True,
+                        "max_new_tokens": max_new_tokens,
+                        "batch_size": batch_size,
+                        **DECODING[decoding],
+                    },
                     seed=0,
-                    **DECODING[decoding],
                 )
                 t0 = time.time()
                 summary = evaluate_model(model, tokenizer, cfg, output_dir=None, show_progress=False).summary

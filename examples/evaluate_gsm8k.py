@@ -41,9 +41,7 @@ def main() -> None:
         task="gsm8k",
         data=args.data,
         limit=args.limit,
-        do_sample=args.sample,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=32,
+        generation={"do_sample": args.sample, "max_new_tokens": args.max_new_tokens, "batch_size": 32},
     )
     result = evaluate_model(model, tokenizer, config, output_dir=args.output)
     print(json.dumps({k: v for k, v in result.summary.items() if k != "config"}, indent=2))

@@ -54,10 +54,9 @@ def main() -> None:
     config = RESPConfig(
         target_sparsity=args.sparsity,
         num_calibration_prompts=500,
-        max_new_tokens=2048,
+        generation={"max_new_tokens": 2048, "batch_size": 64},
         num_stages=args.stages,
         batch_size=1,
-        generation_batch_size=64,
         export=args.export,
         allocation="uniform" if uniform else "global",
         protected_layers=[] if uniform else None,

@@ -36,8 +36,8 @@ def main() -> None:
         target_sparsity=args.sparsity,
         num_calibration_prompts=args.prompts,
         num_stages=4,
-        max_new_tokens=384,  # the tiny model's traces are short; Qwen3 needs the default 2048
-        generation_batch_size=64,
+        # The tiny model's traces are short; Qwen3 needs the default 2048 new tokens.
+        generation={"max_new_tokens": 384, "batch_size": 64},
         batch_size=8,
     )
     prompts = prompts_from_task("gsm8k", testbed_data_path("gsm8k", "train"), limit=args.prompts, seed=0)
@@ -49,8 +49,7 @@ def main() -> None:
         task="gsm8k",
         data=str(testbed_data_path("gsm8k", "test")),
         limit=args.eval_limit,
-        max_new_tokens=384,
-        batch_size=64,
+        generation={"max_new_tokens": 384, "batch_size": 64},
     )
     dense = evaluate_model(model, tokenizer, held_out, show_progress=False).summary
     pruned = evaluate_model(result.model, tokenizer, held_out, show_progress=False).summary

@@ -35,8 +35,10 @@ from .modeling import (
     RESPQwen3ForCausalLM,
 )
 from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
+from .registry import Registry
 
 __all__ = [
+    "ARCHITECTURES",
     "ArchitectureSpec",
     "LayerSizes",
     "LinearSlice",
@@ -187,40 +189,47 @@ class ArchitectureSpec:
         )
 
 
-_REGISTRY: dict[str, ArchitectureSpec] = {}
+def _register_auto_classes(model_type: str, spec: ArchitectureSpec) -> None:
+    """The per_layer classes join the Auto classes, so `AutoModelForCausalLM.from_pretrained` loads a prune."""
+    AutoConfig.register(spec.per_layer_model_type, spec.per_layer_config_class, exist_ok=True)
+    AutoModelForCausalLM.register(spec.per_layer_config_class, spec.per_layer_causal_lm_class, exist_ok=True)
+
+
+ARCHITECTURES: Registry[ArchitectureSpec] = Registry(
+    "architecture",
+    error=UnsupportedArchitectureError,
+    hint="To add one, describe where its heads and MLP channels live with "
+    "`optimum_resp.architectures.register_architecture`.",
+    on_register=_register_auto_classes,
+)
+"""Stock model type -> spec; a pruned checkpoint's per_layer model type is an alias of its stock type."""
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
-    """Register a spec under its stock and per-layer model types, and its per_layer classes with the
-    Auto classes (so `AutoModelForCausalLM.from_pretrained` loads a pruned checkpoint)."""
-    _REGISTRY[spec.model_type] = spec
-    _REGISTRY[spec.per_layer_model_type] = spec
-    AutoConfig.register(spec.per_layer_model_type, spec.per_layer_config_class, exist_ok=True)
-    AutoModelForCausalLM.register(spec.per_layer_config_class, spec.per_layer_causal_lm_class, exist_ok=True)
-    return spec
+    """Register a spec under its stock and per-layer model types (its per_layer classes join the Auto classes)."""
+    return ARCHITECTURES.register(spec.model_type, spec, aliases=(spec.per_layer_model_type,))
 
 
 def architecture_specs() -> list[ArchitectureSpec]:
     """Every registered architecture, once each."""
-    return list({id(spec): spec for spec in _REGISTRY.values()}.values())
+    return list(ARCHITECTURES.values())
 
 
 def supported_model_types() -> list[str]:
     """Stock model types that can be pruned."""
-    return sorted({spec.model_type for spec in _REGISTRY.values()})
+    return sorted(ARCHITECTURES)
 
 
 def get_architecture(model_or_config) -> ArchitectureSpec:
     """The spec for a model or config; a clear error naming the supported types otherwise."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
-    if model_type not in _REGISTRY:
+    if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"Architecture {model_type!r} is not supported by optimum-resp. Supported model types: "
-            f"{', '.join(supported_model_types())}. To add one, describe where its heads and MLP "
-            "channels live with `optimum_resp.architectures.register_architecture`."
+            f"{', '.join(supported_model_types())}. {ARCHITECTURES.hint}"
         )
-    return _REGISTRY[model_type]
+    return ARCHITECTURES[model_type]
 
 
 def layer_sizes(config: PretrainedConfig) -> list[LayerSizes]:

@@ -22,6 +22,9 @@ from typing import Any, Literal
 
 from .architectures import STRUCTURES
 from .files import atomic_write
+from .generation import GenerationSettings
+from .registry import Registry
+from .validation import check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +32,22 @@ __all__ = ["CONFIG_NAME", "METHOD_PRESETS", "RESPConfig"]
 
 CONFIG_NAME = "resp_config.json"
 
-# A baseline is the same pipeline with a different config: name -> (overrides, description).
-# Baseline criteria are one-shot (num_stages=1), as they were published.
-METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+CALIBRATION_GENERATION = GenerationSettings(do_sample=True, batch_size=32)
+"""The decoding defaults of calibration: Qwen3's thinking-mode sampling, 32 prompts per batch."""
+
+# Flat keys of resp_config.json files written before the settings moved into `generation`.
+_LEGACY_GENERATION_KEYS = {
+    **{k: k for k in ("thinking", "do_sample", "temperature", "top_p", "top_k", "max_new_tokens")},
+    "generation_batch_size": "batch_size",
+}
+
+METHOD_PRESETS: Registry[tuple[dict[str, Any], str]] = Registry(
+    "method", hint="Or build a RESPConfig with your own settings."
+)
+"""Method name (`RESPConfig.for_method`, `--method`) -> (config overrides, description). A baseline is the
+same pipeline with another config; baseline criteria are one-shot (num_stages=1), as they were published."""
+
+for _name, _preset in {
     "resp": ({}, "RESP: self-generated traces, decode-only Taylor, progressive with regeneration"),
     "resp-no-regen": (
         {"regeneration_milestones": []},
@@ -57,7 +73,9 @@ METHOD_PRESETS: dict[str, tuple[dict[str, Any], str]] = {
         {"importance": "flap", "num_stages": 1, "regeneration_milestones": []},
         "FLAP (activation fluctuation x weight norm, with bias compensation), one shot",
     ),
-}
+}.items():
+    METHOD_PRESETS.register(_name, _preset)
+del _name, _preset
 
 
 @functools.cache
@@ -69,26 +87,6 @@ def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
         for f in dataclasses.fields(cls)
         if typing.get_origin(hints[f.name]) is Literal
     }
-
-
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
-
-
-def _in_range(
-    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}; got {value!r}.")
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
 @dataclass
@@ -120,14 +118,17 @@ class RESPConfig:
     calibration_source: Literal["self", "gold", "text"] = "self"
     """`self`: the model's own traces; `gold`: a dataset's human solutions; `text`: plain text."""
     num_calibration_prompts: int = 500
-    thinking: bool = True
-    do_sample: bool = True
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    max_new_tokens: int = 2048
+    generation: GenerationSettings = field(
+        default_factory=lambda: dataclasses.replace(CALIBRATION_GENERATION)
+    )
+    """How the model answers the calibration prompts (a GenerationSettings, or a dict of its fields laid
+    over these defaults): Qwen3's thinking-mode sampling (T 0.6, top_p 0.95, top_k 20), up to 2048 new
+    tokens, 32 prompts per batch. Each stage samples from its own seed, derived from `seed`."""
     keep_truncated: bool = True
     """Keep traces cut at max_new_tokens (the reference keeps them)."""
+    allow_unfinished_traces: bool = False
+    """Prune even when none of the dense model's traces finished within max_new_tokens (otherwise refused: it
+    means a mismatched tokenizer or chat template, or far too few new tokens). For random-weight models."""
     filter_correct: bool = False
     """Keep only traces whose answer is right (needs gold answers; off in RESP, on in SSGR)."""
     selection_difficulty_samples: int = 0
@@ -161,7 +162,6 @@ class RESPConfig:
     export: Literal["uniform", "per_layer"] = "per_layer"
     batch_size: int = 4
     """Examples per backward pass when scoring."""
-    generation_batch_size: int = 32
     max_length: int = 4096
     """Longest prompt + trace scored, in tokens."""
     seed: int = 0
@@ -177,14 +177,14 @@ class RESPConfig:
     def validate(self) -> None:
         """Refuse every invalid value with a message that gives the valid range."""
         for name, choices in _literal_fields(type(self)).items():
-            _choice(name, getattr(self, name), choices)
-        _in_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
+            check_choice(name, getattr(self, name), choices)
+        check_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(self.structures, list | tuple) or not self.structures:
             raise ValueError(
                 f"structures must be a non-empty list drawn from {list(STRUCTURES)}; got {self.structures!r}."
             )
         for s in self.structures:
-            _choice("each of structures", s, STRUCTURES)
+            check_choice("each of structures", s, STRUCTURES)
         self.structures = [s for s in STRUCTURES if s in self.structures]
         if self.protected_layers is not None:
             if not all(
@@ -194,20 +194,16 @@ class RESPConfig:
                     f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}."
                 )
             self.protected_layers = sorted(set(self.protected_layers))
-        _positive_int("num_stages", self.num_stages)
-        _positive_int("channel_multiple", self.channel_multiple)
+        check_int("num_stages", self.num_stages)
+        check_int("channel_multiple", self.channel_multiple)
         for m in self.regeneration_milestones:
-            _in_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
+            check_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
         self.regeneration_milestones = sorted(set(self.regeneration_milestones))
-        _in_range("regeneration_fraction", self.regeneration_fraction, 0.0, 1.0, low_open=True)
-        _positive_int("num_calibration_prompts", self.num_calibration_prompts)
-        if self.do_sample:
-            _in_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
-            _in_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _positive_int("top_k", self.top_k, minimum=0)
-        _positive_int("max_new_tokens", self.max_new_tokens)
-        _positive_int("selection_difficulty_samples", self.selection_difficulty_samples, minimum=0)
-        _in_range("selection_keep_fraction", self.selection_keep_fraction, 0.0, 1.0, low_open=True)
+        check_range("regeneration_fraction", self.regeneration_fraction, 0.0, 1.0, low_open=True)
+        check_int("num_calibration_prompts", self.num_calibration_prompts)
+        self.generation = GenerationSettings.coerce(self.generation, CALIBRATION_GENERATION)
+        check_int("selection_difficulty_samples", self.selection_difficulty_samples, minimum=0)
+        check_range("selection_keep_fraction", self.selection_keep_fraction, 0.0, 1.0, low_open=True)
         if self.selection_keep_fraction < 1.0 and self.selection_difficulty_samples == 0:
             raise ValueError(
                 "selection_keep_fraction < 1 selects the hardest prompts, which needs "
@@ -225,16 +221,16 @@ class RESPConfig:
             )
         from .importance import SCORERS  # registered criteria (baselines register themselves on import)
 
-        _choice("importance", self.importance, tuple(SCORERS))
+        check_choice("importance", self.importance, tuple(SCORERS))
         if self.loss == "decode" and self.calibration_source == "text":
             raise ValueError(
                 "loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'."
             )
-        _positive_int("lora_r", self.lora_r)
-        _positive_int("lora_alpha", self.lora_alpha)
-        _in_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
-        _in_range("recovery_epochs", self.recovery_epochs, 0.0, 1000.0, low_open=True)
-        _in_range("recovery_learning_rate", self.recovery_learning_rate, 0.0, 1.0, low_open=True)
+        check_int("lora_r", self.lora_r)
+        check_int("lora_alpha", self.lora_alpha)
+        check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        check_range("recovery_epochs", self.recovery_epochs, 0.0, 1000.0, low_open=True)
+        check_range("recovery_learning_rate", self.recovery_learning_rate, 0.0, 1.0, low_open=True)
         if self.export == "uniform" and self.allocation != "uniform":
             raise ValueError(
                 "export='uniform' needs the same sizes in every layer: set allocation='uniform' "
@@ -246,17 +242,14 @@ class RESPConfig:
                 "protected_layers=[] (the default protects the first 10% and the last layer), or use "
                 "export='per_layer'."
             )
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("generation_batch_size", self.generation_batch_size)
-        _positive_int("max_length", self.max_length, minimum=2)
-        _positive_int("seed", self.seed, minimum=0)
+        check_int("batch_size", self.batch_size)
+        check_int("max_length", self.max_length, minimum=2)
+        check_int("seed", self.seed, minimum=0)
 
     @classmethod
     def for_method(cls, method: str, **kwargs: Any) -> RESPConfig:
         """The config of a named method (`resp` or a baseline, see METHOD_PRESETS), with overrides."""
-        if method not in METHOD_PRESETS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHOD_PRESETS)}.")
-        return cls(**{**METHOD_PRESETS[method][0], **kwargs})
+        return cls(**{**METHOD_PRESETS.lookup(method)[0], **kwargs})
 
     # ------------------------------------------------------------------ schedule helpers
 
@@ -282,7 +275,12 @@ class RESPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RESPConfig:
-        """Build from a dict; unknown keys are an error that lists the valid ones."""
+        """Build from a dict; unknown keys are an error that lists the valid ones. Decoding keys at the top
+        level (files written before `generation` existed) are read into `generation`."""
+        data = dict(data)
+        legacy = {_LEGACY_GENERATION_KEYS[k]: data.pop(k) for k in list(data) if k in _LEGACY_GENERATION_KEYS}
+        if legacy:
+            data["generation"] = {**legacy, **dict(data.get("generation") or {})}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - {"optimum_resp_version"})
         if unknown:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
+
+from .validation import check_bool, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,9 @@ _WARNED_NO_TEMPLATE: set[str] = set()
 
 @dataclass
 class GenerationSettings:
-    """Decoding settings; defaults follow Qwen3's recommended thinking-mode sampling (greedy unless do_sample)."""
+    """How to decode: the one settings object of calibration traces (`RESPConfig.generation`) and of
+    evaluation (`EvalConfig.generation`). Defaults follow Qwen3's thinking-mode sampling, greedy unless
+    `do_sample`. The seed is not a decoding setting: each run passes its own to `generate`."""
 
     max_new_tokens: int = 2048
     do_sample: bool = False
@@ -32,29 +36,48 @@ class GenerationSettings:
     top_p: float = 0.95
     top_k: int = 20
     thinking: bool = True
+    """Render prompts with thinking on (Qwen3's `enable_thinking`; ignored by templates without the switch)."""
     batch_size: int = 8
-    seed: int = 0
+    """Prompts per `generate` batch (vLLM schedules its own batches)."""
 
     def __post_init__(self) -> None:
         """Reject settings that would silently produce meaningless generations."""
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.do_sample and not self.temperature > 0:
-            raise ValueError(
-                f"temperature must be > 0 when sampling (do_sample=True), got {self.temperature!r}"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be a non-negative integer (0 disables it), got {self.top_k!r}")
+        check_int("max_new_tokens", self.max_new_tokens)
+        check_bool("do_sample", self.do_sample)
+        if self.do_sample:  # greedy ignores the sampling knobs
+            check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_int("top_k", self.top_k, minimum=0)
+        check_bool("thinking", self.thinking)
+        check_int("batch_size", self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a plain JSON-serialisable dict."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], defaults: GenerationSettings | None = None
+    ) -> GenerationSettings:
+        """Settings from a (partial) dict laid over `defaults`; an unknown key is an error listing the valid ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"Unknown generation setting(s) {unknown}; valid: {known}")
+        return replace(defaults or cls(), **values)
+
+    @classmethod
+    def coerce(
+        cls, value: GenerationSettings | Mapping[str, Any] | None, defaults: GenerationSettings
+    ) -> GenerationSettings:
+        """A config's `generation` field as settings: an instance as is, a dict over `defaults`, None as `defaults`."""
+        if value is None:
+            return replace(defaults)
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value, defaults)
+        raise ValueError(f"generation must be a GenerationSettings or a dict of its fields, got {value!r}")
 
 
 @dataclass
@@ -234,10 +257,12 @@ def generate(
     prompts: Sequence[str],
     settings: GenerationSettings,
     show_progress: bool = True,
+    *,
+    seed: int = 0,
 ) -> CompletionList:
     """Generate one completion per prompt with left-padded, length-sorted batches; results keep input order.
 
-    Each batch is seeded with ``settings.seed + (position of its first prompt in the length-sorted order)``
+    Each batch is seeded with ``seed + (position of its first prompt in the length-sorted order)``
     so a batch's randomness does not depend on which batches ran before it.
     """
     prompts = list(prompts)
@@ -273,7 +298,7 @@ def generate(
             enc = tokenizer(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=add_special)
             input_ids = enc["input_ids"].to(device)
             attention_mask = enc["attention_mask"].to(device)
-            torch.manual_seed(settings.seed + batch_start)
+            torch.manual_seed(seed + batch_start)
             start = time.perf_counter()
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config

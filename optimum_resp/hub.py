@@ -128,6 +128,7 @@ def _settings(summary: dict[str, Any]) -> str:
     """The decoding settings of one evaluation in a few words."""
     c = summary.get("config") or {}
     parts = [f"{c.get('num_fewshot', 0)}-shot"]
+    c = {**c, **(c.get("generation") or {})}  # the decoding settings (flat in summaries written before)
     if "do_sample" in c:
         parts.append(f"sampled T={c.get('temperature')}" if c["do_sample"] else "greedy")
     if "thinking" in c:
@@ -408,25 +409,6 @@ def check_folder(folder: str | os.PathLike) -> Path:
     except Exception as err:
         raise HubPushError(f"{path / 'README.md'} has invalid metadata: {err}") from err
     return path
-
-
-def check_model_source(name_or_path: str | os.PathLike) -> None:
-    """Refuse at once a model path that looks local but does not exist (it would otherwise be sent to the
-    Hub, retried for a minute, and fail there with an unrelated message)."""
-    text = os.fspath(name_or_path)
-    if Path(text).expanduser().exists():
-        return
-    looks_local = (
-        isinstance(name_or_path, os.PathLike)
-        or text.startswith(("/", "./", "../", "~", "."))
-        or text.count("/") > 1
-        or text.endswith(("/", os.sep))
-        or (os.sep != "/" and os.sep in text)
-    )
-    if looks_local:
-        raise FileNotFoundError(
-            f"Model folder {text} does not exist. Check the path, or pass a Hub id such as 'Qwen/Qwen3-8B'."
-        )
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .accounting import decoder_linear_params, size_report
 from .allocation import allocate, max_removable_params
@@ -44,6 +44,7 @@ from .calibration import (
     TraceGenerator,
     as_prompts,
     build_traces,
+    check_traces,
     get_generator,
     select_by_difficulty,
 )
@@ -51,8 +52,9 @@ from .compensation import add_biases
 from .configuration_resp import RESPConfig
 from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
-from .hub import check_model_source
 from .importance import Scorer, build_examples, scorer_class
+from .loading import load_model, load_tokenizer
+from .profiling import PhaseClock
 from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
@@ -61,6 +63,12 @@ from .surgery import LayerKeep, PruningPlan, prune_model
 logger = logging.getLogger(__name__)
 
 __all__ = ["PruneResult", "RESPPruner", "compose_plans"]
+
+
+def _correct_fraction(traces: list[Trace]) -> float | None:
+    """Fraction of the judged traces that answer correctly (None when none could be judged)."""
+    judged = [t.correct for t in traces if t.correct is not None]
+    return sum(judged) / len(judged) if judged else None
 
 
 def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
@@ -121,6 +129,7 @@ class RESPPruner:
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
         self.scorer = scorer or scorer_class(self.config.importance).from_config(self.config)
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self._clock = PhaseClock(next(model.parameters()).device)
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
         self._dense_params = sum(decoder_linear_params(model.config))
@@ -142,10 +151,10 @@ class RESPPruner:
         own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
         if config is not None and not isinstance(config, RESPConfig):
             config = RESPConfig.from_pretrained(config)
-        check_model_source(model_id_or_path)  # a missing local folder fails here, not after Hub retries
-        model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **kwargs)
+        # A missing local folder fails at once (not after Hub retries); a damaged one names its file.
+        model = load_model(model_id_or_path, **kwargs)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
+            tokenizer = load_tokenizer(model_id_or_path)
         return cls(model, tokenizer, config, source=str(model_id_or_path), **own)
 
     # ------------------------------------------------------------------------------------------
@@ -208,7 +217,7 @@ class RESPPruner:
         c = self.config
         if c.calibration_source == "text":
             return
-        chat = [build_prompt(self.tokenizer, p.question, thinking=c.thinking) for p in prompts]
+        chat = [build_prompt(self.tokenizer, p.question, thinking=c.generation.thinking) for p in prompts]
         ids = self.tokenizer(chat, add_special_tokens=adds_special_tokens(self.tokenizer, chat))["input_ids"]
         lengths = [len(i) for i in ids]
         too_long = [i for i, n in enumerate(lengths) if n >= c.max_length]
@@ -221,12 +230,12 @@ class RESPPruner:
         positions = getattr(self.model.config, "max_position_embeddings", None)
         # (max_length is already clamped to the positions, so a prompt filling them is refused above.)
         if positions and c.calibration_source == "self":
-            if max(lengths) + c.max_new_tokens > positions:
+            if max(lengths) + c.generation.max_new_tokens > positions:
                 logger.warning(
                     "The longest calibration prompt (%d tokens) plus max_new_tokens=%d exceeds the model's %d "
                     "positions: a trace that long runs past what the model was trained on.",
                     max(lengths),
-                    c.max_new_tokens,
+                    c.generation.max_new_tokens,
                     positions,
                 )
 
@@ -296,14 +305,22 @@ class RESPPruner:
             )
             traces = self._regenerate(state.model, state.prompts, traces, stage=k)
             regenerated = sorted({*regenerated, *due})
-        examples = build_examples(
-            self.tokenizer, [t.prompt for t in traces], [t.completion for t in traces], c.loss, c.max_length
-        )
-        scores = self.scorer.score(state.model, examples)
-        step = self._allocate(state.model, scores, target)
-        model = self.scorer.after_surgery(
-            state.model, prune_model(state.model, step, export="per_layer"), step
-        )
+        with self._clock("scoring") as cost:
+            examples = build_examples(
+                self.tokenizer,
+                [t.prompt for t in traces],
+                [t.completion for t in traces],
+                c.loss,
+                c.max_length,
+            )
+            scores = self.scorer.score(state.model, examples)
+            cost.tokens = sum(len(e["input_ids"]) for e in examples)
+        with self._clock("allocation"):
+            step = self._allocate(state.model, scores, target)
+        with self._clock("surgery"):
+            model = self.scorer.after_surgery(
+                state.model, prune_model(state.model, step, export="per_layer"), step
+            )
         stats = self.scorer.last_stats
         record = StageRecord(
             stage=k + 1,
@@ -313,8 +330,10 @@ class RESPPruner:
             num_traces=len(traces),
             mean_trace_tokens=sum(t.num_tokens for t in traces) / len(traces),
             truncated_fraction=sum(t.truncated for t in traces) / len(traces),
+            correct_fraction=_correct_fraction(traces),
             calibration_loss=stats.mean_loss if stats else None,
             seconds=time.perf_counter() - start,
+            phases=self._clock.take(),  # with the dense generation before stage 1
         )
         loss = "n/a" if record.calibration_loss is None else f"{record.calibration_loss:.4f}"
         logger.info(
@@ -335,7 +354,7 @@ class RESPPruner:
             regenerated=regenerated,
         )
         if run is not None:
-            run.save_stage(self._checkpoint(state))
+            run.save_stage(self._checkpoint(state))  # adds the write's cost to the record as its `checkpoint`
         return state
 
     def _allocate(self, model: PreTrainedModel, scores, target: float) -> PruningPlan:
@@ -399,9 +418,10 @@ class RESPPruner:
 
     def _select(self, prompts: list[CalibrationPrompt], run: RunFolder | None) -> list[CalibrationPrompt]:
         """SSGR: the hardest prompts by the dense model's failure rate (saved, so a resume keeps them)."""
-        selected, _ = select_by_difficulty(
-            self.model, self.tokenizer, prompts, self.config, self.generator, self.task
-        )
+        with self._clock("selection"):
+            selected, _ = select_by_difficulty(
+                self.model, self.tokenizer, prompts, self.config, self.generator, self.task
+            )
         if run is not None:
             run.save_selected(selected)
         logger.info("SSGR selection kept %d of %d prompts", len(selected), len(prompts))
@@ -422,16 +442,22 @@ class RESPPruner:
         return kept + [fresh[q] for q in (prompts[i].question for i in chosen) if q in fresh]
 
     def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
-        """Traces for the prompts from the current model; each stage draws from its own seed."""
-        return build_traces(
-            model,
-            self.tokenizer,
-            prompts,
-            self.config,
-            self.generator,
-            self.task,
-            seed=self.config.seed + 7919 * stage,
-        )
+        """Traces for the prompts from the current model (checked: see `check_traces`); each stage draws from
+        its own seed."""
+        dense = model is self.model
+        with self._clock("dense generation" if dense else "regeneration") as cost:
+            traces = build_traces(
+                model,
+                self.tokenizer,
+                prompts,
+                self.config,
+                self.generator,
+                self.task,
+                seed=self.config.seed + 7919 * stage,
+            )
+            cost.tokens = sum(t.num_tokens for t in traces)
+        check_traces(traces, self.config, dense=dense)
+        return traces
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints.

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .architectures import get_architecture
 from .calibration import Trace
-from .importance.data import CalibrationCollator, build_examples
+from .importance.data import CalibrationCollator, build_examples, quiet_progress
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def recover_with_lora(
             train_dataset=_Examples(examples),
             data_collator=CalibrationCollator(0 if pad is None else pad),
         )
-        output = trainer.train()
+        output = quiet_progress(trainer, "LoRA recovery").train()
     merged = peft_model.merge_and_unload()
     merged.eval()
     logger.info(

@@ -15,6 +15,7 @@ from typing import Any
 from .accounting import SPARSITY_DEFINITION, SizeReport
 from .architectures import LayerSizes
 from .configuration_resp import RESPConfig
+from .profiling import PhaseCost
 
 __all__ = ["PruneReport", "RecoveryRecord", "StageRecord"]
 
@@ -44,6 +45,17 @@ class StageRecord(_Record):
     truncated_fraction: float
     calibration_loss: float | None
     seconds: float
+    correct_fraction: float | None = None
+    """Fraction of the stage's traces whose answer is right (None: no gold answers to judge them by)."""
+    phases: dict[str, PhaseCost] = field(default_factory=dict)
+    """Seconds, peak memory and tokens of each phase: regeneration, scoring, allocation, surgery, checkpoint
+    (stage 1 also carries the dense generation and SSGR selection before it)."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageRecord:
+        record = super().from_dict(d)
+        record.phases = {k: PhaseCost.from_dict(v) for k, v in (d.get("phases") or {}).items()}
+        return record
 
 
 @dataclass

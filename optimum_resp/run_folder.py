@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from .calibration import CalibrationPrompt, Trace, load_traces, save_traces
 from .configuration_resp import CONFIG_NAME, RESPConfig
 from .files import TMP_SUFFIX, atomic_write, default_mode, read_json, write_json
+from .profiling import PhaseClock
 from .report import PruneReport, StageRecord
 from .surgery import PruningPlan
 
@@ -146,7 +147,8 @@ class RunFolder:
         """Refuse to resume a run of another recipe, model or calibration set, saying what differs."""
         saved = RESPConfig.from_pretrained(self.path)
         if saved != config:
-            diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if v != getattr(config, k)}
+            now = config.to_dict()
+            diff = {k: (v, now[k]) for k, v in saved.to_dict().items() if v != now[k]}
             raise ValueError(
                 f"{self.path} holds a RESP run with a different config (saved vs now: {diff}); use another output "
                 "folder, or the saved config to resume it."
@@ -238,16 +240,21 @@ class RunFolder:
         return sorted(p for p in stages.glob("stage_*") if p.is_dir()) if stages.is_dir() else []
 
     def save_stage(self, checkpoint: StageCheckpoint) -> Path:
-        """Write a finished stage into a temp folder, then rename it into place in one step."""
+        """Write a finished stage into a temp folder, then rename it into place in one step. The stage's record
+        (written last) gets the cost of writing the rest as its `checkpoint` phase."""
         stages = self.path / self.STAGES
         stages.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{checkpoint.stage:03d}."))
-        os.chmod(tmp, default_mode(directory=True))
-        write_json(tmp / "plan.json", checkpoint.plan.to_dict())
-        save_traces(checkpoint.traces, tmp / "traces.jsonl")
-        atomic_write(tmp / "rng.pt", lambda p: torch.save(checkpoint.rng_state, p))
-        if checkpoint.added_biases:
-            atomic_write(tmp / self.BIASES, lambda p: save_file(checkpoint.added_biases, str(p)))
+        clock = PhaseClock()
+        with clock("checkpoint"):
+            tmp = Path(tempfile.mkdtemp(dir=stages, prefix=f".stage_{checkpoint.stage:03d}."))
+            os.chmod(tmp, default_mode(directory=True))
+            write_json(tmp / "plan.json", checkpoint.plan.to_dict())
+            save_traces(checkpoint.traces, tmp / "traces.jsonl")
+            atomic_write(tmp / "rng.pt", lambda p: torch.save(checkpoint.rng_state, p))
+            if checkpoint.added_biases:
+                atomic_write(tmp / self.BIASES, lambda p: save_file(checkpoint.added_biases, str(p)))
+        if checkpoint.history:
+            checkpoint.history[-1].phases.update(clock.take())
         record = {"history": [h.to_dict() for h in checkpoint.history], "regenerated": checkpoint.regenerated}
         write_json(tmp / "record.json", record)
         final = stages / f"stage_{checkpoint.stage:03d}"

@@ -88,3 +88,28 @@ def random_plan(
         chans = sorted(torch.randperm(size.intermediate_size, generator=gen)[:channels].tolist())
         keeps.append(LayerKeep(tuple(heads), tuple(groups), tuple(chans)))
     return PruningPlan(tuple(keeps))
+
+
+def word_level_tokenizer(vocab_size: int):
+    """A chat tokenizer of exactly `vocab_size` tokens for random-weight models of real shapes (which no shipped
+    tokenizer fits): whitespace-separated words `t0 t1 ...` plus the testbed's special tokens and chat template.
+    Decoding then encoding any id sequence gives it back, so traces score exactly the tokens generated."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from .testbed.tokenizer import CHAT_TEMPLATE, IM_END, IM_START, PAD_TOKEN, THINK_END, THINK_START
+
+    specials = [PAD_TOKEN, IM_START, IM_END, THINK_START, THINK_END, "<unk>"]
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size must be > {len(specials)}; got {vocab_size}.")
+    vocab = {t: i for i, t in enumerate(specials + [f"t{i}" for i in range(vocab_size - len(specials))])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,  # <unk> stays an ordinary token: text a random-weight model emits, not stripped
+        additional_special_tokens=[IM_START, THINK_START, THINK_END],
+        chat_template=CHAT_TEMPLATE,
+    )
+    return tokenizer

@@ -70,3 +70,34 @@ def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}) == record
     with pytest.raises(AssertionError, match="must not be run again"):  # a different run is not kept
         bench_quality.run_one(settings, "resp", 0.4, {})
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_prune_cost_benchmark_times_every_phase_and_writes_its_block(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_prune_cost", REPO / "benchmarks" / "bench_prune_cost.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(
+        module, "write_results", lambda section, text: results.write_text(f"{section}\n{text}")
+    )
+    args = ["--shape", "tiny", "--prompts", "2", "--prompt-tokens", "8", "--new-tokens", "4", "--stages", "2"]
+    module.main([*args, "--generators", "hf"])
+    text = results.read_text()
+    assert text.startswith("prune-cost-cpu\n")
+    for phase in (
+        "dense generation",
+        "regeneration",
+        "scoring",
+        "allocation",
+        "surgery",
+        "checkpoint",
+        "export",
+    ):
+        assert f"| {phase} |" in text
+    # Two stages from 0 to 40%: the dense round, one regeneration (at 20% >= the 10% and 20% milestones).
+    assert "| dense generation | 1 |" in text and "| regeneration | 1 |" in text and "| scoring | 2 |" in text
+    assert "s per 1k tokens" in text and "reference schedule (112 passes + 6 generation rounds)" in text

@@ -36,9 +36,11 @@ class FakeGenerator(TraceGenerator):
     def __init__(self, script):
         self.script = script
         self.calls: list[GenerationSettings] = []
+        self.seeds: list[int] = []
 
-    def generate(self, model, tokenizer, prompts, settings):
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
         self.calls.append(settings)
+        self.seeds.append(seed)
         out = []
         for p in prompts:
             text, truncated = self.script(len(self.calls), p)
@@ -93,7 +95,7 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
         )
 
     gen = FakeGenerator(script)
-    config = RESPConfig(max_new_tokens=64, temperature=0.7)
+    config = RESPConfig(generation={"max_new_tokens": 64, "temperature": 0.7})
     traces = build_traces(None, tokenizer, prompts, config, gen, task="gsm8k")
     assert [t.correct for t in traces] == [True, False, True, False]
     assert all(t.completion.endswith("<|im_end|>") for t in traces)
@@ -147,9 +149,7 @@ def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
     config = RESPConfig(selection_difficulty_samples=4, selection_keep_fraction=0.5)
     kept, rates = select_by_difficulty(None, tokenizer, prompts, config, gen, "gsm8k")
     assert [prompts.index(p) for p in kept] == [1, 2] and rates == [1.0, 0.5]
-    assert (
-        len(gen.calls) == 4 and len({s.seed for s in gen.calls}) == 4 and all(s.do_sample for s in gen.calls)
-    )
+    assert len(gen.calls) == 4 and len(set(gen.seeds)) == 4 and all(s.do_sample for s in gen.calls)
 
 
 def test_generator_interface():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def prune_args(model_dir, out, *extra):
         "2",
         "--generator",
         "hf",
+        "--allow-unfinished-traces",  # a random-weight model rarely ends its answer
         *extra,
     ]
 
@@ -52,9 +54,9 @@ def test_prune_info_and_resume(model_dir, tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "cfg"
     from optimum_resp import RESPConfig
 
-    RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2, protected_layers=[0]).save_pretrained(
-        cfg
-    )
+    RESPConfig(
+        generation={"max_new_tokens": 8, "batch_size": 4}, batch_size=2, protected_layers=[0]
+    ).save_pretrained(cfg)
     assert main(prune_args(model_dir, out, "--config", str(cfg))) == 0
     assert "sparsity 3" in capsys.readouterr().out
     report = json.loads((out / "resp_report.json").read_text())
@@ -64,6 +66,7 @@ def test_prune_info_and_resume(model_dir, tmp_path, capsys, monkeypatch):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| 0 | 8/8 | 4/4 | 96/96 |" in text and "Stages:" in text and "sparsity" in text
+    assert "of traces unfinished" in text and "dense generation" in text and "scoring" in text
 
     # The same command again resumes the finished run: no new stage, same result.
     stage_files = sorted(p.stat().st_mtime_ns for p in (out / "stages").rglob("*"))
@@ -81,7 +84,7 @@ def test_uniform_export_flag(model_dir, tmp_path, monkeypatch):
     cfg = tmp_path / "cfg"
     from optimum_resp import RESPConfig
 
-    RESPConfig(max_new_tokens=8, generation_batch_size=4, batch_size=2).save_pretrained(cfg)
+    RESPConfig(generation={"max_new_tokens": 8, "batch_size": 4}, batch_size=2).save_pretrained(cfg)
     args = prune_args(
         model_dir, tmp_path / "u", "--config", str(cfg), "--export", "uniform", "--channel-multiple", "32"
     )
@@ -177,3 +180,133 @@ def test_optimum_cli_mounts_the_resp_commands(tmp_path):
     assert help_text.returncode == 0 and "prune" in help_text.stdout and "eval" in help_text.stdout
     info = subprocess.run([*run, "info", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert info.returncode == 2 and "holds no RESP output" in info.stderr
+
+
+def test_decoding_flags_are_generated_from_generation_settings(tmp_path):
+    """prune and eval take the same decoding flags, laid over the config's own settings."""
+    from optimum_resp.commands.cli import build_parser
+    from optimum_resp.commands.generation_args import generation_overrides
+    from optimum_resp.commands.prune import build_config
+    from optimum_resp.configuration_resp import RESPConfig
+
+    parser = build_parser()
+    RESPConfig(generation={"max_new_tokens": 99, "top_k": 5}).save_pretrained(tmp_path / "cfg")
+    args = parser.parse_args(
+        prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg"), "--max-new-tokens", "7")
+        + ["--no-do-sample", "--generation-batch-size", "3"]
+    )
+    generation = build_config(args).generation
+    assert (generation.max_new_tokens, generation.top_k, generation.do_sample, generation.batch_size) == (
+        7,
+        5,
+        False,
+        3,
+    )
+    args = parser.parse_args(["eval", "m", "--do-sample", "--temperature", "0.9", "--batch-size", "4"])
+    assert generation_overrides(args) == {"do_sample": True, "temperature": 0.9, "batch_size": 4}
+
+
+def _damaged_copy(model_dir, tmp_path, name, damage):
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(model_dir, folder)
+    damage(folder)
+    return folder
+
+
+def test_damaged_model_folders_are_bad_input_naming_the_file(model_dir, tmp_path, capsys):
+    broken_config = _damaged_copy(
+        model_dir, tmp_path, "cfg", lambda f: (f / "config.json").write_text('{"model_type": "qwen3",')
+    )
+
+    def truncate(folder):
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+    truncated = _damaged_copy(model_dir, tmp_path, "weights", truncate)
+    for folder, message in (
+        (broken_config, r"config\.json is not valid JSON"),
+        (truncated, r"model\.safetensors cannot be read .* truncated or damaged"),
+    ):
+        assert main(prune_args(folder, tmp_path / f"out-{folder.name}")) == 2
+        assert re.search(message, capsys.readouterr().err)
+        assert main(["eval", str(folder), "--data", GSM8K, "--limit", "1"]) == 2
+        assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"question": "a", "answer": "#### 1"}\n\xff\xfe bad\n', r"line 2: not UTF-8 text"),
+        (b'{"question": "a", "answer": "#### 1"}\n\n{"question": "b",\n', r"line 3: not valid JSON"),
+        (b'["question", "answer"]\n', r"line 1: a JSON list, not an object"),
+        (b"\n\n", r"is empty: it has no JSON lines"),
+    ],
+)
+def test_damaged_calibration_files_are_bad_input_naming_the_line(
+    model_dir, tmp_path, capsys, content, message
+):
+    data = tmp_path / "calib.jsonl"
+    data.write_bytes(content)
+    args = prune_args(model_dir, tmp_path / "out")
+    args[args.index(GSM8K)] = str(data)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and re.search(message, err)
+
+
+def test_a_device_this_machine_lacks_is_refused_before_loading(model_dir, tmp_path, capsys, monkeypatch):
+    import optimum_resp.pruner as pruner
+
+    monkeypatch.setattr(pruner, "load_model", lambda *a, **k: pytest.fail("loaded before the device check"))
+    assert main(prune_args(model_dir, tmp_path / "out", "--device", "cuda:3")) == 2
+    assert re.search(
+        r"cuda:3.*(asks for a CUDA GPU, but none is available|does not exist)", capsys.readouterr().err
+    )
+    assert main(prune_args(model_dir, tmp_path / "out", "--device", "tpu7")) == 2
+    assert "Unknown device 'tpu7'" in capsys.readouterr().err
+
+
+def test_prune_output_is_our_bars_and_lines_not_the_libraries(model_dir, tmp_path, capfd):
+    """No Trainer metrics dicts, no datasets split bars, no library warnings; the phases' bars stay."""
+    import warnings
+
+    from optimum_resp.configuration_resp import RESPConfig
+
+    cfg = tmp_path / "cfg"
+    generation = {"max_new_tokens": 8, "batch_size": 4}
+    RESPConfig(generation=generation, batch_size=2, protected_layers=[0]).save_pretrained(cfg)
+    args = prune_args(model_dir, tmp_path / "out", "--config", str(cfg), "--recover", "lora")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(args) == 0
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "train_runtime" not in text and "{'" not in text
+    assert "Generating train split" not in text and "Warning" not in text
+    assert "importance" in out.err and "LoRA recovery" in out.err and "generate" in out.err
+
+
+def test_library_noise_is_kept_for_verbose_and_restored_after():
+    import warnings
+
+    import datasets
+    import transformers
+
+    from optimum_resp.commands.cli import quiet_libraries
+
+    before = (transformers.logging.get_verbosity(), datasets.is_progress_bar_enabled())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_libraries(verbose=False):
+            warnings.warn("removed in 5.40", FutureWarning, stacklevel=1)
+            assert transformers.logging.get_verbosity() == transformers.logging.ERROR
+            assert (
+                not transformers.logging.is_progress_bar_enabled() and not datasets.is_progress_bar_enabled()
+            )
+        assert not caught
+        with quiet_libraries(verbose=True):
+            warnings.warn("removed in 5.40", FutureWarning, stacklevel=1)
+        assert len(caught) == 1
+    assert (transformers.logging.get_verbosity(), datasets.is_progress_bar_enabled()) == before

@@ -12,7 +12,8 @@ from optimum_resp.configuration_resp import CONFIG_NAME, RESPConfig
 def test_defaults_follow_the_paper():
     c = RESPConfig()
     assert c.loss == "decode" and c.calibration_source == "self" and c.importance == "taylor"
-    assert c.temperature == 0.6 and c.top_p == 0.95 and c.top_k == 20 and c.thinking
+    g = c.generation
+    assert g.temperature == 0.6 and g.top_p == 0.95 and g.top_k == 20 and g.thinking and g.do_sample
     assert c.filter_correct is False and c.keep_truncated is True
     assert c.regeneration_milestones == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert c.protected_for(28) == [0, 1, 27] and c.protected_for(10) == [0, 9]
@@ -61,10 +62,11 @@ def test_stage_sparsities_are_a_linear_ramp():
         ({"regeneration_milestones": [0.0]}, r"each regeneration milestone must be a number in \(0.0, 1.0\)"),
         ({"calibration_source": "c4"}, r"calibration_source must be one of \['self', 'gold', 'text'\]"),
         ({"num_calibration_prompts": 0}, r"num_calibration_prompts must be an integer >= 1"),
-        ({"temperature": 0.0}, r"temperature must be a number in \(0.0, 100.0\]"),
-        ({"top_p": 1.5}, r"top_p must be a number in \(0.0, 1.0\]"),
-        ({"top_k": -1}, r"top_k must be an integer >= 0"),
-        ({"max_new_tokens": 0}, r"max_new_tokens must be an integer >= 1"),
+        ({"generation": {"temperature": 0.0}}, r"temperature must be a number in \(0.0, 100.0\]"),
+        ({"generation": {"top_p": 1.5}}, r"top_p must be a number in \(0.0, 1.0\]"),
+        ({"generation": {"top_k": -1}}, r"top_k must be an integer >= 0"),
+        ({"generation": {"max_new_tokens": 0}}, r"max_new_tokens must be an integer >= 1"),
+        ({"generation": {"max_tokens": 5}}, r"Unknown generation setting\(s\) \['max_tokens'\]"),
         ({"selection_keep_fraction": 0.5}, r"needs selection_difficulty_samples > 0"),
         ({"selection_length_quantiles": [0.8, 0.2]}, r"two numbers 0 <= low < high <= 1"),
         ({"filter_correct": True, "calibration_source": "gold"}, r"use calibration_source='self'"),
@@ -106,3 +108,32 @@ def test_unknown_keys_and_missing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="Pass a local path when offline"):
         RESPConfig.from_pretrained("someone/some-resp-recipe")
+
+
+def test_generation_is_one_settings_object_shared_with_evaluation(tmp_path):
+    from optimum_resp.evaluation import EvalConfig
+    from optimum_resp.generation import GenerationSettings
+
+    c = RESPConfig(generation={"max_new_tokens": 64})
+    # A dict is laid over the calibration defaults (sampling, 32 prompts a batch), not the greedy ones.
+    assert c.generation == GenerationSettings(max_new_tokens=64, do_sample=True, batch_size=32)
+    assert RESPConfig().generation is not RESPConfig().generation  # no shared mutable default
+    assert json.loads(c.to_json_string())["generation"]["max_new_tokens"] == 64
+    assert RESPConfig.from_dict(c.to_dict()) == c
+    e = EvalConfig(generation={"max_new_tokens": 64})
+    assert type(e.generation) is GenerationSettings and not e.generation.do_sample
+    assert EvalConfig.from_dict(e.to_dict()) == e
+    with pytest.raises(ValueError, match=r"generation must be a GenerationSettings or a dict"):
+        RESPConfig(generation=64)
+
+
+def test_config_files_written_before_generation_settings_still_load(tmp_path):
+    """resp_config.json from earlier versions had the decoding keys at the top level: a resume reads them."""
+    old = {k: v for k, v in RESPConfig().to_dict().items() if k != "generation"}
+    old.update(max_new_tokens=384, generation_batch_size=64, do_sample=True, temperature=0.7, thinking=True)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(old))
+    loaded = RESPConfig.from_pretrained(tmp_path)
+    assert loaded.generation.max_new_tokens == 384 and loaded.generation.batch_size == 64
+    assert loaded.generation.temperature == 0.7 and loaded == RESPConfig(
+        generation={"max_new_tokens": 384, "batch_size": 64, "temperature": 0.7}
+    )

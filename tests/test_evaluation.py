@@ -112,8 +112,12 @@ def test_missing_field_is_a_clear_error(tmp_path):
 def test_unreadable_and_missing_files_are_clear_errors(tmp_path):
     garbage = tmp_path / "broken.jsonl"
     garbage.write_text('{"question": "unterminated\n{{{ not json\n')
-    with pytest.raises(ValueError, match=r"Cannot read data file\(s\) .*broken\.jsonl"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 1: not valid JSON"):
         load_task_dataset("gsm8k", garbage)
+    parquet = tmp_path / "broken.parquet"  # formats datasets reads itself still name the file
+    parquet.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"Cannot read data file\(s\) .*broken\.parquet"):
+        load_task_dataset("gsm8k", parquet)
     text_file = tmp_path / "data.txt"
     text_file.write_text("hello")
     with pytest.raises(ValueError, match=r"Unsupported data file .*data\.txt"):
@@ -176,9 +180,11 @@ def test_fixture_golds_are_consistent():
 
 
 def test_eval_config_validation_and_round_trip():
-    config = EvalConfig(task="mathqa", data=str(MATHQA_FILE), limit=3, num_fewshot=2, max_new_tokens=16)
+    config = EvalConfig(
+        task="mathqa", data=str(MATHQA_FILE), limit=3, num_fewshot=2, generation={"max_new_tokens": 16}
+    )
     assert EvalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert config.generation_settings().max_new_tokens == 16
+    assert config.generation.max_new_tokens == 16
     with pytest.raises(ValueError, match="Unknown EvalConfig key"):
         EvalConfig.from_dict({"task": "gsm8k", "shots": 3})
     with pytest.raises(ValueError, match="Unknown task"):
@@ -187,8 +193,8 @@ def test_eval_config_validation_and_round_trip():
         EvalConfig(limit=0)
     with pytest.raises(ValueError, match="num_fewshot"):
         EvalConfig(num_fewshot=-1)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        EvalConfig(do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match=r"temperature must be a number in \(0.0"):
+        EvalConfig(generation={"do_sample": True, "temperature": 0})
     with pytest.raises(ValueError, match="fewshot_split"):
         EvalConfig(fewshot_split="test")
 
@@ -237,7 +243,9 @@ def test_gsm8k_harness_scores_scripted_answers_exactly(tokenizer, tmp_path):
         return replies[i % 5](golds[i])
 
     model = ScriptedModel(tokenizer, script)
-    config = EvalConfig(task="gsm8k", data=str(GSM8K_FILE), limit=10, max_new_tokens=60, batch_size=4)
+    config = EvalConfig(
+        task="gsm8k", data=str(GSM8K_FILE), limit=10, generation={"max_new_tokens": 60, "batch_size": 4}
+    )
     out_dir = tmp_path / "run"
     result = evaluate_model(model, tokenizer, config, output_dir=out_dir, show_progress=False)
 
@@ -292,7 +300,9 @@ def test_mathqa_harness_with_head_fewshot(tokenizer):
         return f"The result is {value.strip()}"
 
     model = ScriptedModel(tokenizer, script)
-    config = EvalConfig(task="mathqa", data=str(MATHQA_FILE), limit=6, num_fewshot=2, max_new_tokens=80)
+    config = EvalConfig(
+        task="mathqa", data=str(MATHQA_FILE), limit=6, num_fewshot=2, generation={"max_new_tokens": 80}
+    )
     result = evaluate_model(model, tokenizer, config, show_progress=False)
 
     assert [s["index"] for s in result.samples] == [2, 3, 4, 5, 6, 7]  # the first 2 items are exemplars
@@ -318,7 +328,9 @@ def test_fewshot_from_separate_split(tokenizer, tmp_path):
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     seen = []
     model = ScriptedModel(tokenizer, lambda prompt: seen.append(prompt) or "#### 0")
-    config = EvalConfig(data=str(tmp_path), num_fewshot=1, fewshot_split="train", max_new_tokens=8)
+    config = EvalConfig(
+        data=str(tmp_path), num_fewshot=1, fewshot_split="train", generation={"max_new_tokens": 8}
+    )
     result = evaluate_model(model, tokenizer, config, show_progress=False)
     assert result.summary["n"] == 3 and [s["index"] for s in result.samples] == [0, 1, 2]
     assert all(rows[20]["question"] in p for p in seen)
@@ -338,7 +350,10 @@ def test_too_few_rows_for_fewshot(tokenizer, tmp_path):
 def test_end_to_end_on_tiny_random_qwen3(tokenizer, tmp_path):
     model = build_tiny_qwen3(tokenizer)
     config = EvalConfig(
-        task="gsm8k", data=str(GSM8K_FILE), limit=3, max_new_tokens=6, batch_size=2, thinking=False
+        task="gsm8k",
+        data=str(GSM8K_FILE),
+        limit=3,
+        generation={"max_new_tokens": 6, "batch_size": 2, "thinking": False},
     )
     result = evaluate_model(model, tokenizer, config, output_dir=tmp_path, show_progress=False)
     summary = result.summary

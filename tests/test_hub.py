@@ -87,10 +87,10 @@ def pruned(tmp_path_factory):
             num_stages=1,
             regeneration_milestones=[],
             num_calibration_prompts=3,
-            max_new_tokens=6,
-            generation_batch_size=3,
+            generation={"max_new_tokens": 6, "batch_size": 3},
             batch_size=3,
             protected_layers=[0],
+            allow_unfinished_traces=True,
         )
         pruner = RESPPruner(model, tokenizer, resp, generator="hf", source=BASE)
         result = pruner.prune([f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (1, 1)]])
@@ -398,8 +398,9 @@ def test_pruner_push_to_hub_saves_and_uploads_the_folder(tmp_path, monkeypatch):
         num_stages=1,
         regeneration_milestones=[],
         num_calibration_prompts=2,
-        max_new_tokens=6,
+        generation={"max_new_tokens": 6},
         protected_layers=[0],
+        allow_unfinished_traces=True,
     )
     pruner = RESPPruner(model, tokenizer, resp, generator="hf", source=BASE)
     pruner.prune(["What is 2 plus 3?", "What is 4 plus 4?"])

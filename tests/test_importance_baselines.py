@@ -407,10 +407,10 @@ def test_pruner_runs_with_each_baseline(importance):
         num_stages=2,
         regeneration_milestones=[],
         num_calibration_prompts=3,
-        max_new_tokens=6,
-        generation_batch_size=3,
+        generation={"max_new_tokens": 6, "batch_size": 3},
         batch_size=2,
         protected_layers=[0],
+        allow_unfinished_traces=True,
     )
     pruner = RESPPruner(model, tokenizer, resp_config, generator="hf")
     assert pruner.scorer.name == importance

@@ -38,10 +38,10 @@ def small_config(**overrides) -> RESPConfig:
         num_stages=3,
         regeneration_milestones=[0.1],
         num_calibration_prompts=6,
-        max_new_tokens=10,
-        generation_batch_size=6,
+        generation={"max_new_tokens": 10, "batch_size": 6},
         batch_size=2,
         protected_layers=[0],
+        allow_unfinished_traces=True,  # a random-weight model rarely ends its answer
     )
     return RESPConfig(**{**base, **overrides})
 
@@ -312,7 +312,7 @@ def test_all_truncated_traces_without_keep_truncated_is_an_error():
     model = tiny_model(tokenizer)
     # A random model never says <|im_end|> within 3 tokens... make sure by banning it.
     model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    config = small_config(max_new_tokens=3, keep_truncated=False)
+    config = small_config(generation={"max_new_tokens": 3}, keep_truncated=False)
     with pytest.raises(
         ValueError, match="All 6 calibration traces hit max_new_tokens=3 and keep_truncated is False"
     ):
@@ -356,12 +356,12 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
         recovery="lora",
         recovery_epochs=3.0,
         recovery_learning_rate=5e-3,
-        max_new_tokens=16,
+        generation={"max_new_tokens": 16},
     )
     plain = RESPPruner(
         model,
         tokenizer,
-        small_config(num_stages=1, regeneration_milestones=[], max_new_tokens=16),
+        small_config(num_stages=1, regeneration_milestones=[], generation={"max_new_tokens": 16}),
         generator="hf",
     ).prune(PROMPTS)
     pruner = RESPPruner(model, tokenizer, config, generator="hf")
@@ -491,7 +491,7 @@ def custom_scorer():
             return pruned
 
     yield Custom
-    del SCORERS["test-custom"]
+    SCORERS.unregister("test-custom")
 
 
 def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_scorer):
@@ -515,3 +515,81 @@ def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_score
         compose_plans(compose_plans(first_step, custom_scorer.surgeries[1][2]), custom_scorer.surgeries[2][2])
         == result.plan
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration traces that cannot be right: refused or warned about, and recorded in the report.
+# ------------------------------------------------------------------------------------------------
+
+
+class _ScriptedGenerator:
+    """Answers every prompt with `text`, marked finished or cut at max_new_tokens."""
+
+    def __init__(self, tokenizer, text: str, truncated: bool) -> None:
+        self.tokenizer, self.text, self.truncated = tokenizer, text, truncated
+        self.calls = 0
+
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
+        from optimum_resp.generation import Completion
+
+        self.calls += 1
+        ids = tokenizer(self.text, add_special_tokens=False)["input_ids"]
+        return [Completion(p, self.text, ids, len(ids), self.truncated) for p in prompts]
+
+
+def test_dense_traces_that_never_finish_are_refused_unless_allowed(tmp_path, caplog):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    gen = _ScriptedGenerator(tokenizer, "<think>\nlet me see, 2 and 3 and 2 and 3", truncated=True)
+    with pytest.raises(
+        ValueError, match=r"None of the dense model's 6 calibration traces finished within max_new_tokens=10"
+    ):
+        RESPPruner(model, tokenizer, small_config(allow_unfinished_traces=False), generator=gen).prune(
+            PROMPTS, output_dir=tmp_path / "run"
+        )
+    assert not (tmp_path / "run" / "stages").exists()  # refused before any stage ran
+    caplog.set_level("WARNING", logger="optimum_resp")
+    config = small_config(allow_unfinished_traces=True, num_stages=1, regeneration_milestones=[])
+    result = RESPPruner(model, tokenizer, config, generator=gen).prune(PROMPTS)
+    assert "100% of the dense model's 6 calibration traces hit max_new_tokens=10" in caplog.text
+    assert result.report.stages[0].truncated_fraction == 1.0
+
+
+def test_traces_that_are_almost_never_right_are_warned_about_and_reported(caplog):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    prompts = [{"question": q, "gold": "99"} for q in PROMPTS]
+    wrong = _ScriptedGenerator(
+        tokenizer, "<think>\nhm\n</think>\n\nThe answer is \\boxed{1}.", truncated=False
+    )
+    caplog.set_level("WARNING", logger="optimum_resp")
+    config = small_config(num_stages=1, regeneration_milestones=[])
+    result = RESPPruner(model, tokenizer, config, task="gsm8k", generator=wrong).prune(prompts)
+    assert "Only 0 of the dense model's 6 judged calibration traces answer correctly" in caplog.text
+    assert result.report.stages[0].correct_fraction == 0.0
+    assert result.report.to_dict()["stages"][0]["correct_fraction"] == 0.0
+    right = _ScriptedGenerator(
+        tokenizer, "<think>\nhm\n</think>\n\nThe answer is \\boxed{99}.", truncated=False
+    )
+    caplog.clear()
+    result = RESPPruner(model, tokenizer, config, task="gsm8k", generator=right).prune(prompts)
+    assert "answer correctly" not in caplog.text and result.report.stages[0].correct_fraction == 1.0
+
+
+def test_each_stage_records_its_phases_cost(tmp_path):
+    from optimum_resp.report import PruneReport
+
+    tokenizer = build_tiny_tokenizer()
+    result = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=2), generator="hf").prune(
+        PROMPTS, output_dir=tmp_path / "run"
+    )
+    first, second = result.report.stages
+    assert set(first.phases) == {"dense generation", "scoring", "allocation", "surgery", "checkpoint"}
+    assert set(second.phases) == {"regeneration", "scoring", "allocation", "surgery", "checkpoint"}
+    assert first.phases["dense generation"].tokens == round(first.mean_trace_tokens * first.num_traces)
+    assert all(c.seconds >= 0 for s in (first, second) for c in s.phases.values())
+    assert first.phases["scoring"].tokens > first.phases["dense generation"].tokens  # prompts are scored too
+    if first.phases["scoring"].peak_memory_bytes is not None:  # Linux: the process's peak RSS in the phase
+        assert first.phases["scoring"].peak_memory_bytes > 10 * 2**20
+    again = PruneReport.from_dict(json.loads(json.dumps(result.report.to_dict())))
+    assert again.stages[1].phases == second.phases

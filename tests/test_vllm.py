@@ -84,9 +84,7 @@ def _resp_config(**overrides) -> RESPConfig:
         num_stages=2,
         regeneration_milestones=[0.2],
         num_calibration_prompts=32,
-        do_sample=False,
-        max_new_tokens=256,
-        generation_batch_size=32,
+        generation={"do_sample": False, "max_new_tokens": 256, "batch_size": 32},
         batch_size=8,
     )
     return RESPConfig(**{**base, **overrides})

@@ -1,6 +1,6 @@
 """Calibration data: prompts, the model's own traces (or gold / plain text), and their selection."""
 
-from .build import build_traces, generation_settings, prompts_from_task, select_by_difficulty, select_traces
+from .build import build_traces, check_traces, prompts_from_task, select_by_difficulty, select_traces
 from .generators import GENERATORS, AutoGenerator, HFGenerator, TraceGenerator, VLLMGenerator, get_generator
 from .traces import CalibrationPrompt, Trace, as_prompts, load_traces, save_traces
 
@@ -14,7 +14,7 @@ __all__ = [
     "VLLMGenerator",
     "as_prompts",
     "build_traces",
-    "generation_settings",
+    "check_traces",
     "get_generator",
     "load_traces",
     "prompts_from_task",

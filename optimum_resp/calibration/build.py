@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -15,13 +16,17 @@ import torch
 
 from ..configuration_resp import RESPConfig
 from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
-from ..generation import GenerationSettings, build_prompt, end_token_ids
+from ..generation import build_prompt, end_token_ids
 from .generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_traces", "generation_settings", "prompts_from_task", "select_by_difficulty"]
+__all__ = ["build_traces", "check_traces", "prompts_from_task", "select_by_difficulty", "select_traces"]
+
+# Above this fraction of unfinished traces, or below this fraction of right answers, a prune is warned about.
+WARN_TRUNCATED_FRACTION = 0.5
+WARN_CORRECT_FRACTION = 0.05
 
 
 def prompts_from_task(
@@ -48,22 +53,6 @@ def prompts_from_task(
     ]
 
 
-def generation_settings(
-    config: RESPConfig, seed: int | None = None, do_sample: bool | None = None
-) -> GenerationSettings:
-    """The decoding settings a RESPConfig asks for."""
-    return GenerationSettings(
-        max_new_tokens=config.max_new_tokens,
-        do_sample=config.do_sample if do_sample is None else do_sample,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        thinking=config.thinking,
-        batch_size=config.generation_batch_size,
-        seed=config.seed if seed is None else seed,
-    )
-
-
 def _judge(task: TaskSpec | None, prompt: CalibrationPrompt, completion: str) -> bool | None:
     if task is None or prompt.gold is None:
         return None
@@ -84,7 +73,7 @@ def build_traces(
     spec = get_task(task) if task is not None else None
     if config.calibration_source == "text":
         return [Trace(p.question, "", p.question, 0, False) for p in prompts]
-    chat = [build_prompt(tokenizer, p.question, thinking=config.thinking) for p in prompts]
+    chat = [build_prompt(tokenizer, p.question, thinking=config.generation.thinking) for p in prompts]
     end_text = tokenizer.decode(end_token_ids(tokenizer, model)[:1])
     if config.calibration_source == "gold":
         missing = [i for i, p in enumerate(prompts) if not p.solution]
@@ -95,7 +84,9 @@ def build_traces(
             )
         return [Trace(p.question, c, p.solution + end_text, 0, False, p.gold) for p, c in zip(prompts, chat)]
 
-    completions = generator.generate(model, tokenizer, chat, generation_settings(config, seed))
+    completions = generator.generate(
+        model, tokenizer, chat, config.generation, config.seed if seed is None else seed
+    )
     traces = [
         Trace(
             question=p.question,
@@ -119,7 +110,7 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
         kept = [t for t in kept if not t.truncated]
         if not kept:
             raise ValueError(
-                f"All {n} calibration traces hit max_new_tokens={config.max_new_tokens} and keep_truncated is "
+                f"All {n} calibration traces hit max_new_tokens={config.generation.max_new_tokens} and keep_truncated is "
                 "False: raise max_new_tokens, or set keep_truncated=True (the RESP reference keeps them)."
             )
     if config.filter_correct:
@@ -149,6 +140,44 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
     return kept
 
 
+def check_traces(traces: Sequence[Trace], config: RESPConfig, dense: bool = True) -> None:
+    """Warn loudly when most traces never finished or almost none is right, and refuse the dense model's traces
+    when none finished, unless `config.allow_unfinished_traces`: such traces mean the model and its
+    tokenizer or chat template do not fit together, or max_new_tokens is far too small, and scoring them
+    prunes for noise."""
+    if not traces or config.calibration_source != "self":
+        return
+    n = len(traces)
+    truncated = sum(t.truncated for t in traces) / n
+    budget = config.generation.max_new_tokens
+    where = "the dense model's" if dense else "the pruned model's regenerated"
+    if truncated == 1.0 and dense and not config.allow_unfinished_traces:
+        raise ValueError(
+            f"None of {where} {n} calibration traces finished within max_new_tokens={budget}: the model never "
+            "ended its answer. Check that the tokenizer and chat template belong to this model, raise "
+            "generation.max_new_tokens, or set allow_unfinished_traces=True (CLI --allow-unfinished-traces; e.g. "
+            "for a random-weight model) to prune on them anyway."
+        )
+    if truncated > WARN_TRUNCATED_FRACTION:
+        logger.warning(
+            "%.0f%% of %s %d calibration traces hit max_new_tokens=%d without finishing: the importance scores "
+            "then describe unfinished reasoning. Raise generation.max_new_tokens, or check the chat template.",
+            100 * truncated,
+            where,
+            n,
+            budget,
+        )
+    judged = [t.correct for t in traces if t.correct is not None]
+    if judged and sum(judged) / len(judged) < WARN_CORRECT_FRACTION:
+        logger.warning(
+            "Only %d of %s %d judged calibration traces answer correctly: check that the task format and the "
+            "tokenizer fit this model (the report records the fraction).",
+            sum(judged),
+            where,
+            len(judged),
+        )
+
+
 def select_by_difficulty(
     model,
     tokenizer,
@@ -163,14 +192,15 @@ def select_by_difficulty(
     k = config.selection_difficulty_samples
     if any(p.gold is None for p in prompts):
         raise ValueError("Difficulty selection needs a gold answer for every prompt (use prompts_from_task).")
-    chat = [build_prompt(tokenizer, p.question, thinking=config.thinking) for p in prompts]
+    chat = [build_prompt(tokenizer, p.question, thinking=config.generation.thinking) for p in prompts]
     failures = [0] * len(prompts)
     for sample in range(k):
         completions = generator.generate(
             model,
             tokenizer,
             chat,
-            generation_settings(config, seed=config.seed + 1000 * (sample + 1), do_sample=True),
+            dataclasses.replace(config.generation, do_sample=True),
+            config.seed + 1000 * (sample + 1),
         )
         for i, (p, c) in enumerate(zip(prompts, completions)):
             failures[i] += not _judge(spec, p, c.text)

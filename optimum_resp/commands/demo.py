@@ -69,8 +69,7 @@ def run_testbed(args: argparse.Namespace) -> int:
         task="gsm8k",
         data=str(testbed_data_path("gsm8k", "test")),
         limit=args.eval_limit,
-        max_new_tokens=384,
-        batch_size=64,
+        generation={"max_new_tokens": 384, "batch_size": 64},
     )
     print(
         f"Shipped tiny reasoner ({model.num_parameters():,} parameters): evaluating {args.eval_limit} held-out "
@@ -83,8 +82,7 @@ def run_testbed(args: argparse.Namespace) -> int:
         target_sparsity=args.sparsity,
         num_stages=args.stages,
         num_calibration_prompts=args.prompts,
-        max_new_tokens=384,
-        generation_batch_size=64,
+        generation={"max_new_tokens": 384, "batch_size": 64},
         batch_size=8,
     )
     print(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..generation import GenerationSettings
+from .generation_args import add_generation_arguments, generation_overrides
+
 EXAMPLES = """examples:
   optimum-resp eval ./qwen3-8b-resp40 --task gsm8k --data openai/gsm8k --limit 200
   optimum-resp eval ./pruned --task mathqa --data mathqa_test.jsonl --output eval_out
@@ -30,43 +33,35 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--sample", action="store_true", help="Qwen's thinking-mode sampling instead of greedy")
     p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of sampled decoding")
     p.add_argument("--output", default=None, help="folder for samples.jsonl and summary.json")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_generation_arguments(p, GenerationSettings(), "greedy unless --do-sample", batch_flag="--batch-size")
     p.set_defaults(resp_func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ..evaluation import EvalConfig, evaluate_model
-    from ..hub import check_model_source, check_writable
+    from ..hub import check_writable
+    from ..loading import check_device, check_model_source, load_model, load_tokenizer
 
     config = EvalConfig(
         task=args.task,
         data=args.data,
         split=args.split,
         limit=args.limit,
-        thinking=args.thinking,
-        do_sample=args.sample,
         num_fewshot=args.num_fewshot,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        generation=generation_overrides(args),
         seed=args.seed,
     )
     check_model_source(args.model)
     if args.output is not None:
         check_writable(args.output)  # an unwritable --output fails now, not after the whole evaluation
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype).eval()
-    if torch.cuda.is_available():
-        model.cuda()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    device = check_device(args.device)
+    model = load_model(args.model, dtype=args.dtype).eval().to(device)
+    tokenizer = load_tokenizer(args.model)
     result = evaluate_model(model, tokenizer, config, output_dir=args.output)
     s = result.summary
     print(json.dumps({k: v for k, v in s.items() if k != "config"}, indent=2))

@@ -42,8 +42,12 @@ def run(args: argparse.Namespace) -> int:
     print("\nStages:")
     for h in report.stages:
         loss = "n/a" if h.calibration_loss is None else f"{h.calibration_loss:.4f}"
+        right = "" if h.correct_fraction is None else f", {h.correct_fraction:.0%} of traces right"
         print(
             f"  {h.stage}: sparsity {h.sparsity:.3f} (target {h.target_sparsity:.3f}), loss {loss}, "
-            f"{'regenerated, ' if h.regenerated else ''}{h.seconds:.1f}s"
+            f"{'regenerated, ' if h.regenerated else ''}{h.truncated_fraction:.0%} of traces unfinished{right}, "
+            f"{h.seconds:.1f}s"
         )
+        if h.phases:
+            print("     " + ", ".join(f"{name} {cost.seconds:.1f}s" for name, cost in h.phases.items()))
     return 0

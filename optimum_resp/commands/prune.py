@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .generation_args import add_generation_arguments, generation_overrides
+
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
@@ -41,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--sparsity", type=float, default=None, help="fraction of decoder-linear parameters to remove"
     )
-    p.add_argument("--method", choices=sorted(METHOD_PRESETS), default="resp")
+    p.add_argument("--method", choices=list(METHOD_PRESETS), default="resp")
     p.add_argument("--export", choices=RESPConfig.choices("export"), default=None)
     p.add_argument(
         "--recover",
@@ -53,6 +55,12 @@ def register(subparsers) -> None:
         "--config", default=None, help="a resp_config.json (file or folder); flags above override it"
     )
     p.add_argument("--num-prompts", type=int, default=None)
+    p.add_argument(
+        "--allow-unfinished-traces",
+        action="store_true",
+        default=None,
+        help="prune even when none of the dense model's traces finishes (e.g. a random-weight model)",
+    )
     p.add_argument("--stages", type=int, default=None, help="number of progressive stages")
     p.add_argument(
         "--channel-multiple", type=int, default=None, help="keep MLP widths a multiple of this (e.g. 64, 128)"
@@ -70,6 +78,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--dtype", default="auto", help="model dtype to load (auto, bfloat16, float32, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_generation_arguments(
+        p, RESPConfig().generation, "of the calibration traces", batch_flag="--generation-batch-size"
+    )
     p.set_defaults(resp_func=run)
 
 
@@ -86,26 +97,27 @@ def build_config(args: argparse.Namespace):
         "num_stages": args.stages,
         "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
+        "allow_unfinished_traces": args.allow_unfinished_traces,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
+    base["generation"] = {**(base.get("generation") or {}), **generation_overrides(args)}
     if args.export == "uniform":  # every layer alike: uniform allocation, nothing protected unless configured
         base.update(allocation="uniform", protected_layers=base.get("protected_layers") or [])
     return RESPConfig.from_dict(base)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..calibration import get_generator, prompts_from_task
+    from ..loading import check_device
     from ..pruner import RESPPruner
 
     config = build_config(args)  # bad flags fail here, before the model is loaded
+    device = check_device(args.device)  # --device cuda:3 on a CPU machine: refused here too
     generator = get_generator(args.generator)  # --generator vllm without vLLM: refused here too
     if args.push_to_hub:
         from ..hub import check_can_push
 
         check_can_push(args.push_to_hub)  # no token / offline: refused before the prune, not after
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pruner = RESPPruner.from_pretrained(
         args.model, config=config, task=args.task, generator=generator, dtype=args.dtype
     )

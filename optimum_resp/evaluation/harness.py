@@ -19,6 +19,7 @@ from typing import Any
 
 from ..files import atomic_write
 from ..generation import GenerationSettings, build_prompt, generate
+from ..validation import check_int
 from .extraction import THINK_CLOSE, THINK_OPEN
 from .tasks import TASKS, TaskDataError, get_task, load_task_dataset, local_split_files
 
@@ -39,14 +40,11 @@ class EvalConfig:
     limit: int | None = None
     num_fewshot: int = 0
     fewshot_split: str | None = None
-    thinking: bool = True
-    do_sample: bool = False
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    max_new_tokens: int = 2048
-    batch_size: int = 8
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """How to decode (a GenerationSettings, or a dict of its fields over the defaults: greedy, thinking on,
+    up to 2048 new tokens, batches of 8)."""
     seed: int = 0
+    """Seed of sampled decoding."""
 
     def __post_init__(self) -> None:
         """Validate fields early so a bad run fails before loading any model or data."""
@@ -59,20 +57,8 @@ class EvalConfig:
             raise ValueError(f"num_fewshot must be a non-negative integer, got {self.num_fewshot!r}")
         if self.fewshot_split is not None and self.fewshot_split == self.split:
             raise ValueError(f"fewshot_split must differ from split ({self.split!r}) or be None")
-        self.generation_settings()  # validates the decoding fields
-
-    def generation_settings(self) -> GenerationSettings:
-        """The decoding part of the config as `GenerationSettings`."""
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=self.do_sample,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            thinking=self.thinking,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        )
+        self.generation = GenerationSettings.coerce(self.generation, GenerationSettings())
+        check_int("seed", self.seed, minimum=0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (stored in summary.json)."""
@@ -175,14 +161,19 @@ def evaluate_model(
                 f"{config.data or spec.hub_id}: bad gold answer in row {index}: {err}"
             ) from err
     prompts = [
-        build_prompt(tokenizer, spec.build_user_text(row), config.thinking, fewshot) for _, row in items
+        build_prompt(tokenizer, spec.build_user_text(row), config.generation.thinking, fewshot)
+        for _, row in items
     ]
     logger.info(
-        "Evaluating %s on %d items (%d-shot, thinking=%s)", spec.name, len(items), len(shots), config.thinking
+        "Evaluating %s on %d items (%d-shot, thinking=%s)",
+        spec.name,
+        len(items),
+        len(shots),
+        config.generation.thinking,
     )
 
     completions = generate(
-        model, tokenizer, prompts, config.generation_settings(), show_progress=show_progress
+        model, tokenizer, prompts, config.generation, show_progress=show_progress, seed=config.seed
     )
 
     samples: list[dict[str, Any]] = []

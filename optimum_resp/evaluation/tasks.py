@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ from typing import Any
 
 import datasets
 
+from ..registry import Registry
 from .extraction import (
     Extraction,
     extract_choice_answer,
@@ -130,8 +132,15 @@ def _letters_equal(pred: str | None, gold: str) -> bool:
     return pred is not None and pred == gold
 
 
-TASKS: dict[str, TaskSpec] = {
-    "gsm8k": TaskSpec(
+TASKS: Registry[TaskSpec] = Registry(
+    "task",
+    normalize=lambda name: name.lower().replace("-", "").replace("_", ""),
+    hint="Register one with `optimum_resp.evaluation.TASKS.register(spec.name, spec)`.",
+)
+"""Task name (`--task`, `EvalConfig.task`; case, '-' and '_' ignored) -> TaskSpec."""
+
+for _spec in (
+    TaskSpec(
         name="gsm8k",
         hub_id="openai/gsm8k",
         hub_config="main",
@@ -144,7 +153,7 @@ TASKS: dict[str, TaskSpec] = {
         fewshot_answer=_gsm8k_fewshot_answer,
         description="Grade-school math word problems; numeric answers.",
     ),
-    "mathqa": TaskSpec(
+    TaskSpec(
         name="mathqa",
         hub_id="allenai/math_qa",
         hub_config=None,
@@ -157,18 +166,14 @@ TASKS: dict[str, TaskSpec] = {
         fewshot_answer=_mathqa_fewshot_answer,
         description="Multiple-choice math word problems (options a-e).",
     ),
-}
+):
+    TASKS.register(_spec.name, _spec)
+del _spec
 
 
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """Look a task up in the registry (clear error listing the known tasks)."""
-    if isinstance(task, TaskSpec):
-        return task
-    key = str(task).lower().replace("-", "").replace("_", "")
-    for name, spec in TASKS.items():
-        if key == name.replace("_", ""):
-            return spec
-    raise ValueError(f"Unknown task {task!r}; known tasks: {sorted(TASKS)}")
+    return task if isinstance(task, TaskSpec) else TASKS.lookup(str(task))
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -209,9 +214,44 @@ def local_split_files(data: str | os.PathLike[str], split: str) -> list[Path]:
     return _split_named(sorted(p for p in path.iterdir() if p.suffix.lower() in LOCAL_BUILDERS), split)
 
 
+def _check_jsonl(path: Path) -> None:
+    """Refuse a .jsonl file that is empty, not UTF-8, or has a line that is not a JSON object, naming the line
+    (datasets would fail later with a parser trace that names neither)."""
+    rows = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise TaskDataError(
+                    f"{path}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}). "
+                    "Save the file as UTF-8."
+                ) from None
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskDataError(
+                    f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "
+                    "file must be one JSON object."
+                ) from None
+            if not isinstance(row, dict):
+                raise TaskDataError(
+                    f"{path}, line {number}: a JSON {type(row).__name__}, not an object: each line of a .jsonl "
+                    'file must be one object such as {"question": ..., "answer": ...}.'
+                )
+            rows += 1
+    if rows == 0:
+        raise TaskDataError(f"{path} is empty: it has no JSON lines.")
+
+
 def _load_local(path: Path, split: str) -> datasets.Dataset:
     """Read local json/jsonl/parquet data into a `datasets.Dataset`."""
     files = _local_files(path, split)
+    for file in files:
+        if file.suffix.lower() == ".jsonl":
+            _check_jsonl(file)
     builders = {LOCAL_BUILDERS[p.suffix.lower()] for p in files}
     if len(builders) > 1:
         raise TaskDataError(f"Mixed json and parquet files in {path}; keep one format per folder")

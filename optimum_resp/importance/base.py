@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..architectures import STRUCTURES, get_architecture, layer_sizes
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..configuration_resp import RESPConfig
@@ -235,27 +236,20 @@ class Scorer(abc.ABC):
         return pruned
 
 
-SCORERS: dict[str, type[Scorer]] = {}
+SCORERS: Registry[type[Scorer]] = Registry(
+    "importance criterion",
+    hint="Register one with `@optimum_resp.importance.register_scorer(name)`.",
+    name_attr="name",
+)
+"""Criterion name (what configs and the CLI say) -> Scorer class."""
 
-
-def register_scorer(name: str) -> Callable[[type[Scorer]], type[Scorer]]:
-    """Class decorator registering a scorer under `name` (the name configs and the CLI refer to)."""
-
-    def decorator(cls: type[Scorer]) -> type[Scorer]:
-        if name in SCORERS and SCORERS[name] is not cls:
-            raise ValueError(f"A scorer named {name!r} is already registered ({SCORERS[name].__name__}).")
-        cls.name = name
-        SCORERS[name] = cls
-        return cls
-
-    return decorator
+register_scorer = SCORERS.register
+"""`@register_scorer("name")`: a Scorer subclass joins `SCORERS` under `name`, which becomes its `name`."""
 
 
 def scorer_class(name: str) -> type[Scorer]:
     """The registered scorer class of `name`, with a clear error listing the known names."""
-    if name not in SCORERS:
-        raise ValueError(f"Unknown importance criterion {name!r}; registered: {', '.join(sorted(SCORERS))}.")
-    return SCORERS[name]
+    return SCORERS.lookup(name)
 
 
 def get_scorer(name: str, **kwargs: Any) -> Scorer:

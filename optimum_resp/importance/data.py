@@ -13,8 +13,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from transformers import PrinterCallback, ProgressCallback, Trainer
 
-__all__ = ["IGNORE_INDEX", "CalibrationCollator", "LossMode", "build_examples", "check_examples"]
+__all__ = [
+    "IGNORE_INDEX",
+    "CalibrationCollator",
+    "LossMode",
+    "QuietProgressCallback",
+    "build_examples",
+    "check_examples",
+    "quiet_progress",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +179,29 @@ class CalibrationCollator:
             if key not in batch:
                 batch[key] = torch.as_tensor([f[key] for f in features])
         return batch
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's step bar, named after its phase, without its log lines: the stock callback writes each
+    metrics dict (`{'train_runtime': ...}`) under the bar, where a library should show its own log lines."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
+def quiet_progress(trainer: Trainer, desc: str) -> Trainer:
+    """Swap the Trainer's printing callbacks for a `QuietProgressCallback` (a bar only where tqdm is enabled)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not trainer.args.disable_tqdm:
+        trainer.add_callback(QuietProgressCallback(desc))
+    return trainer

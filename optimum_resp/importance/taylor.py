@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, modeling_utils
-from transformers.trainer_callback import PrinterCallback
 
 from .base import (
     LayerScores,
@@ -43,7 +42,7 @@ from .base import (
     register_scorer,
     structure_sums,
 )
-from .data import IGNORE_INDEX, CalibrationCollator, check_examples
+from .data import IGNORE_INDEX, CalibrationCollator, check_examples, quiet_progress
 
 if TYPE_CHECKING:
     from ..configuration_resp import RESPConfig
@@ -415,7 +414,9 @@ class TaylorScorer(Scorer):
                     callbacks=[callback],
                     collector=callback,
                 )
-                trainer.remove_callback(PrinterCallback)  # it print()s the final metrics
+                quiet_progress(
+                    trainer, "importance"
+                )  # a step bar, never the metrics dicts the Trainer prints
                 trainer.train()
             finally:
                 callback.detach()
