@@ -217,14 +217,19 @@ def _recipe(config: RESPConfig | None) -> str | None:
         scores = "decode-token Taylor importance (RESP)"
     else:
         scores = "full-sequence Taylor importance"
-    return ", ".join(
-        [
-            f"{config.num_stages} stage(s) to target sparsity {config.target_sparsity}",
-            f"{config.allocation} allocation",
-            scores,
-            f"{_CALIBRATION_DATA[config.calibration_source]} as calibration data",
-        ]
-    )
+    parts = [
+        f"{config.num_stages} stage(s) to target sparsity {config.target_sparsity}",
+        f"{config.allocation} allocation",
+        scores,
+        f"{_CALIBRATION_DATA[config.calibration_source]} as calibration data",
+    ]
+    if config.calibration_source == "self":
+        g = config.generation
+        decoding = f"sampled at T={g.temperature}" if g.do_sample else "greedy"
+        parts.append(
+            f"traces {decoding} up to {g.max_new_tokens} new tokens, thinking {'on' if g.thinking else 'off'}"
+        )
+    return ", ".join(parts)
 
 
 def _fence(text: str) -> str:

@@ -201,6 +201,7 @@ def test_card_metadata_round_trips_and_body_reports_the_prune(pruned, tmp_path):
     assert f"| MathQA ({LOCAL_DATA}) | test | 20 | 35.0% | 18.1% – 56.7% | 640.0 |" in text
     assert "license could not be determined" not in text
     assert "**Recipe:** 1 stage(s) to target sparsity 0.3, global allocation, decode-token Taylor" in text
+    assert "traces sampled at T=0.6 up to 6 new tokens, thinking on" in text
 
 
 def test_loading_instructions_follow_the_export_mode(pruned, uniform_report):
