@@ -15,6 +15,7 @@ from .architectures import (
     supported_model_types,
 )
 from .configuration_resp import RESPConfig
+from .generation import GenerationSettings
 from .modeling import (
     RESPLlamaConfig,
     RESPLlamaForCausalLM,
@@ -31,6 +32,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "SPARSITY_DEFINITION",
     "ArchitectureSpec",
+    "GenerationSettings",
     "LayerKeep",
     "LayerSizes",
     "PruneResult",
