@@ -129,7 +129,6 @@ class RESPPruner:
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
         self.scorer = scorer or scorer_class(self.config.importance).from_config(self.config)
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
-        self._clock = PhaseClock(next(model.parameters()).device)
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
         self._dense_params = sum(decoder_linear_params(model.config))
@@ -246,6 +245,7 @@ class RESPPruner:
     def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        self._clock = PhaseClock(next(self.model.parameters()).device)  # where the model is now, not at __init__
         self._check_prompt_lengths(prompts)  # before any generation, and before a run folder is written
         run = RunFolder(output_dir) if output_dir is not None else None
         # A second prune into the same folder is refused while this one runs.
