@@ -84,6 +84,7 @@ def run_testbed(args: argparse.Namespace) -> int:
         num_calibration_prompts=args.prompts,
         generation={"max_new_tokens": 384, "batch_size": 64},
         batch_size=8,
+        max_length=1024,  # the shipped reasoner's positions
     )
     print(
         f"RESP to {args.sparsity:.0%} sparsity: {args.prompts} calibration prompts (train split), "

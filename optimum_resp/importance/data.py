@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer
 
 __all__ = [
@@ -190,9 +191,9 @@ class QuietProgressCallback(ProgressCallback):
         self.desc = desc
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description(self.desc)
+        if state.is_world_process_zero:  # the stock bar, named from its first line on
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=self.desc)
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return None
