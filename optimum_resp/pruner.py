@@ -245,9 +245,8 @@ class RESPPruner:
     def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
-        self._clock = PhaseClock(
-            next(self.model.parameters()).device
-        )  # where the model is now, not at __init__
+        # Phases are measured where the model is now (the CLI moves it after building the pruner).
+        self._clock = PhaseClock(next(self.model.parameters()).device)
         self._check_prompt_lengths(prompts)  # before any generation, and before a run folder is written
         run = RunFolder(output_dir) if output_dir is not None else None
         # A second prune into the same folder is refused while this one runs.
