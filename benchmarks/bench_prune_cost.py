@@ -187,14 +187,17 @@ def main(argv: list[str] | None = None) -> None:
     generators = args.generators or ["hf", *(["vllm"] if vllm_installed() else [])]
     if not peak_memory_supported(args.device):
         print("note: peak memory cannot be measured on this machine; the column stays empty", file=sys.stderr)
-    runs = [one_prune(args, g, getattr(torch, dtype), args.device) for g in generators]
     command = (
         f"python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip()
     )
-    text = render(args, runs, args.device, dtype, command)
-    print(text)
-    if not args.no_write:
-        write_results(f"prune-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}", text)
+    runs = []
+    # The block is rewritten after each generator, so a stopped run keeps the rows it finished.
+    for generator in generators:
+        runs.append(one_prune(args, generator, getattr(torch, dtype), args.device))
+        text = render(args, runs, args.device, dtype, command)
+        print(text, flush=True)
+        if not args.no_write:
+            write_results(f"prune-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}", text)
 
 
 if __name__ == "__main__":
