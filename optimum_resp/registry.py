@@ -81,11 +81,11 @@ class Registry(Mapping[str, T], Generic[T]):
         return entry
 
     def _key(self, name: str) -> str | None:
-        for key in (name, self._normalize(name)):
-            if key in self._entries:
-                return key
-            if key in self._aliases:
-                return self._aliases[key]
+        """The registered name `name` stands for: itself, an alias's target, or the entry it normalizes to."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
         normalized = self._normalize(name)
         return next((k for k in self._entries if self._normalize(k) == normalized), None)
 
