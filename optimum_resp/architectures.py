@@ -124,6 +124,9 @@ class ArchitectureSpec:
     down_proj: str = "mlp.down_proj"
     # Modules of the layer that act per head and are left untouched by head removal (Qwen3 q/k norm).
     head_norms: tuple[str, ...] = ()
+    # Runtimes (`optimum_resp.runtimes.RUNTIMES`) whose stock class of this architecture builds q_proj and
+    # o_proj at hidden_size x hidden_size: a uniform export that lost query heads does not load there.
+    query_width_fixed_in: tuple[str, ...] = ()
     # Overrides of `testing_utils.tiny_config`'s sizes this architecture needs (its own validation).
     tiny_config_overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -261,6 +264,9 @@ register_architecture(
         per_layer_config_class=RESPQwen2Config,
         per_layer_causal_lm_class=RESPQwen2ForCausalLM,
         biases=lambda c: Biases(qkv=True, o=False, mlp=False),
+        # llama.cpp's Qwen2 graph (src/models/qwen2.cpp) and vLLM's Qwen2Attention take the query width
+        # from hidden_size; their Qwen3 and Llama read head_dim (GGUF key_length, config head_dim).
+        query_width_fixed_in=("llama.cpp", "vllm"),
     )
 )
 register_architecture(

@@ -160,6 +160,12 @@ class RESPConfig:
 
     # Output and machinery.
     export: Literal["uniform", "per_layer"] = "per_layer"
+    """`per_layer`: sizes per layer (transformers, lm-evaluation-harness, vLLM with optimum-resp); `uniform`: a
+    stock checkpoint (needs allocation='uniform'), which llama.cpp loads too."""
+    runtimes: list[str] = field(default_factory=list)
+    """Runtimes the export must load in (`optimum_resp.runtimes.RUNTIMES`: transformers, lm-evaluation-harness,
+    vllm, llama.cpp). The prune then keeps what their loaders fix (a uniform Qwen2 for llama.cpp or vLLM
+    keeps every query head), and an export they cannot load is refused before any work."""
     batch_size: int = 4
     """Examples per backward pass when scoring."""
     max_length: int = 4096
@@ -242,9 +248,26 @@ class RESPConfig:
                 "protected_layers=[] (the default protects the first 10% and the last layer), or use "
                 "export='per_layer'."
             )
+        self._check_runtimes()
         check_int("batch_size", self.batch_size)
         check_int("max_length", self.max_length, minimum=2)
         check_int("seed", self.seed, minimum=0)
+
+    def _check_runtimes(self) -> None:
+        from .runtimes import RUNTIMES
+
+        if not isinstance(self.runtimes, list | tuple) or not all(isinstance(r, str) for r in self.runtimes):
+            raise ValueError(
+                f"runtimes must be a list of runtime names from {list(RUNTIMES)}; got {self.runtimes!r}."
+            )
+        self.runtimes = list(dict.fromkeys(RUNTIMES.lookup(r).name for r in self.runtimes))
+        for name in self.runtimes:
+            if self.export == "per_layer" and RUNTIMES[name].per_layer is None:
+                raise ValueError(
+                    f"runtimes includes {name!r}, which loads only stock checkpoints, but export='per_layer' writes "
+                    "sizes per layer. Use export='uniform' with allocation='uniform' and protected_layers=[] "
+                    "(CLI: --export uniform)."
+                )
 
     @classmethod
     def for_method(cls, method: str, **kwargs: Any) -> RESPConfig:

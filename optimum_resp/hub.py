@@ -155,15 +155,6 @@ def _layer_rows(report: PruneReport) -> list[dict[str, str]]:
     return rows
 
 
-def _vllm_stock_head_dim_mismatch(report: PruneReport) -> bool:
-    """A uniform Qwen2 that lost query heads: vLLM's (and llama.cpp's) Qwen2 derive head_dim from hidden / heads."""
-    size = report.size
-    lost = any(
-        p.num_attention_heads < d.num_attention_heads for d, p in zip(size.dense_layers, size.pruned_layers)
-    )
-    return report.model_type == "qwen2" and lost
-
-
 def _stage_rows(report: PruneReport) -> list[dict[str, str]]:
     return [
         {
@@ -282,6 +273,7 @@ def render_model_card(
     mode = report.export
     size = report.size
     has_totals = size.dense_total_params is not None and size.pruned_total_params is not None
+    runtimes = report.runtime_support()
     return ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -305,7 +297,8 @@ def render_model_card(
         stage_rows=_stage_rows(report),
         eval_rows=_eval_rows(eval_results, entries),
         export=mode,
-        vllm_stock_head_dim=_vllm_stock_head_dim_mismatch(report),
+        vllm_support=next(r for r in runtimes if r.runtime == "vllm"),
+        runtime_rows=runtimes,
         command=command,
         command_fence=_fence(command or ""),
     )

@@ -58,6 +58,7 @@ from .profiling import PhaseClock
 from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
+from .runtimes import kept_structures
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class RESPPruner:
     ) -> None:
         self.spec = get_architecture(model)  # unsupported architectures fail here, before any work
         self.model = model
-        self.config = self._fit_max_length(config or RESPConfig())
+        self.config = self._fit_runtimes(self._fit_max_length(config or RESPConfig()))
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
@@ -172,6 +173,21 @@ class RESPPruner:
             positions,
         )
         return dataclasses.replace(config, max_length=positions)
+
+    def _fit_runtimes(self, config: RESPConfig) -> RESPConfig:
+        """`config` without the structure kinds its runtimes' loaders cannot take for this architecture."""
+        kept = kept_structures(self.spec, config.runtimes, config.export)
+        structures = [s for s in config.structures if s not in kept]
+        if structures == config.structures:
+            return config
+        why = "; ".join(dict.fromkeys(kept.values()))
+        if not structures:
+            raise ValueError(
+                f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
+                "Add 'channels' to structures, or export per_layer for a runtime that loads it."
+            )
+        logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
+        return dataclasses.replace(config, structures=structures)
 
     def _check_inputs(self) -> None:
         c, config = self.config, self.model.config
@@ -411,6 +427,12 @@ class RESPPruner:
             resp_config=c,
             recovery=recovery,
         )
+        if c.export == "uniform":  # a stock checkpoint some runtime refuses is a surprise worth a warning
+            for support in report.runtime_support():
+                if not support.loads:
+                    logger.warning(
+                        "This uniform export will not load in %s: %s.", support.runtime, support.how
+                    )
         return PruneResult(final, state.plan, report, state.history)
 
     # ------------------------------------------------------------------------------------------

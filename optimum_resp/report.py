@@ -16,6 +16,7 @@ from .accounting import SPARSITY_DEFINITION, SizeReport
 from .architectures import LayerSizes
 from .configuration_resp import RESPConfig
 from .profiling import PhaseCost
+from .runtimes import RuntimeSupport, export_support
 
 __all__ = ["PruneReport", "RecoveryRecord", "StageRecord"]
 
@@ -104,6 +105,18 @@ class PruneReport:
         if self.resp_config is not None:
             return self.resp_config.export
         return "uniform" if len(set(self.size.pruned_layers)) <= 1 else "per_layer"
+
+    @property
+    def query_heads_lost(self) -> bool:
+        """Whether some layer kept fewer query heads than the dense model had."""
+        return any(
+            p.num_attention_heads < d.num_attention_heads
+            for d, p in zip(self.size.dense_layers, self.size.pruned_layers)
+        )
+
+    def runtime_support(self) -> list[RuntimeSupport]:
+        """Where the pruned model loads (transformers, lm-evaluation-harness, vLLM, llama.cpp), and how."""
+        return export_support(self.model_type, self.export, self.query_heads_lost)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""`optimum-resp info`: what a RESP output folder holds (sizes, sparsity, config, stage history)."""
+"""`optimum-resp info`: what a RESP output folder holds (sizes, sparsity, where it runs, config, stages)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{run.path}: {report.model_type} pruned from {report.source}")
     print(report.size.format_table())
+    print(f"\nWhere it runs ({report.export} export):")
+    for support in report.runtime_support():
+        print(f"  {support.runtime}: {'yes' if support.loads else 'no'} - {support.how}")
     print("\nRESP config:")
     print(json.dumps(report.resp_config.to_dict() if report.resp_config else {}, indent=2))
     print("\nStages:")

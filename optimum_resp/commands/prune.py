@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     from ..calibration import GENERATORS
     from ..configuration_resp import METHOD_PRESETS, RESPConfig
     from ..evaluation.tasks import TASKS
+    from ..runtimes import RUNTIMES
 
     p = subparsers.add_parser(
         "prune",
@@ -45,6 +46,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--method", choices=list(METHOD_PRESETS), default="resp")
     p.add_argument("--export", choices=RESPConfig.choices("export"), default=None)
+    p.add_argument(
+        "--runtime",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"a runtime the export must load in ({', '.join(RUNTIMES)}); repeat for several. A uniform Qwen2 "
+        "for llama.cpp or vLLM then keeps every query head",
+    )
     p.add_argument(
         "--recover",
         choices=[c for c in RESPConfig.choices("recovery") if c != "none"],
@@ -98,6 +107,7 @@ def build_config(args: argparse.Namespace):
         "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
         "allow_unfinished_traces": args.allow_unfinished_traces,
+        "runtimes": args.runtime,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     base["generation"] = {**(base.get("generation") or {}), **generation_overrides(args)}

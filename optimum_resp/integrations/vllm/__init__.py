@@ -52,7 +52,8 @@ def check_vllm_compatible(config: PretrainedConfig, tensor_parallel_size: int = 
     heads, so in every layer the query heads must divide by the TP size, and the KV heads must divide
     by it or divide it; every query head must read one KV head (equal groups). Stock model types get
     vLLM's stock classes, which build every layer from the global sizes (so their layers must agree)
-    and, for Qwen2, derive head_dim as hidden_size // num_attention_heads.
+    and, for Qwen2, derive head_dim as hidden_size // num_attention_heads
+    (`ArchitectureSpec.query_width_fixed_in`).
     """
     from ...architectures import get_architecture, layer_sizes
 
@@ -70,13 +71,13 @@ def check_vllm_compatible(config: PretrainedConfig, tensor_parallel_size: int = 
             )
         heads = layer_sizes(config)[0].num_attention_heads
         head_dim = spec.head_dim(config)
-        if config.model_type == "qwen2" and head_dim * heads != config.hidden_size:
+        if "vllm" in spec.query_width_fixed_in and head_dim * heads != config.hidden_size:
             raise VLLMCompatibilityError(
-                f"vLLM's Qwen2ForCausalLM derives head_dim as hidden_size // num_attention_heads "
+                f"vLLM's {spec.causal_lm_class.__name__} derives head_dim as hidden_size // num_attention_heads "
                 f"({config.hidden_size} // {heads} = {config.hidden_size // heads}), but this checkpoint's "
                 f"head_dim is {head_dim}: it lost query heads. Export it with export='per_layer' (optimum-resp's "
-                "resp_qwen2 class reads head_dim), or prune Qwen2 for a uniform export with "
-                "structures=['channels'] so every query head stays."
+                f"{spec.per_layer_model_type} class reads head_dim), or prune it with runtimes=['vllm'] "
+                "(CLI --runtime vllm) for a uniform export that keeps every query head."
             )
     for i, sizes in enumerate(layer_sizes(config)):
         heads, kv = sizes.num_attention_heads, sizes.num_key_value_heads

@@ -1,0 +1,231 @@
+"""Exports through llama.cpp's own converter and runtime: what loads there, and that it computes what
+transformers computes.
+
+Runs where llama-cpp-python is installed and RESP_LLAMA_CPP_CONVERTER names llama.cpp's
+convert_hf_to_gguf.py (CI builds llama-cpp-python from its sdist and takes the converter from the same
+sdist, and sets RESP_REQUIRE_LLAMA_CPP=1, so there a missing llama.cpp is an error, not a skip).
+Logits are compared in float32 (f32 GGUF, f32 KV cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_CONVERTER = os.environ.get("RESP_LLAMA_CPP_CONVERTER")
+if importlib.util.find_spec("llama_cpp") is None or not _CONVERTER or not Path(_CONVERTER).is_file():
+    if os.environ.get("RESP_REQUIRE_LLAMA_CPP"):
+        raise RuntimeError(
+            "RESP_REQUIRE_LLAMA_CPP is set but llama-cpp-python is not installed or RESP_LLAMA_CPP_CONVERTER "
+            f"({_CONVERTER!r}) is not llama.cpp's convert_hf_to_gguf.py."
+        )
+    pytest.skip(
+        "llama.cpp tests need llama-cpp-python and RESP_LLAMA_CPP_CONVERTER (see .ci/run)",
+        allow_module_level=True,
+    )
+
+import llama_cpp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from helpers_tokenizer import build_tiny_model  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from optimum_resp import RESPConfig, RESPPruner  # noqa: E402
+from optimum_resp.architectures import layer_sizes  # noqa: E402
+from optimum_resp.surgery import LayerKeep, PruningPlan, prune_model  # noqa: E402
+from optimum_resp.testbed import testbed_model_path  # noqa: E402
+from optimum_resp.testing_utils import random_plan  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]]
+# A real Qwen2 has num_attention_heads * head_dim == hidden_size (llama.cpp's Qwen2 relies on it); the
+# tiny test config does not, on purpose, so the Qwen2 models here are given hidden_size = 8 x 16.
+SHAPES = {"qwen3": {}, "qwen2": {"hidden_size": 128}, "llama": {}}
+
+
+def reasoner_tokenizer():
+    """The shipped reasoner's BPE tokenizer: llama.cpp needs merges, which the tests' byte-level tokenizer lacks."""
+    return AutoTokenizer.from_pretrained(testbed_model_path())
+
+
+def convert(folder: Path) -> Path:
+    """llama.cpp's converter on `folder` (f32); returns the GGUF, or raises with the converter's message."""
+    out = folder / "model-f32.gguf"
+    helper = Path(__file__).with_name("llama_cpp_convert.py")
+    cmd = [sys.executable, str(helper), _CONVERTER, str(folder), "--outfile", str(out), "--outtype", "f32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return out
+
+
+def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
+    """llama.cpp's logits at every position of `ids` (f32 KV cache, so only float rounding differs)."""
+    llm = llama_cpp.Llama(
+        str(gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0, seed=0
+    )
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def save(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def assert_runs_as_in_transformers(model, tokenizer, folder: Path) -> None:
+    ids = torch.randint(3, len(tokenizer) - 8, (24,), generator=torch.Generator().manual_seed(0)).tolist()
+    ours, theirs = hf_logits(model, ids), llama_logits(convert(save(model, tokenizer, folder)), ids)
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+    assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+
+
+def keep_query_heads_plan(config, seed: int = 0) -> PruningPlan:
+    """A uniform plan that keeps every query head and KV group and removes a third of every MLP."""
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for sizes in layer_sizes(config):
+        channels = torch.randperm(sizes.intermediate_size, generator=g)[: 2 * sizes.intermediate_size // 3]
+        layers.append(
+            LayerKeep(
+                tuple(range(sizes.num_attention_heads)),
+                tuple(range(sizes.num_key_value_heads)),
+                tuple(sorted(channels.tolist())),
+            )
+        )
+    return PruningPlan(tuple(layers))
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+def test_uniform_exports_that_lost_heads_groups_and_channels_load_and_match(tmp_path, model_type):
+    tokenizer = reasoner_tokenizer()
+    dense = build_tiny_model(tokenizer, model_type, **SHAPES[model_type])
+    plan = random_plan(dense.config, 0.4, per_layer=False, seed=1)
+    pruned = prune_model(dense, plan, export="uniform").eval()
+    sizes, dense_sizes = layer_sizes(pruned.config)[0], layer_sizes(dense.config)[0]
+    assert sizes.num_attention_heads < dense_sizes.num_attention_heads  # query heads and KV groups went
+    assert sizes.num_key_value_heads < dense_sizes.num_key_value_heads
+    assert sizes.intermediate_size < dense_sizes.intermediate_size
+    assert type(pruned).__name__ == type(dense).__name__  # a stock checkpoint
+    assert_runs_as_in_transformers(pruned, tokenizer, tmp_path / "pruned")
+
+
+def test_qwen2_uniform_export_that_keeps_its_query_heads_loads_and_matches(tmp_path):
+    tokenizer = reasoner_tokenizer()
+    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    assert_runs_as_in_transformers(dense, tokenizer, tmp_path / "dense")
+    pruned = prune_model(dense, keep_query_heads_plan(dense.config), export="uniform").eval()
+    assert_runs_as_in_transformers(pruned, tokenizer, tmp_path / "pruned")
+
+
+def test_qwen2_uniform_export_that_lost_query_heads_does_not_load_and_says_so(tmp_path, caplog):
+    """What the model card and the export warning promise, checked against llama.cpp itself."""
+    tokenizer = reasoner_tokenizer()
+    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    config = RESPConfig(
+        target_sparsity=0.4,
+        structures=["kv_heads"],  # only KV groups (with their query heads) can go: query heads are lost
+        num_stages=1,
+        regeneration_milestones=[],
+        num_calibration_prompts=6,
+        generation={"max_new_tokens": 8, "batch_size": 6},
+        batch_size=2,
+        export="uniform",
+        allocation="uniform",
+        protected_layers=[],
+        allow_unfinished_traces=True,
+    )
+    with caplog.at_level(logging.WARNING, logger="optimum_resp"):
+        pruner = RESPPruner(dense, tokenizer, config, generator="hf")
+        result = pruner.prune(PROMPTS)
+    assert result.report.query_heads_lost
+    warned = [r.getMessage() for r in caplog.records if "will not load in" in r.getMessage()]
+    assert any("llama.cpp" in m for m in warned) and any("vllm" in m for m in warned), warned
+    support = {s.runtime: s.loads for s in result.report.runtime_support()}
+    assert support == {"transformers": True, "lm-evaluation-harness": True, "vllm": False, "llama.cpp": False}
+
+    folder = pruner.save_pretrained(tmp_path / "pruned")
+    card = (folder / "README.md").read_text()
+    assert "| llama.cpp | no |" in card and "| transformers | yes |" in card
+    gguf = convert(folder)  # the converter writes it; llama.cpp's Qwen2 loader refuses the q_proj shape
+    with pytest.raises(ValueError, match="Failed to load model"):
+        llama_logits(gguf, [5, 6, 7])
+
+
+def test_runtime_compatible_qwen2_prune_keeps_query_heads_and_loads(tmp_path, caplog):
+    """runtimes=['llama.cpp']: the prune keeps what llama.cpp's Qwen2 loader fixes, and the export loads."""
+    tokenizer = reasoner_tokenizer()
+    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    config = RESPConfig(
+        target_sparsity=0.3,
+        num_stages=2,
+        regeneration_milestones=[],
+        num_calibration_prompts=6,
+        generation={"max_new_tokens": 8, "batch_size": 6},
+        batch_size=2,
+        export="uniform",
+        allocation="uniform",
+        protected_layers=[],
+        runtimes=["llama.cpp"],
+        allow_unfinished_traces=True,
+    )
+    with caplog.at_level(logging.INFO, logger="optimum_resp"):
+        pruner = RESPPruner(dense, tokenizer, config, generator="hf")
+        result = pruner.prune(PROMPTS)
+    assert pruner.config.structures == ["channels"]
+    assert any("channels only" in r.getMessage() for r in caplog.records)
+    assert not any("will not load" in r.getMessage() for r in caplog.records)
+    assert result.report.sparsity >= 0.3 and not result.report.query_heads_lost
+    assert all(s.loads for s in result.report.runtime_support())
+    folder = pruner.save_pretrained(tmp_path / "pruned")
+    assert "| llama.cpp | yes |" in (folder / "README.md").read_text()
+    ids = list(range(10, 30))
+    np.testing.assert_allclose(
+        llama_logits(convert(folder), ids), hf_logits(result.model, ids), atol=1e-4, rtol=0
+    )
+
+
+def test_per_layer_exports_are_not_for_llama_cpp(tmp_path):
+    """llama.cpp's converter knows stock architectures only: a per_layer export is refused there, as the card says."""
+    tokenizer = reasoner_tokenizer()
+    dense = build_tiny_model(tokenizer, "qwen3")
+    pruned = prune_model(dense, random_plan(dense.config, 0.4, per_layer=True, seed=2), export="per_layer")
+    with pytest.raises(RuntimeError, match="RESPQwen3ForCausalLM"):
+        convert(save(pruned, tokenizer, tmp_path / "per_layer"))
+
+
+def test_llama_cpp_benchmark_measures_dense_and_pruned_side_by_side(tmp_path, monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(repo / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_llama_cpp", repo / "benchmarks" / "bench_llama_cpp.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(
+        module, "write_results", lambda section, text: results.write_text(f"{section}\n{text}")
+    )
+    args = ["--shape", "tiny", "--sparsities", "0.4", "--decode-tokens", "4", "--prompt-tokens", "8"]
+    module.main([*args, "--repeats", "1", "--threads", "1", "--outtype", "f32"])
+    text = results.read_text()
+    assert text.startswith("llama-cpp-f32\n") and "uniform export, f32 GGUF" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 4"))  # the 40% row
+    ideal, size = float(row.split("|")[2].strip().rstrip("x")), float(row.split("|")[-2])
+    assert ideal > 1.3 and 0.3 < size < 1.0  # a smaller file, measured from the converted GGUFs
