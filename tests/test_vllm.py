@@ -157,6 +157,27 @@ def test_vllm_generator_matches_hf_generator_on_a_per_layer_model(reasoner, held
     assert vl.stats.generated_tokens == hf.stats.generated_tokens
 
 
+def test_cpu_engines_run_eager_unless_told(reasoner, held_out, monkeypatch):
+    """Every stage's shapes are new to vLLM, so a compiled CPU engine compiles each round (77 s on the 0.6B
+    shape for 6.6 s of generation): eager by default on CPU, and the user's engine_kwargs still win."""
+    import vllm
+
+    model, tokenizer = reasoner
+    seen, real = [], vllm.LLM
+
+    def recording_llm(**kwargs):
+        seen.append(kwargs["enforce_eager"])
+        if not kwargs["enforce_eager"]:
+            raise RuntimeError("stop before compiling")
+        return real(**kwargs)
+
+    monkeypatch.setattr(vllm, "LLM", recording_llm)
+    assert len(VLLMGenerator().generate(model, tokenizer, held_out[:2], GREEDY)) == 2
+    with pytest.raises(RuntimeError, match="stop before compiling"):
+        VLLMGenerator(enforce_eager=False).generate(model, tokenizer, held_out[:2], GREEDY)
+    assert seen == [True, False]
+
+
 def _uneven_model(model_type: str, flap_biases: bool, **overrides):
     """A tiny random model pruned per_layer with uneven sizes; every layer loses KV groups, some lose more."""
     torch.manual_seed(0)
