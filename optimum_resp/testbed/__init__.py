@@ -1,10 +1,16 @@
-"""Testbed: synthetic multi-step arithmetic problems and a small shipped Qwen3 reasoner trained on them."""
+"""Testbed: synthetic multi-step arithmetic problems and a small shipped Qwen3 reasoner trained on them.
+
+`problems` is the generator the shipped reasoner was trained on (one wording family); `compositional` is
+generator v2 (many frames per operation, distractors, a held-out family of frames and names), the data
+the next reasoner trains on.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
+from .compositional import SPLITS_V2, generate_split_v2, make_problem_v2, write_testbed_v2
 from .problems import (
     REASONING_SUFFIX,
     SPLIT_STEPS,
@@ -44,14 +50,18 @@ __all__ = [
     "REASONING_SUFFIX",
     "SPLITS",
     "SPLIT_STEPS",
+    "SPLITS_V2",
     "TASKS",
     "Problem",
     "Step",
     "generate_problems",
     "generate_split",
+    "generate_split_v2",
     "generate_splits",
     "make_problem",
+    "make_problem_v2",
     "testbed_data_path",
     "testbed_model_path",
     "write_testbed",
+    "write_testbed_v2",
 ]

@@ -1,0 +1,139 @@
+"""Problem generator v2 (compositional wording): frames, splits, arithmetic, held-out families, refusals."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from optimum_resp.evaluation.extraction import extract_gsm8k_gold
+from optimum_resp.testbed import compositional
+from optimum_resp.testbed.compositional import (
+    FRAMES,
+    NAMES,
+    NUMBER_WORDS,
+    PART,
+    SPLITS_V2,
+    TIMES,
+    generate_split_v2,
+    make_problem_v2,
+    write_testbed_v2,
+)
+
+OPERATIONS = ("start", "rate", "add", "sub", "mul", "div")
+
+
+def test_every_operation_has_at_least_eight_frames_per_family_and_the_families_share_none():
+    for family in FRAMES.values():
+        for op in OPERATIONS:
+            assert len(set(family[op])) >= 8, op
+        assert (
+            len(set(family["more"] + family["add"])) >= 8 and len(set(family["times"] + family["mul"])) >= 8
+        )
+        assert len(set(family["question"])) >= 5
+    a = {t for frames in FRAMES["A"].values() for t in frames}
+    b = {t for frames in FRAMES["B"].values() for t in frames}
+    assert not a & b
+    assert not set(NAMES["A"]) & set(NAMES["B"])
+
+
+def _mentions(question: str, value: int, op: str) -> bool:
+    words = [str(value)] + ([NUMBER_WORDS[value]] if value < len(NUMBER_WORDS) else [])
+    words += [TIMES[value]] if op == "mul" and value in TIMES else []
+    words += [PART[value]] if op == "div" and value in PART else []
+    return any(re.search(rf"\b{w}\b", question, re.IGNORECASE) for w in words)
+
+
+@pytest.mark.parametrize("family", ["A", "B"])
+@pytest.mark.parametrize("num_steps", [1, 2, 4, 8])
+def test_problems_compute_what_they_say(family, num_steps):
+    rng = random.Random(num_steps)
+    for _ in range(50):
+        p = make_problem_v2(rng, num_steps, family)
+        assert p.num_steps == num_steps == len(p.steps)
+        for step in p.steps:
+            expected = {"add": step.a + step.b, "sub": step.a - step.b, "mul": step.a * step.b}.get(step.op)
+            if step.op == "div":
+                assert step.a % step.b == 0
+                expected = step.a // step.b
+            assert step.result == expected and 0 <= step.result <= compositional.MAX_VALUE
+            assert _mentions(p.question, step.b, step.op) or step.b in {s.result for s in p.steps}, (
+                p.question,
+                step,
+            )
+        assert p.answer == p.steps[-1].result
+        assert extract_gsm8k_gold(p.gold) == str(p.answer)
+        assert p.solution.endswith(f"\\boxed{{{p.answer}}}.")
+        people = {n for n in NAMES[family] if re.search(rf"\b{n}\b", p.question)}
+        assert people and people <= set(NAMES[family])
+        # The trace quotes the question's sentences (all but the question itself), each once.
+        quoted = [re.sub(r"( \d+ [-+*/] \d+ = \d+\.)+$", "", line[2:]) for line in p.think.splitlines()[:-1]]
+        assert sorted(quoted) == sorted(re.split(r"(?<=\.) ", p.question)[:-1])
+
+
+def test_wording_varies_numbers_as_words_distractors_and_facts_out_of_order():
+    problems = generate_split_v2("train", 400, seed=0)
+    questions = [p.question for p in problems]
+    assert any(
+        re.search(r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b", q) for q in questions
+    )
+    thinks = [p.think for p in problems]
+    distracted = [
+        t
+        for t in thinks
+        if any(line.startswith("> ") and not re.search(r"= \d+\.$", line) for line in t.splitlines()[1:])
+    ]
+    assert 0.2 < len(distracted) / len(thinks) < 0.9
+    # A comparison stated before the fact it compares with: the trace quotes the fact first.
+    out_of_order = [p for p in problems if p.think.splitlines()[0][2:] not in p.question.split(". ")[0] + "."]
+    assert out_of_order
+    # One to three people carry the arithmetic (distractors may name others): the opening fact's holder and
+    # whoever holds the value after each step.
+    counts = set()
+    for p in problems:
+        holders = {line.split(" has ")[0] for line in p.gold.splitlines()[:-1]}
+        holders |= {n for n in NAMES["A"] if re.search(rf"\b{n}\b", p.think.splitlines()[0])}
+        counts.add(len(holders))
+    assert counts == {1, 2, 3}
+
+
+def test_splits_are_reproducible_disjoint_and_drawn_from_their_family(tmp_path):
+    assert generate_split_v2("test", 30, seed=3) == generate_split_v2("test", 30, seed=3)
+    assert generate_split_v2("test", 30, seed=3) != generate_split_v2("test", 30, seed=4)
+    paths = write_testbed_v2(tmp_path, {"train": 300, "test": 60, "held_out_frames": 60, "hard": 30}, seed=0)
+    rows = {k: [json.loads(line) for line in v.read_text().splitlines()] for k, v in paths.items()}
+    questions = {split: {r["question"] for r in rows[f"gsm8k_{split}"]} for split in SPLITS_V2}
+    assert not questions["train"] & (questions["test"] | questions["held_out_frames"] | questions["hard"])
+    for q in questions["held_out_frames"]:  # family B: no training name
+        assert not any(re.search(rf"\b{n}\b", q) for n in NAMES["A"]), q
+    hard = generate_split_v2("hard", 20, seed=0)
+    assert all(6 <= p.num_steps <= 8 for p in hard)
+    assert [r["Problem"] for r in rows["mathqa_test"]] == [r["question"] for r in rows["gsm8k_test"]]
+    for r in rows["mathqa_test"]:
+        assert r["correct"] in "abcde" and r["options"].count(" , ") == 4
+
+
+def test_impossible_settings_are_refused():
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
+        make_problem_v2(random.Random(0), 0)
+    with pytest.raises(ValueError, match="family must be one of"):
+        make_problem_v2(random.Random(0), 2, "C")
+    with pytest.raises(ValueError, match=r"steps must be two integers 1 <= low <= high"):
+        generate_split_v2("train", 5, steps=(0, 3))
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        generate_split_v2("dev", 5)
+    with pytest.raises(ValueError, match=r"unknown splits \['dev'\]"):
+        write_testbed_v2("unused", {"dev": 5})
+
+
+def test_a_request_larger_than_the_problems_it_can_make_is_refused(monkeypatch):
+    one = make_problem_v2(random.Random(0), 2)
+    monkeypatch.setattr(
+        compositional, "make_problem_v2", lambda rng, n, family: one
+    )  # a space of one problem
+    with pytest.raises(
+        ValueError, match=r"asked for 3 distinct test problems with 2-5 steps, but only 1 could be made"
+    ):
+        generate_split_v2("test", 3)
