@@ -10,6 +10,12 @@ On a CUDA GPU the script trains there (bf16 autocast, fp32 weights); without one
 tokens/s; earlier runs on a 2-core CPU moved 1.2k-2.9k, and 44 minutes from scratch there reached only 14.6%
 held-out accuracy: on a CPU, train longer or chain runs with ``--init-from``.
 
+``--data v2`` (the default) trains on the compositional generator v2 (`optimum_resp.testbed.compositional`: many
+sentence frames per operation, distractors; family A only) and evaluates on its ``test`` and ``held_out_frames``
+splits; ``--data v1`` is the generator the shipped checkpoint was trained on (its command above predates the flag).
+An output folder that already holds a model is refused unless ``--overwrite`` is given (or it is the
+``--init-from`` checkpoint being continued).
+
 Quick smoke run (used by the tests)::
 
     python examples/train_tiny_reasoner.py --output-dir /tmp/tr_smoke --size tiny --max-steps 3 --num-train 64 --eval-n 4
@@ -42,6 +48,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from optimum_resp.testbed.compositional import generate_splits_v2
 from optimum_resp.testbed.problems import MAX_VALUE, Problem, generate_splits
 from optimum_resp.testbed.tokenizer import IM_END, build_testbed_tokenizer
 
@@ -82,13 +89,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output-dir", required=True, help="where the final checkpoint is written")
+    p.add_argument(
+        "--data",
+        choices=("v1", "v2"),
+        default="v2",
+        help="problem generator: v2 = compositional wording (default), v1 = the shipped checkpoint's generator",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a model already in --output-dir instead of refusing"
+    )
     p.add_argument("--size", choices=sorted(SIZES), default="base")
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--intermediate-size", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--max-value", type=int, default=MAX_VALUE, help="cap on intermediate values in the problems"
+        "--max-value",
+        type=int,
+        default=MAX_VALUE,
+        help="cap on intermediate values in the problems (v1 only)",
     )
     p.add_argument(
         "--init-from",
@@ -127,7 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fraction of multiple-choice examples in the harness's MathQA prompt format",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval-n", type=int, default=500, help="held-out test problems for the final greedy eval")
+    p.add_argument(
+        "--eval-n",
+        type=int,
+        default=500,
+        help="problems per evaluation split (v1: test; v2: test and held_out_frames) for the final greedy eval",
+    )
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=320)
     p.add_argument(
@@ -305,9 +329,46 @@ def previous_runs(init_from: str | None) -> list[dict]:
     return info.pop("previous_runs", []) + [info]
 
 
+def check_output_dir(out_dir: Path, init_from: str | None, overwrite: bool) -> None:
+    """Refuse an output folder that holds a model other than the one being continued, before any work."""
+    held = [
+        name
+        for name in ("config.json", "model.safetensors", "training_info.json")
+        if (out_dir / name).exists()
+    ]
+    continuing = init_from is not None and Path(init_from).resolve() == out_dir.resolve()
+    if held and not (overwrite or continuing):
+        raise SystemExit(
+            f"error: {out_dir} already holds a model ({', '.join(held)}); training would overwrite it. Choose another "
+            "--output-dir, continue that model with --init-from pointing at it, or pass --overwrite."
+        )
+
+
+def make_splits(args: argparse.Namespace) -> dict[str, list[Problem]]:
+    """Training problems (after ``--train-offset``) and the evaluation splits of the chosen generator."""
+    n_eval = max(args.eval_n, 1)
+    if args.data == "v1":
+        splits = generate_splits(
+            {"train": args.train_offset + args.num_train, "test": n_eval},
+            seed=args.seed,
+            max_value=args.max_value,
+        )
+    else:
+        splits = generate_splits_v2(
+            {"train": args.train_offset + args.num_train, "test": n_eval, "held_out_frames": n_eval},
+            seed=args.seed,
+        )
+    splits["train"] = splits["train"][args.train_offset :]
+    return splits
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Build data, tokenizer and model, train, evaluate and save; return the training info dict."""
     args = parse_args(argv)
+    out_dir = Path(args.output_dir)
+    check_output_dir(out_dir, args.init_from, args.overwrite)
+    if args.data == "v2" and args.max_value != MAX_VALUE:
+        raise SystemExit(f"error: --max-value applies to --data v1 only (v2 caps values at {MAX_VALUE}).")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = "python " + " ".join(
         shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
@@ -317,20 +378,16 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     if args.init_from:
         tokenizer = AutoTokenizer.from_pretrained(args.init_from)
     else:
-        tokenizer = build_testbed_tokenizer(num_problems=args.tokenizer_problems, seed=args.seed)
-    splits = generate_splits(
-        {"train": args.train_offset + args.num_train, "test": max(args.eval_n, 1)},
-        seed=args.seed,
-        max_value=args.max_value,
-    )
-    splits["train"] = splits["train"][args.train_offset :]
+        tokenizer = build_testbed_tokenizer(
+            num_problems=args.tokenizer_problems, seed=args.seed, generator=args.data
+        )
+    splits = make_splits(args)
     train_ds = build_examples(tokenizer, splits["train"], args.seed, args.plain_frac, args.mathqa_frac)
     logger.info(
         "train examples: %d, mean length %.1f tokens, data+tokenizer in %.1fs",
@@ -436,17 +493,19 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer.save_pretrained(out_dir)
 
     t_eval = time.time()
-    metrics = (
-        greedy_accuracy(
-            model, tokenizer, splits["test"][: args.eval_n], args.eval_batch_size, args.max_new_tokens
+    evals = {
+        split: greedy_accuracy(
+            model, tokenizer, problems[: args.eval_n], args.eval_batch_size, args.max_new_tokens
         )
-        if args.eval_n > 0
-        else {}
-    )
-    logger.info("held-out greedy eval: %s (%.1fs)", metrics, time.time() - t_eval)
+        for split, problems in splits.items()
+        if split != "train" and args.eval_n > 0
+    }
+    metrics = evals.get("test", {})
+    logger.info("held-out greedy eval: %s (%.1fs)", evals, time.time() - t_eval)
     info = {
         "command": command,
         "seed": args.seed,
+        "data": args.data,
         "size": args.size,
         "architecture": arch,
         "num_parameters": n_params,
@@ -466,10 +525,11 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "heldout_greedy_eval": metrics,
+        "greedy_eval": evals,
         "previous_runs": previous_runs(args.init_from),
     }
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(json.dumps({"steps": steps, "train_min": round(train_s / 60, 2), "eval": metrics}))
+    print(json.dumps({"steps": steps, "train_min": round(train_s / 60, 2), "eval": evals}))
     return info
 
 

@@ -288,12 +288,41 @@ def test_training_script_quick_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "training_info.json").read_text())
     assert info["steps"] == 3 and info["heldout_greedy_eval"]["n"] == 2
+    # the default data is generator v2, evaluated on its same-family test split and on the held-out frames
+    assert info["data"] == "v2" and set(info["greedy_eval"]) == {"test", "held_out_frames"}
+    assert all(e["n"] == 2 for e in info["greedy_eval"].values())
     assert info["device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     enc = tok("<|im_start|>user\nhi<|im_end|>\n", return_tensors="pt", add_special_tokens=False)
     assert model(**enc).logits.shape[-1] == len(tok)
+
+    # the folder now holds a model: a second run into it is refused before any work, and the model is kept
+    before = (out / "model.safetensors").read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode != 0
+    assert "already holds a model" in again.stderr and "--overwrite" in again.stderr, again.stderr[-2000:]
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_training_script_refusals(tmp_path):
+    """Refusals that need no training: --max-value with v2 data, and a folder holding another model."""
+    spec = importlib.util.spec_from_file_location(
+        "train_tiny_reasoner", REPO / "examples" / "train_tiny_reasoner.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit, match="--max-value applies to --data v1 only"):
+        script.main(["--output-dir", str(tmp_path / "a"), "--max-value", "500"])
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds a model"):
+        script.check_output_dir(held, None, overwrite=False)
+    script.check_output_dir(held, None, overwrite=True)  # told to overwrite
+    script.check_output_dir(held, str(held), overwrite=False)  # continuing that very model
+    script.check_output_dir(tmp_path / "empty", None, overwrite=False)
 
 
 def test_training_record_chains_the_runs_a_checkpoint_continues(tmp_path):

@@ -18,9 +18,11 @@ from optimum_resp.testbed.compositional import (
     SPLITS_V2,
     TIMES,
     generate_split_v2,
+    generate_splits_v2,
     make_problem_v2,
     write_testbed_v2,
 )
+from optimum_resp.testbed.tokenizer import build_testbed_tokenizer
 
 OPERATIONS = ("start", "rate", "add", "sub", "mul", "div")
 
@@ -137,3 +139,25 @@ def test_a_request_larger_than_the_problems_it_can_make_is_refused(monkeypatch):
         ValueError, match=r"asked for 3 distinct test problems with 2-5 steps, but only 1 could be made"
     ):
         generate_split_v2("test", 3)
+
+
+def test_generate_splits_v2_keeps_train_off_every_evaluation_question():
+    splits = generate_splits_v2({"train": 200, "test": 40, "hard": 10}, seed=1)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 200, "test": 40, "hard": 10}
+    train = {p.question for p in splits["train"]}
+    assert not train & {p.question for p in splits["test"] + splits["hard"]}
+    # the evaluation splits do not depend on how much training data is asked for
+    assert generate_splits_v2({"train": 5, "test": 40}, seed=1)["test"] == splits["test"]
+    with pytest.raises(ValueError, match=r"unknown splits \['dev'\]"):
+        generate_splits_v2({"dev": 5})
+
+
+def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out_text():
+    tok = build_testbed_tokenizer(num_problems=300, seed=0, generator="v2")
+    held_out = generate_split_v2("held_out_frames", 20, seed=0)
+    for p in held_out:  # family B words are spelled with trained pieces: nothing is lost or unknown
+        for text in (p.question, p.solution):
+            assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
+    with pytest.raises(ValueError, match="generator must be 'v1' or 'v2'"):
+        build_testbed_tokenizer(num_problems=10, generator="v3")

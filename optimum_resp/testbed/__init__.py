@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from .compositional import SPLITS_V2, generate_split_v2, make_problem_v2, write_testbed_v2
+from .compositional import SPLITS_V2, generate_split_v2, generate_splits_v2, make_problem_v2, write_testbed_v2
 from .problems import (
     REASONING_SUFFIX,
     SPLIT_STEPS,
@@ -57,6 +57,7 @@ __all__ = [
     "generate_problems",
     "generate_split",
     "generate_split_v2",
+    "generate_splits_v2",
     "generate_splits",
     "make_problem",
     "make_problem_v2",

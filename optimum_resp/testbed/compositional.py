@@ -24,7 +24,15 @@ from .problems import CONTAINERS, ITEMS, OP_SYMBOL, Problem, Step, _mathqa_optio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FRAMES", "SPLITS_V2", "SplitSpec", "generate_split_v2", "make_problem_v2", "write_testbed_v2"]
+__all__ = [
+    "FRAMES",
+    "SPLITS_V2",
+    "SplitSpec",
+    "generate_split_v2",
+    "generate_splits_v2",
+    "make_problem_v2",
+    "write_testbed_v2",
+]
 
 MAX_VALUE = 200
 """Cap on every intermediate value; answers stay below 10000."""
@@ -468,19 +476,26 @@ def generate_split_v2(
     return out
 
 
-def write_testbed_v2(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
-    """Write `gsm8k_<split>.jsonl` and `mathqa_<split>.jsonl` for every split in `sizes`; evaluation splits first,
-    so `train` excludes every evaluation question."""
+def generate_splits_v2(sizes: dict[str, int], seed: int = 0) -> dict[str, list[Problem]]:
+    """Several splits at once; evaluation splits are made first and `train` excludes every one of their questions."""
     unknown = set(sizes) - set(SPLITS_V2)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; expected some of {list(SPLITS_V2)}.")
+    held: set[str] = set()
+    out: dict[str, list[Problem]] = {}
+    for split in sorted(sizes, key=lambda s: s == "train"):
+        out[split] = generate_split_v2(split, sizes[split], seed=seed, exclude=held)
+        held |= {p.question for p in out[split]}
+    return out
+
+
+def write_testbed_v2(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
+    """Write `gsm8k_<split>.jsonl` and `mathqa_<split>.jsonl` for every split in `sizes` (see `generate_splits_v2`)."""
+    splits = generate_splits_v2(sizes, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    held: set[str] = set()
     paths: dict[str, Path] = {}
-    for split in sorted(sizes, key=lambda s: s == "train"):
-        problems = generate_split_v2(split, sizes[split], seed=seed, exclude=held)
-        held |= {p.question for p in problems}
+    for split, problems in splits.items():
         for task, rows in (
             ("gsm8k", [p.to_gsm8k() for p in problems]),
             ("mathqa", [p.to_mathqa() for p in problems]),
