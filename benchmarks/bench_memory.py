@@ -1,13 +1,18 @@
-"""Peak memory of importance collection: RESP's per-structure hooks vs a backward that keeps all gradients.
+"""Peak memory of importance collection: RESP's per-structure hooks against a plain forward+backward, against a
+backward that keeps all gradients, and against the estimate a prune checks before any work.
 
 Each measurement runs in its own subprocess on the same random-weight model and the same calibration
 examples, and reports the process's peak resident memory above what it held right after loading the
 model (CPU), or the CUDA allocator's peak above the model's own bytes (GPU):
+- `plain`: one forward+backward per batch with the prunable linears requiring grad and each gradient
+  dropped the moment it is ready: what any backward costs, the floor for a gradient criterion;
 - `hooks`: `TaylorScorer` (the Trainer run RESP uses): |W * g| accumulated per structure in
-  post-accumulate-grad hooks, each gradient freed at once ("batch") or a float32 sum per prunable
-  weight ("all", the reference's estimator);
+  post-accumulate-grad hooks, each gradient freed at once ("batch"), the same with gradient checkpointing
+  ("batch-ckpt"), or a float32 sum per prunable weight ("all", the reference's estimator);
 - `full`: every parameter requires grad and every gradient is kept and accumulated over the
   examples, as LLM-Pruner-style Taylor collection does.
+The estimate column is `optimum_resp.memory.estimate_scoring_memory` for the same batch (what `prune` refuses
+on before generating anything).
 
     python benchmarks/bench_memory.py                        # Qwen3-0.6B shape, CPU
     python benchmarks/bench_memory.py --shape qwen3-8b --device cuda
@@ -35,6 +40,8 @@ def worker(args) -> None:
     import torch
 
     from optimum_resp.importance import TaylorScorer
+    from optimum_resp.importance.base import prunable_linears
+    from optimum_resp.memory import estimate_scoring_memory
 
     torch.set_num_threads(args.threads)
     device = args.device
@@ -47,6 +54,12 @@ def worker(args) -> None:
         ids = torch.randint(0, vocab, (args.tokens,), generator=gen).tolist()
         prompt = args.tokens // 4
         examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    checkpointing = args.mode.endswith("-ckpt")
+    estimate = None
+    if args.mode.startswith(
+        "hooks-batch"
+    ):  # probed before the baseline is read: its own memory is not counted
+        estimate = estimate_scoring_memory(model, args.batch_size, args.tokens, checkpointing).peak_bytes
     proc = psutil.Process()
     base = proc.memory_info().rss
     if device == "cuda":
@@ -55,15 +68,32 @@ def worker(args) -> None:
         base_cuda = torch.cuda.memory_allocated()
     start = time.perf_counter()
     if args.mode.startswith("hooks"):
-        TaylorScorer(abs_after=args.mode.split("-")[1], batch_size=1, progress=False).score(model, examples)
-    else:  # every gradient kept, accumulated over the examples
+        TaylorScorer(
+            abs_after=args.mode.split("-")[1],
+            batch_size=args.batch_size,
+            progress=False,
+            gradient_checkpointing=checkpointing,
+        ).score(model, examples)
+    elif args.mode == "plain":  # the same backward, every gradient dropped as soon as it is ready
+        prunable = {id(p) for lin in prunable_linears(model) for _, p in lin.params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in prunable)
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(lambda t: setattr(t, "grad", None))
+        for i in range(0, len(examples), args.batch_size):
+            batch = examples[i : i + args.batch_size]
+            ids = torch.tensor([e["input_ids"] for e in batch], device=device)
+            labels = torch.tensor([e["labels"] for e in batch], device=device)
+            model(input_ids=ids, labels=labels, use_cache=False).loss.backward()
+    else:  # every gradient kept, accumulated over the batches
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        for e in examples:
-            ids = torch.tensor([e["input_ids"]], device=device)
-            labels = torch.tensor([e["labels"]], device=device)
-            model(input_ids=ids, labels=labels).loss.backward()
+        for i in range(0, len(examples), args.batch_size):
+            batch = examples[i : i + args.batch_size]
+            ids = torch.tensor([e["input_ids"] for e in batch], device=device)
+            labels = torch.tensor([e["labels"] for e in batch], device=device)
+            model(input_ids=ids, labels=labels, use_cache=False).loss.backward()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() - base_cuda if device == "cuda" else None
     print(
@@ -75,6 +105,7 @@ def worker(args) -> None:
                 "base_rss": base,
                 "cuda_peak_above_model": peak,
                 "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+                "estimate": estimate,
             }
         )
     )
@@ -90,6 +121,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--examples", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -97,7 +129,7 @@ def main() -> None:
         worker(args)
         return
     rows = []
-    for mode in ("hooks-batch", "hooks-all", "full"):
+    for mode in ("plain", "hooks-batch", "hooks-batch-ckpt", "hooks-all", "full"):
         cmd = [
             sys.executable,
             __file__,
@@ -112,6 +144,8 @@ def main() -> None:
             str(args.examples),
             "--tokens",
             str(args.tokens),
+            "--batch-size",
+            str(args.batch_size),
             "--threads",
             str(args.threads),
         ]
@@ -131,28 +165,36 @@ def main() -> None:
         )
     mib = 2**20
     full = next(r for r in rows if r["mode"] == "full")
+    plain = next(r for r in rows if r["mode"] == "plain")
     lines = [
         f"## Importance-collection memory: random-weight {args.shape} shape, {args.device}",
         "",
         f"Command: `python benchmarks/bench_memory.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"{args.examples} calibration examples of {args.tokens} tokens (decode-only labels on the last 3/4), batch 1. "
+        f"{args.examples} calibration examples of {args.tokens} tokens (decode-only labels on the last 3/4), "
+        f"batch {args.batch_size}. "
         f"Peak memory above what the process held right after loading the model "
         f"({'CUDA allocator peak' if args.device == 'cuda' else 'max RSS'}); the model's parameters take "
-        f"{full['param_bytes'] / mib:,.0f} MiB. Each row is its own subprocess.",
+        f"{full['param_bytes'] / mib:,.0f} MiB. Each row is its own subprocess. Estimate: what a prune checks "
+        "against free memory before any work (`optimum_resp.memory.estimate_scoring_memory`).",
         "",
-        "| collection | peak above the loaded model (MiB) | vs keeping all gradients | seconds |",
-        "|---|---:|---:|---:|",
+        "| collection | peak above the loaded model (MiB) | vs a plain forward+backward | vs keeping all gradients "
+        "| estimate (MiB) | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     names = {
+        "plain": "forward+backward, each gradient dropped when ready (the floor)",
         "hooks-batch": "RESP hooks, abs(W*g) per backward (default)",
+        "hooks-batch-ckpt": "RESP hooks, with gradient checkpointing",
         "hooks-all": "RESP hooks, float32 gradient sum per prunable weight (reference estimator)",
         "full": "forward+backward keeping every gradient",
     }
     for r in rows:
+        estimate = "-" if r.get("estimate") is None else f"{r['estimate'] / mib:,.0f}"
         lines.append(
             f"| {names[r['mode']]} | {r['peak_above_load'] / mib:,.0f} | "
-            f"{r['peak_above_load'] / full['peak_above_load']:.2f}x | {r['seconds']:.1f} |"
+            f"{r['peak_above_load'] / plain['peak_above_load']:.2f}x | "
+            f"{r['peak_above_load'] / full['peak_above_load']:.2f}x | {estimate} | {r['seconds']:.1f} |"
         )
     text = "\n".join(lines)
     print(text)

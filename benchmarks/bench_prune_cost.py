@@ -4,7 +4,9 @@ real shape, for each trace generator available.
 A random-weight model never ends its answers, so every trace runs to `--new-tokens`: the worst case for
 generation and for the scoring passes. The pruner's own phase records (`StageRecord.phases`: dense
 generation, regeneration, scoring, allocation, surgery, checkpoint) give the table; the final export
-(`save_pretrained`) is timed here. From the measured scoring passes it derives the cost of one pass per
+(`save_pretrained`) is timed here. The model is saved and loaded with `RESPPruner.from_pretrained`, as the CLI
+does, so the pruner owns it and frees the dense weights after stage 1; the scoring peak is set beside the
+estimate the prune checked before any work. From the measured scoring passes it derives the cost of one pass per
 1k trace tokens and per billion parameters, and from that the cost of the reference schedule (112 full
 passes over the same traces, 5 regenerations) beside ours. Writes the `prune-cost-<device>` block of
 benchmarks/RESULTS.md.
@@ -27,6 +29,7 @@ import torch
 from optimum_resp import RESPConfig, RESPPruner
 from optimum_resp.calibration import GENERATORS, get_generator
 from optimum_resp.integrations.vllm.engine import vllm_installed
+from optimum_resp.memory import release_heap
 from optimum_resp.profiling import PhaseClock, peak_memory_supported
 from optimum_resp.testing_utils import word_level_tokenizer
 
@@ -49,10 +52,18 @@ PHASE_ORDER = (
 )
 
 
-def one_prune(args, generator: str, dtype: torch.dtype, device: str) -> dict:
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def one_prune(args, generator: str, dtype: torch.dtype, device: str, folder: Path) -> dict:
     """A complete RESP prune (checkpointed to a temporary folder) and its export; the phases it spent."""
-    dense = build_dense(args.shape, dtype, device)
-    tokenizer = word_level_tokenizer(dense.config.vocab_size)
+    if not (folder / "config.json").exists():
+        build_dense(args.shape, dtype, "cpu").save_pretrained(folder)
+    release_heap()  # the built model's freed heap would otherwise stay in the resident set of every phase
+    before = torch.cuda.memory_allocated(device) if device.startswith("cuda") else _rss()
+    tokenizer = word_level_tokenizer(SHAPES[args.shape]["vocab_size"])
     gen = torch.Generator().manual_seed(0)
     prompts = [
         " ".join(f"t{i}" for i in torch.randint(0, 1000, (args.prompt_tokens,), generator=gen).tolist())
@@ -66,8 +77,13 @@ def one_prune(args, generator: str, dtype: torch.dtype, device: str) -> dict:
         batch_size=args.batch_size,
         allow_unfinished_traces=True,  # random weights never end an answer: every trace runs to the limit
         max_length=args.prompt_tokens + args.new_tokens + 64,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
-    pruner = RESPPruner(dense, tokenizer, config, generator=get_generator(generator))
+    pruner = RESPPruner.from_pretrained(
+        folder, config, tokenizer=tokenizer, generator=get_generator(generator), dtype=dtype
+    )
+    pruner.model.to(device)
+    weights = sum(p.numel() * p.element_size() for p in pruner.model.parameters())
     clock = PhaseClock(device)
     with tempfile.TemporaryDirectory(prefix="bench-prune-cost-") as tmp:
         start = time.perf_counter()
@@ -87,6 +103,8 @@ def one_prune(args, generator: str, dtype: torch.dtype, device: str) -> dict:
         "sparsity": result.report.sparsity,
         "params": result.report.dense_total_params,
         "stages": len(result.report.stages),
+        "loaded_bytes": before + weights,  # weights are paged in lazily: counted in full
+        "estimate": pruner.scoring_memory,
     }
 
 
@@ -126,7 +144,8 @@ def render(args, runs: list[dict], device: str, dtype: str, command: str) -> str
         "",
         f"RESP to {args.sparsity:.0%} in {args.stages} stages (regeneration at the default milestones), "
         f"{args.prompts} prompts of {args.prompt_tokens} tokens, greedy, every trace run to {args.new_tokens} new "
-        f"tokens (random weights never end), scoring batch {args.batch_size}; shape: {cfg['num_hidden_layers']} "
+        f"tokens (random weights never end), scoring batch {args.batch_size}"
+        f"{' with gradient checkpointing' if args.gradient_checkpointing else ''}; shape: {cfg['num_hidden_layers']} "
         f"layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}. Peak memory: {memory} during the phase.",
     ]
     for run in runs:
@@ -156,6 +175,15 @@ def render(args, runs: list[dict], device: str, dtype: str, command: str) -> str
             gen_round = sum(g["total_s"] for g in generation) / max(sum(g["count"] for g in generation), 1)
             ours = sum(r["total_s"] for r in rows)
             reference = REFERENCE_PASSES * scoring["mean_s"] + (1 + REFERENCE_REGENERATIONS) * gen_round
+            estimate = run["estimate"]
+            if estimate is not None and scoring["peak_gib"] is not None:
+                lines += [
+                    "",
+                    f"Scoring memory: the prune estimated {estimate.peak_bytes / 2**30:.2f} GiB above the loaded model "
+                    f"before any work ({estimate.describe()}); measured, the scoring phases peaked "
+                    f"{scoring['peak_gib'] - run['loaded_bytes'] / 2**30:.2f} GiB above it (the process before "
+                    f"loading plus the model's weights: {run['loaded_bytes'] / 2**30:.2f} GiB).",
+                ]
             lines += [
                 "",
                 f"One scoring pass: {scoring['mean_s']:.1f} s for {per_pass_tokens:.0f} tokens (prompts + traces) = "
@@ -181,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sparsity", type=float, default=0.4)
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4, help="examples per scoring backward pass")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="RESPConfig.gradient_checkpointing"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -192,12 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     runs = []
     # The block is rewritten after each generator, so a stopped run keeps the rows it finished.
-    for generator in generators:
-        runs.append(one_prune(args, generator, getattr(torch, dtype), args.device))
-        text = render(args, runs, args.device, dtype, command)
-        print(text, flush=True)
-        if not args.no_write:
-            write_results(f"prune-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}", text)
+    with tempfile.TemporaryDirectory(prefix="bench-prune-cost-model-") as folder:  # loaded as the CLI loads
+        for generator in generators:
+            runs.append(one_prune(args, generator, getattr(torch, dtype), args.device, Path(folder)))
+            text = render(args, runs, args.device, dtype, command)
+            print(text, flush=True)
+            if not args.no_write:
+                write_results(f"prune-cost-{'cuda' if args.device.startswith('cuda') else 'cpu'}", text)
 
 
 if __name__ == "__main__":

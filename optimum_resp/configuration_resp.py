@@ -24,7 +24,7 @@ from .architectures import STRUCTURES
 from .files import atomic_write
 from .generation import GenerationSettings
 from .registry import Registry
-from .validation import check_choice, check_int, check_range
+from .validation import check_bool, check_choice, check_int, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ class RESPConfig:
     vllm, llama.cpp). The prune then keeps what their loaders fix (a uniform Qwen2 for llama.cpp or vLLM
     keeps every query head), and an export they cannot load is refused before any work."""
     batch_size: int = 4
-    """Examples per backward pass when scoring."""
+    """Examples per backward pass when scoring (sequences of similar length share a batch, longest first)."""
+    gradient_checkpointing: bool | None = None
+    """Scoring keeps only each layer's input and recomputes its activations in the backward pass: on the 0.6B
+    shape (CPU, 2 x 1024 tokens) 3.3x less memory for 4% more time (benchmarks/bench_memory.py). None: chosen before any work, from
+    the estimated memory of the scoring pass, off when the plain pass fits and on when only the checkpointed one
+    does (neither fitting is refused with the fixes); True / False force it. The scores are the same."""
     max_length: int = 4096
     """Longest prompt + trace scored, in tokens."""
     seed: int = 0
@@ -250,6 +255,8 @@ class RESPConfig:
             )
         self._check_runtimes()
         check_int("batch_size", self.batch_size)
+        if self.gradient_checkpointing is not None:
+            check_bool("gradient_checkpointing", self.gradient_checkpointing)
         check_int("max_length", self.max_length, minimum=2)
         check_int("seed", self.seed, minimum=0)
 

@@ -1,4 +1,4 @@
-"""Process memory: hand freed heap back to the operating system.
+"""Memory: what a scoring pass will need (checked before any work), and freed heap handed back to the OS.
 
 glibc keeps the blocks a process frees in its malloc arenas, so after a CPU vLLM engine (its copy of the
 weights, its KV cache) or a scoring pass frees gigabytes, the resident set stays where it peaked, and the
@@ -14,10 +14,21 @@ import ctypes.util
 import functools
 import gc
 import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["release_heap"]
+__all__ = [
+    "ScoringMemoryError",
+    "ScoringMemoryEstimate",
+    "check_scoring_memory",
+    "estimate_scoring_memory",
+    "free_memory",
+    "release_heap",
+]
 
 
 @functools.cache
@@ -38,3 +49,203 @@ def release_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+class ScoringMemoryError(MemoryError, ValueError):
+    """A scoring pass would need more memory than the device has free (bad input: the fix is a setting)."""
+
+
+@dataclass(frozen=True)
+class ScoringMemoryEstimate:
+    """What one backward pass of a gradient scorer adds above the loaded model, for one batch shape."""
+
+    batch_size: int
+    sequence_length: int
+    activation_bytes: int
+    """Tensors autograd keeps from the forward pass for the backward pass (parameters not counted)."""
+    transient_bytes: int
+    """Held only during the backward pass: the logits' gradient, the largest weight gradient being folded
+    into importance, one layer's activation gradients (and its recomputed activations with checkpointing)."""
+    gradient_checkpointing: bool = False
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.activation_bytes + self.transient_bytes
+
+    def describe(self) -> str:
+        return (
+            f"batch {self.batch_size} x {self.sequence_length} tokens: {_gib(self.peak_bytes)} "
+            f"({_gib(self.activation_bytes)} kept for the backward pass, {_gib(self.transient_bytes)} of gradients"
+            f"{' and recomputed activations' if self.gradient_checkpointing else ''})"
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+PROBE_LENGTHS = (32, 64, 128)
+"""Sequence lengths of the probe passes; the kept bytes are a quadratic in the length (the 4D attention mask
+is length squared), so three points fix them exactly."""
+
+
+def _kept_bytes(model: nn.Module, length: int, skip: set[int]) -> int:
+    """Bytes autograd keeps for backward in one forward of 2 x `length` tokens (one row padded), each storage once."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip:
+            storages[ptr] = max(storages.get(ptr, 0), storage.nbytes())
+        # Detached: a tensor saved with its own grad_fn would close a reference cycle that is never freed.
+        # Held until the graph goes, so no two saved tensors share an address while they are counted.
+        return t.detach()
+
+    device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, -1] = 0  # a padded row: the attention-mask path real batches take
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    del logits
+    return sum(storages.values())
+
+
+def estimate_scoring_memory(
+    model: nn.Module, batch_size: int, sequence_length: int, gradient_checkpointing: bool = False
+) -> ScoringMemoryEstimate:
+    """Peak memory a Taylor scoring backward adds above the loaded `model`, for `batch_size` padded sequences of
+    `sequence_length` tokens.
+
+    What autograd keeps is measured, not modelled: three short probe forwards (no backward) count the bytes of
+    every tensor saved for backward (each storage once, the model's own parameters excluded), which fixes the
+    quadratic in the length exactly for this model, dtype, device and attention backend; it is then evaluated
+    at `sequence_length`. The backward's transient tensors are added from the shapes. Every position is
+    assumed scored (an upper bound for decode-only loss, whose prompt logits are never computed).
+    """
+    from .importance.base import prunable_linears
+
+    linears = prunable_linears(model)
+    prunable = {id(p) for lin in linears for _, p in lin.params}
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    was_training = model.training
+    try:
+        model.eval()
+        for p in model.parameters():  # what requires grad while scoring: the prunable linears only
+            p.requires_grad_(id(p) in prunable)
+        lengths = [t for t in PROBE_LENGTHS if t < sequence_length] or [sequence_length]
+        kept = [_kept_bytes(model, t, skip) / 2 for t in lengths]  # per sequence
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    if len(lengths) == len(PROBE_LENGTHS):
+        x = torch.tensor(lengths, dtype=torch.float64)
+        coeffs = torch.linalg.solve(
+            torch.stack([torch.ones_like(x), x, x**2], 1), torch.tensor(kept, dtype=torch.float64)
+        )
+        coeffs = coeffs.clamp(min=0)  # a tiny negative curvature from rounding must not shrink the estimate
+        per_sequence = float(
+            coeffs @ torch.tensor([1.0, sequence_length, sequence_length**2], dtype=torch.float64)
+        )
+    else:  # a length at or below the probes: scale the nearest measurement
+        per_sequence = kept[-1] * sequence_length / lengths[-1]
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    tokens = batch_size * sequence_length
+    vocab = model.get_output_embeddings().weight.shape[0]
+    widest = max(config.intermediate_size, config.hidden_size)
+    largest_weight = max(lin.module.weight.numel() for lin in linears)
+    transient = (
+        tokens * vocab * (4 + element)  # the logits' gradient (float32 loss) and its copy in the model dtype
+        + largest_weight * (element + (4 if element == 4 else 12))  # grad, float copies, |W * g|
+        + 3 * tokens * widest * element  # one layer's activation gradients
+    )
+    activations = per_sequence * batch_size
+    if gradient_checkpointing:  # each layer keeps its input; one layer's activations are recomputed at a time
+        layers = config.num_hidden_layers
+        head = tokens * vocab * (4 + element)  # the logits part is not checkpointed
+        body = max(0.0, activations - head)
+        transient += body / layers
+        activations = head + layers * tokens * config.hidden_size * element
+    return ScoringMemoryEstimate(
+        batch_size, sequence_length, int(activations), int(transient), gradient_checkpointing
+    )
+
+
+def free_memory(device: torch.device | str) -> int | None:
+    """Bytes free for new tensors on `device` (CUDA: the driver's free memory; CPU: the OS's available memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    return None
+
+
+HEADROOM = 1.1
+"""A pass is run only if 1.1x its estimate fits: the allocator's fragmentation and the Trainer's own buffers are
+not in the estimate (on the 0.6B shape it came to 1.04x and 0.98x of the measured peak in two runs of
+benchmarks/bench_memory.py)."""
+
+
+def check_scoring_memory(
+    model: nn.Module,
+    batch_size: int,
+    sequence_length: int,
+    gradient_checkpointing: bool | None = None,
+    reserve_bytes: int = 0,
+) -> ScoringMemoryEstimate:
+    """The scoring pass's memory, checked against the free memory before any work; `reserve_bytes` is what other
+    phases still hold beside it (e.g. the dense model kept while its pruned copy is scored).
+
+    `gradient_checkpointing=None` chooses: off when the plain pass fits (it is faster), on when only the
+    checkpointed one does. The returned estimate says which (`.gradient_checkpointing`). A pass that cannot
+    fit either way is refused with the estimate and the fixes.
+    """
+    device = next(model.parameters()).device
+    free = free_memory(device)
+    estimate = None
+    if gradient_checkpointing is not True:
+        estimate = estimate_scoring_memory(model, batch_size, sequence_length, False)
+    if estimate is None or (
+        gradient_checkpointing is None and free is not None and not _fits(estimate, reserve_bytes, free)
+    ):
+        plain = estimate
+        estimate = estimate_scoring_memory(model, batch_size, sequence_length, True)
+        if plain is not None and _fits(estimate, reserve_bytes, free):
+            logger.info(
+                "Gradient checkpointing on for scoring: the plain pass needs about %s, too much for the %s free on %s.",
+                _gib(plain.peak_bytes + reserve_bytes),
+                _gib(free),
+                device,
+            )
+    if free is None:
+        return estimate
+    logger.info(
+        "Scoring memory estimate: %s above the model; %s free on %s.", estimate.describe(), _gib(free), device
+    )
+    if not _fits(estimate, reserve_bytes, free):
+        fixes = [
+            "a smaller batch_size (--batch-size)",
+            "shorter traces (max_length, generation.max_new_tokens)",
+        ]
+        if not estimate.gradient_checkpointing:
+            fixes.append("gradient checkpointing (leave gradient_checkpointing unset, or set it True)")
+        reserve = f" plus {_gib(reserve_bytes)} for the pruned copy of the model" if reserve_bytes else ""
+        raise ScoringMemoryError(
+            f"The importance (scoring) pass would need about {estimate.describe()}{reserve}, but {device} has "
+            f"{_gib(free)} free (with {HEADROOM - 1:.0%} headroom). Nothing was run. Try {', '.join(fixes)}."
+        )
+    return estimate
+
+
+def _fits(estimate: ScoringMemoryEstimate, reserve_bytes: int, free: int) -> bool:
+    return estimate.peak_bytes * HEADROOM + reserve_bytes <= free

@@ -54,6 +54,7 @@ from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .importance import Scorer, build_examples, scorer_class
 from .loading import load_model, load_tokenizer
+from .memory import ScoringMemoryEstimate, check_scoring_memory, release_heap
 from .profiling import PhaseClock
 from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
@@ -133,6 +134,11 @@ class RESPPruner:
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
         self._dense_params = sum(decoder_linear_params(model.config))
+        # A pruner that loaded its model (from_pretrained) frees the dense weights once the first stage has cut
+        # its smaller copy: a resume rebuilds from a fresh load, so keeping them would only double the memory.
+        self._owns_model = False
+        self._dense_released = False
+        self.scoring_memory: ScoringMemoryEstimate | None = None  # what prune checked before any work
         self._check_inputs()
         self.result: PruneResult | None = None
 
@@ -146,7 +152,9 @@ class RESPPruner:
     ) -> RESPPruner:
         """Load the model (Hub id or local folder) and its tokenizer; `config` may be a resp_config.json path.
 
-        `task`, `generator` and `scorer` are taken from kwargs; the rest goes to `from_pretrained`.
+        `task`, `generator` and `scorer` are taken from kwargs; the rest goes to `from_pretrained`. The pruner
+        owns the model it loads: `prune` frees its dense weights after the first stage (they move to the meta
+        device), so no dense copy sits beside the pruned one; a model passed to `RESPPruner(...)` is never freed.
         """
         own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
         if config is not None and not isinstance(config, RESPConfig):
@@ -155,7 +163,9 @@ class RESPPruner:
         model = load_model(model_id_or_path, **kwargs)
         if tokenizer is None:
             tokenizer = load_tokenizer(model_id_or_path)
-        return cls(model, tokenizer, config, source=str(model_id_or_path), **own)
+        pruner = cls(model, tokenizer, config, source=str(model_id_or_path), **own)
+        pruner._owns_model = True
+        return pruner
 
     # ------------------------------------------------------------------------------------------
     # Checks that run before any expensive work.
@@ -226,12 +236,13 @@ class RESPPruner:
                 "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
             )
 
-    def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> None:
+    def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> int | None:
         """Refuse prompts that leave no trace token to score under max_length; warn when a full-length trace
-        would run past the model's positions."""
+        would run past the model's positions. Returns the longest sequence a scoring pass can meet (None when
+        the traces are data, not generated: their lengths are known when they are scored)."""
         c = self.config
         if c.calibration_source == "text":
-            return
+            return None
         chat = [build_prompt(self.tokenizer, p.question, thinking=c.generation.thinking) for p in prompts]
         ids = self.tokenizer(chat, add_special_tokens=adds_special_tokens(self.tokenizer, chat))["input_ids"]
         lengths = [len(i) for i in ids]
@@ -253,6 +264,25 @@ class RESPPruner:
                     c.generation.max_new_tokens,
                     positions,
                 )
+        if c.calibration_source != "self":
+            return None
+        return min(c.max_length, max(lengths) + c.generation.max_new_tokens)
+
+    def _check_scoring_memory(self, longest: int | None) -> None:
+        """Refuse a gradient scoring pass that cannot fit in the free memory, before any generation (or, for
+        traces that are data, before the first scoring pass, at their real longest length)."""
+        if self.scorer.requires != "gradients" or longest is None:
+            return
+        c = self.config
+        reserve = 0
+        if not self._owns_model:  # from stage 2 on, the dense model stays beside the copy being scored
+            weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            reserve = int(weights * (1 - c.stage_sparsities()[0]))
+        self.scoring_memory = check_scoring_memory(
+            self.model, c.batch_size, longest, c.gradient_checkpointing, reserve
+        )
+        if hasattr(self.scorer, "gradient_checkpointing"):  # None in the config: the estimate chose
+            self.scorer.gradient_checkpointing = self.scoring_memory.gradient_checkpointing
 
     # ------------------------------------------------------------------------------------------
     # The algorithm.
@@ -260,10 +290,18 @@ class RESPPruner:
 
     def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
         """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
+        if self._dense_released:
+            raise RuntimeError(
+                "This pruner freed its dense weights after its first prune (it loaded the model itself, so it "
+                "keeps no dense copy beside the pruned one). Load it again with RESPPruner.from_pretrained to "
+                "prune again; with the same output_dir, a finished run is reused."
+            )
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
         # Phases are measured where the model is now (the CLI moves it after building the pruner).
         self._clock = PhaseClock(next(self.model.parameters()).device)
-        self._check_prompt_lengths(prompts)  # before any generation, and before a run folder is written
+        # Before any generation, and before a run folder is written:
+        self.scoring_memory = None
+        self._check_scoring_memory(self._check_prompt_lengths(prompts))
         run = RunFolder(output_dir) if output_dir is not None else None
         # A second prune into the same folder is refused while this one runs.
         with run.lock() if run is not None else contextlib.nullcontext():
@@ -330,6 +368,8 @@ class RESPPruner:
                 c.loss,
                 c.max_length,
             )
+            if self.scoring_memory is None:  # traces from data: checked now, at their real lengths
+                self._check_scoring_memory(max(len(e["input_ids"]) for e in examples))
             scores = self.scorer.score(state.model, examples)
             cost.tokens = sum(len(e["input_ids"]) for e in examples)
         with self._clock("allocation"):
@@ -338,6 +378,8 @@ class RESPPruner:
             model = self.scorer.after_surgery(
                 state.model, prune_model(state.model, step, export="per_layer"), step
             )
+        if state.model is self.model and self._owns_model:
+            self._release_dense()
         stats = self.scorer.last_stats
         record = StageRecord(
             stage=k + 1,
@@ -486,11 +528,22 @@ class RESPPruner:
     # Checkpoints.
     # ------------------------------------------------------------------------------------------
 
+    def _release_dense(self) -> None:
+        """Free the dense weights (the model moves to the meta device: its config and names stay readable)."""
+        self.model.to("meta")
+        if hasattr(
+            self.model, "tie_weights"
+        ):  # moving to meta unties shared weights (e.g. embeddings + lm_head)
+            self.model.tie_weights()
+        self._dense_released = True
+        release_heap()
+        logger.info("Freed the dense model's weights: the pruned copy is all a later stage needs.")
+
     def _sparsity(self, model: PreTrainedModel) -> float:
         return 1 - sum(decoder_linear_params(model.config)) / self._dense_params
 
     def _checkpoint(self, state: _State) -> StageCheckpoint:
-        dense_names = set(self.model.state_dict())
+        dense_names = set(self.model.state_dict())  # names only: readable after the weights were freed
         added = {  # biases a criterion added (bias compensation): the plan alone cannot rebuild them
             n: t.detach().contiguous().cpu()
             for n, t in state.model.state_dict().items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,6 @@ def test_prune_cost_benchmark_times_every_phase_and_writes_its_block(tmp_path, m
     # Two stages from 0 to 40%: the dense round, one regeneration (at 20% >= the 10% and 20% milestones).
     assert "| dense generation | 1 |" in text and "| regeneration | 1 |" in text and "| scoring | 2 |" in text
     assert "s per 1k tokens" in text and "reference schedule (112 passes + 6 generation rounds)" in text
+    assert re.search(
+        r"the prune estimated [\d.]+ GiB above the loaded model before any work \(batch 4 x", text
+    )

@@ -204,6 +204,20 @@ def test_decoding_flags_are_generated_from_generation_settings(tmp_path):
     )
     args = parser.parse_args(["eval", "m", "--do-sample", "--temperature", "0.9", "--batch-size", "4"])
     assert generation_overrides(args) == {"do_sample": True, "temperature": 0.9, "batch_size": 4}
+    # Scoring's own batch and checkpointing: flags over the config, the config's values when not given.
+    RESPConfig(batch_size=6, gradient_checkpointing=True).save_pretrained(tmp_path / "cfg2")
+    config = build_config(
+        parser.parse_args(prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg2")))
+    )
+    assert (config.batch_size, config.gradient_checkpointing) == (6, True)
+    flags = prune_args("m", tmp_path / "o", "--batch-size", "2", "--gradient-checkpointing")
+    config = build_config(parser.parse_args(flags))
+    assert (config.batch_size, config.gradient_checkpointing) == (2, True)
+    assert (
+        build_config(parser.parse_args(prune_args("m", tmp_path / "o"))).gradient_checkpointing is None
+    )  # auto
+    off = parser.parse_args(prune_args("m", tmp_path / "o", "--no-gradient-checkpointing"))
+    assert build_config(off).gradient_checkpointing is False
 
 
 def _damaged_copy(model_dir, tmp_path, name, damage):

@@ -356,3 +356,47 @@ def test_two_processes_match_one(tmp_path):
         assert_scores_close(
             dist_scores, [{k: s[k] for k in ("query_heads", "kv_heads", "channels")} for s in single]
         )
+
+
+def test_gradient_checkpointing_gives_the_plain_scores_and_is_switched_off_after():
+    """Recomputing activations in the backward pass changes memory, not the scores."""
+    model = make_model("qwen3")
+    examples = make_examples(lengths=(14, 9, 12, 7))
+    for mode in ("batch", "all"):
+        plain = TaylorScorer(abs_after=mode, batch_size=2, progress=False).score(model, examples)
+        ckpt = TaylorScorer(abs_after=mode, batch_size=2, progress=False, gradient_checkpointing=True)
+        assert_scores_close(ckpt.score(model, examples), plain, rtol=1e-5)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # as it found it
+
+
+def test_gradient_checkpointing_really_recomputes_in_the_backward_pass(monkeypatch):
+    model = make_model("qwen3")
+    mlp = type(model.model.layers[0].mlp)
+    forward, calls = mlp.forward, []
+
+    def counted(self, *args, **kwargs):  # module hooks do not fire in a recomputation: count the method
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlp, "forward", counted)
+    layers = model.config.num_hidden_layers
+    TaylorScorer(batch_size=1, progress=False).score(model, make_examples(lengths=(9,)))
+    assert len(calls) == layers
+    calls.clear()
+    TaylorScorer(batch_size=1, progress=False, gradient_checkpointing=True).score(
+        model, make_examples(lengths=(9,))
+    )
+    assert len(calls) == 2 * layers  # the forward, then each layer again during the backward pass
+
+
+def test_batches_group_similar_lengths_longest_first():
+    """Sequences are scored longest first, so a batch pads little (and the largest batch runs first)."""
+    model = make_model("qwen3")
+    examples = make_examples(lengths=(10, 50, 12, 48))  # in this order, batches of 2 would pad 76 of 196
+    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False)
+    grouped = scorer.score(model, examples)
+    assert scorer.last_stats.extra["padding_fraction"] == pytest.approx(4 / 124)
+    # With the reference estimator the order cannot change the scores.
+    one_by_one = TaylorScorer(abs_after="all", batch_size=1, progress=False)
+    assert_scores_close(one_by_one.score(model, examples), grouped, rtol=1e-5)
+    assert one_by_one.last_stats.extra["padding_fraction"] == 0.0

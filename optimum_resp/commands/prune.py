@@ -72,6 +72,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--stages", type=int, default=None, help="number of progressive stages")
     p.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per scoring backward pass (default 4)"
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scoring recomputes activations in the backward pass: far less memory, more time (default: on only "
+        "when the plain scoring pass would not fit in memory)",
+    )
+    p.add_argument(
         "--channel-multiple", type=int, default=None, help="keep MLP widths a multiple of this (e.g. 64, 128)"
     )
     p.add_argument(
@@ -104,6 +114,8 @@ def build_config(args: argparse.Namespace):
         "export": args.export,
         "num_calibration_prompts": args.num_prompts,
         "num_stages": args.stages,
+        "batch_size": args.batch_size,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
         "allow_unfinished_traces": args.allow_unfinished_traces,

@@ -93,6 +93,7 @@ class TaylorImportanceCallback(TrainerCallback):
         self._grad_acc: dict[tuple[int, str], torch.Tensor] = {}
         self._batch_samples = 0.0
         self._samples = self._batches = self._tokens = self._loss_sum = 0.0
+        self._positions = self._padding = 0
         self._start = 0.0
         self._device = torch.device("cpu")
 
@@ -122,6 +123,7 @@ class TaylorImportanceCallback(TrainerCallback):
             layer[lin.structure] = layer[lin.structure].to(lin.module.weight.device)
         self._grad_acc = {}
         self._samples = self._batches = self._tokens = self._loss_sum = 0.0
+        self._positions = self._padding = 0
         for index, lin in enumerate(self.linears):
             for pname, param in lin.params:
                 key = (index, pname)
@@ -138,8 +140,13 @@ class TaylorImportanceCallback(TrainerCallback):
             handle.remove()
         self._handles = []
 
-    def begin_batch(self, num_samples: float, num_tokens: float, loss_sum: float) -> None:
-        """Record the real samples, scored tokens and summed per-sample loss of the batch about to backprop."""
+    def begin_batch(
+        self, num_samples: float, num_tokens: float, loss_sum: float, positions: int = 0, padding: int = 0
+    ) -> None:
+        """Record the real samples, scored tokens and summed per-sample loss of the batch about to backprop (and
+        its positions, of which `padding` pad a shorter sequence to the longest)."""
+        self._positions += positions
+        self._padding += padding
         self._batch_samples = float(num_samples)
         self._samples += num_samples
         self._batches += 1.0 if num_samples > 0 else 0.0
@@ -206,6 +213,7 @@ class TaylorImportanceCallback(TrainerCallback):
             extra={
                 "abs_after": self.abs_after,
                 "samples_per_process": [int(n) for n in per_process.tolist()],
+                "padding_fraction": self._padding / max(1, self._positions),  # this process's batches
             },
         )
         if log:
@@ -254,6 +262,27 @@ class _Examples(torch.utils.data.Dataset):
         return self.items[index]
 
 
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Switch transformers' layer checkpointing (non-reentrant); `activation_checkpointing_*` from 5.25 on."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
+def _eval_mode(model: nn.Module) -> None:
+    """Eval mode (no dropout), except the flag that lets a checkpointing layer recompute in the backward pass:
+    transformers checkpoints a layer only while `layer.training`, and dropout reads its own module's flag."""
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.training = True
+
+
 class _TaylorTrainer(Trainer):
     """Trainer computing RESP's per-sample token-mean loss, with no weight update and no gradient sync."""
 
@@ -285,7 +314,7 @@ class _TaylorTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        model.eval()  # training_step switched to train mode; importance is taken without dropout
+        _eval_mode(model)  # training_step switched to train mode; importance is taken without dropout
         inputs = dict(inputs)
         weights = inputs.pop(SAMPLE_WEIGHT).to(torch.float32)
         labels = inputs.pop("labels")
@@ -314,8 +343,13 @@ class _TaylorTrainer(Trainer):
         per_sample = per_sample_sum / tokens.clamp(min=1)
         num_samples = weights.sum()
         loss = (per_sample * weights).sum() / num_samples.clamp(min=1.0)
+        mask = inputs.get("attention_mask")
         self.collector.begin_batch(
-            num_samples.item(), (tokens * weights).sum().item(), (per_sample.detach() * weights).sum().item()
+            num_samples.item(),
+            (tokens * weights).sum().item(),
+            (per_sample.detach() * weights).sum().item(),
+            positions=labels.numel(),
+            padding=0 if mask is None else int(mask.numel() - mask.sum().item()),
         )
         return (loss, outputs) if return_outputs else loss
 
@@ -340,6 +374,7 @@ class TaylorScorer(Scorer):
         progress: bool = True,
         seed: int = 0,
         training_args: Mapping[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if abs_after not in ("batch", "all"):
@@ -351,10 +386,17 @@ class TaylorScorer(Scorer):
         self.progress = progress
         self.seed = seed
         self.training_args = dict(training_args or {})
+        self.gradient_checkpointing = gradient_checkpointing
 
     @classmethod
     def from_config(cls, config: RESPConfig) -> TaylorScorer:
-        return cls(abs_after=config.taylor_abs_after, batch_size=config.batch_size, seed=config.seed)
+        return cls(
+            abs_after=config.taylor_abs_after,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            # None (auto) is resolved by the pruner from its memory estimate before any work.
+            gradient_checkpointing=bool(config.gradient_checkpointing),
+        )
 
     def _arguments(self, output_dir: str) -> TrainingArguments:
         cuda = torch.cuda.is_available()
@@ -388,13 +430,20 @@ class TaylorScorer(Scorer):
         examples: Sequence[Mapping[str, Sequence[int]]] | None = None,
         output_dir: str | None = None,
     ) -> Scores:
-        """Run one Trainer pass over `examples` and return Taylor importance per layer (also in `last_stats`)."""
-        examples = check_examples(examples)
+        """Run one Trainer pass over `examples` and return Taylor importance per layer (also in `last_stats`).
+
+        Examples are scored longest first, so a batch holds sequences of similar length (little padding) and
+        a batch too big for memory fails at the first step, not the last."""
+        examples = sorted(check_examples(examples), key=lambda e: len(e["input_ids"]), reverse=True)
         linears = prunable_linears(model)
         prunable = {id(p) for lin in linears for _, p in lin.params}
         saved_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         was_training = model.training
         use_cache = getattr(model.config, "use_cache", None)  # the Trainer switches it off for training
+        # Non-reentrant checkpointing: the first layer's input needs no grad (only the linears require it).
+        already = getattr(model, "is_activation_checkpointing", None)
+        already = getattr(model, "is_gradient_checkpointing", False) if already is None else already
+        checkpointing = self.gradient_checkpointing and not already
         original_device = next(model.parameters()).device
         pad_token_id = getattr(model.config, "pad_token_id", None)
         collator = CalibrationCollator(0 if pad_token_id is None else pad_token_id)
@@ -406,6 +455,8 @@ class TaylorScorer(Scorer):
             try:
                 for p in model.parameters():
                     p.requires_grad_(id(p) in prunable)
+                if checkpointing:
+                    _set_checkpointing(model, True)
                 trainer = _TaylorTrainer(
                     model=model,
                     args=args,
@@ -426,6 +477,8 @@ class TaylorScorer(Scorer):
                 model.train(was_training)
                 if use_cache is not None:
                     model.config.use_cache = use_cache
+                if checkpointing:
+                    _set_checkpointing(model, False)
                 if trainer is not None:
                     trainer.accelerator.free_memory()  # drops the accelerate wrappers (DDP) around the model
                     del trainer
