@@ -145,7 +145,8 @@ def render(args, runs: list[dict], device: str, dtype: str, command: str) -> str
         f"RESP to {args.sparsity:.0%} in {args.stages} stages (regeneration at the default milestones), "
         f"{args.prompts} prompts of {args.prompt_tokens} tokens, greedy, every trace run to {args.new_tokens} new "
         f"tokens (random weights never end), scoring batch {args.batch_size}"
-        f"{' with gradient checkpointing' if args.gradient_checkpointing else ''}; shape: {cfg['num_hidden_layers']} "
+        f"{'' if args.gradient_checkpointing is None else f', gradient checkpointing {args.gradient_checkpointing}'}"
+        f"; shape: {cfg['num_hidden_layers']} "
         f"layers, hidden {cfg['hidden_size']}, vocab {cfg['vocab_size']}. Peak memory: {memory} during the phase.",
     ]
     for run in runs:
@@ -210,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4, help="examples per scoring backward pass")
     parser.add_argument(
-        "--gradient-checkpointing", action="store_true", help="RESPConfig.gradient_checkpointing"
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RESPConfig.gradient_checkpointing (default: chosen by the prune's memory estimate)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)

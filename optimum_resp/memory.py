@@ -161,18 +161,20 @@ def estimate_scoring_memory(
     vocab = model.get_output_embeddings().weight.shape[0]
     widest = max(config.intermediate_size, config.hidden_size)
     largest_weight = max(lin.module.weight.numel() for lin in linears)
+    logits = (
+        tokens * vocab * (4 + element)
+    )  # the logits' gradient (float32 loss) and its copy in the model dtype
     transient = (
-        tokens * vocab * (4 + element)  # the logits' gradient (float32 loss) and its copy in the model dtype
+        logits
         + largest_weight * (element + (4 if element == 4 else 12))  # grad, float copies, |W * g|
         + 3 * tokens * widest * element  # one layer's activation gradients
     )
     activations = per_sequence * batch_size
     if gradient_checkpointing:  # each layer keeps its input; one layer's activations are recomputed at a time
         layers = config.num_hidden_layers
-        head = tokens * vocab * (4 + element)  # the logits part is not checkpointed
-        body = max(0.0, activations - head)
+        body = max(0.0, activations - logits)  # the logits part is not checkpointed
         transient += body / layers
-        activations = head + layers * tokens * config.hidden_size * element
+        activations = logits + layers * tokens * config.hidden_size * element
     return ScoringMemoryEstimate(
         batch_size, sequence_length, int(activations), int(transient), gradient_checkpointing
     )
@@ -212,15 +214,10 @@ def check_scoring_memory(
     """
     device = next(model.parameters()).device
     free = free_memory(device)
-    estimate = None
-    if gradient_checkpointing is not True:
-        estimate = estimate_scoring_memory(model, batch_size, sequence_length, False)
-    if estimate is None or (
-        gradient_checkpointing is None and free is not None and not _fits(estimate, reserve_bytes, free)
-    ):
-        plain = estimate
-        estimate = estimate_scoring_memory(model, batch_size, sequence_length, True)
-        if plain is not None and _fits(estimate, reserve_bytes, free):
+    estimate = estimate_scoring_memory(model, batch_size, sequence_length, bool(gradient_checkpointing))
+    if gradient_checkpointing is None and free is not None and not _fits(estimate, reserve_bytes, free):
+        plain, estimate = estimate, estimate_scoring_memory(model, batch_size, sequence_length, True)
+        if _fits(estimate, reserve_bytes, free):
             logger.info(
                 "Gradient checkpointing on for scoring: the plain pass needs about %s, too much for the %s free on %s.",
                 _gib(plain.peak_bytes + reserve_bytes),

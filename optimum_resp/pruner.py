@@ -531,9 +531,8 @@ class RESPPruner:
     def _release_dense(self) -> None:
         """Free the dense weights (the model moves to the meta device: its config and names stay readable)."""
         self.model.to("meta")
-        if hasattr(
-            self.model, "tie_weights"
-        ):  # moving to meta unties shared weights (e.g. embeddings + lm_head)
+        # Moving to meta unties shared weights (embeddings and lm_head): tie them again, or counts go wrong.
+        if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()
         self._dense_released = True
         release_heap()
