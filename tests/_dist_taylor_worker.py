@@ -32,7 +32,7 @@ def main() -> None:
 
     result = {}
     for mode in ("batch", "all"):
-        scorer = TaylorScorer(abs_after=mode, batch_size=args.batch_size, progress=False)
+        scorer = TaylorScorer(abs_after=mode, batch_size=args.batch_size, progress=False, bf16_autocast=False)
         scores = scorer.score(model, examples)
         result[mode] = {"scores": [s.to_dict() for s in scores], "stats": scorer.last_stats.to_dict()}
 

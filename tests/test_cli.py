@@ -218,6 +218,11 @@ def test_decoding_flags_are_generated_from_generation_settings(tmp_path):
     )  # auto
     off = parser.parse_args(prune_args("m", tmp_path / "o", "--no-gradient-checkpointing"))
     assert build_config(off).gradient_checkpointing is False
+    for flag, expected in (("--bf16-autocast", True), ("--no-bf16-autocast", False)):
+        assert (
+            build_config(parser.parse_args(prune_args("m", tmp_path / "o", flag))).bf16_autocast is expected
+        )
+    assert build_config(parser.parse_args(prune_args("m", tmp_path / "o"))).bf16_autocast is None  # auto
 
 
 def _damaged_copy(model_dir, tmp_path, name, damage):

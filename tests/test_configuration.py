@@ -82,6 +82,7 @@ def test_stage_sparsities_are_a_linear_ramp():
         ),
         ({"export": "uniform", "allocation": "uniform"}, r"set protected_layers=\[\]"),
         ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
+        ({"bf16_autocast": "yes"}, r"bf16_autocast must be"),
         ({"seed": -3}, r"seed must be an integer >= 0"),
     ],
 )

@@ -26,6 +26,7 @@ from optimum_resp.importance import (
     load_scores,
     save_scores,
 )
+from optimum_resp.importance.taylor import bf16_autocast_supported
 from optimum_resp.surgery import prune_model
 from optimum_resp.testing_utils import random_plan, tiny_config
 
@@ -229,7 +230,7 @@ def test_all_matches_autograd_reference(model_type):
     """abs_after='all' == |W * mean_i grad(loss_i)| per structure, whatever the batching (5 samples, batch 2)."""
     model = make_model(model_type)
     examples = make_examples()
-    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False)
+    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False, bf16_autocast=False)
     scores = scorer.score(model, examples)
     assert_scores_close(scores, reference_all(model, examples))
     stats = scorer.last_stats
@@ -242,10 +243,14 @@ def test_batch_mode_matches_per_sample_reference():
     """abs_after='batch' at batch size 1 == mean over samples of |W * grad(loss_i)|, and differs from 'all'."""
     model = make_model("qwen3")
     examples = make_examples()
-    scores = TaylorScorer(abs_after="batch", batch_size=1, progress=False).score(model, examples)
+    scores = TaylorScorer(abs_after="batch", batch_size=1, progress=False, bf16_autocast=False).score(
+        model, examples
+    )
     assert_scores_close(scores, reference_per_sample(model, examples))
     # |mean g| <= mean |g| per weight, strictly somewhere: the two estimators are really different.
-    all_scores = TaylorScorer(abs_after="all", batch_size=1, progress=False).score(model, examples)
+    all_scores = TaylorScorer(abs_after="all", batch_size=1, progress=False, bf16_autocast=False).score(
+        model, examples
+    )
     assert (all_scores[0].channels <= scores[0].channels + 1e-12).all()
     assert not torch.allclose(all_scores[0].channels, scores[0].channels)
 
@@ -254,7 +259,7 @@ def test_loss_is_decode_only_token_mean_per_sample():
     model = make_model("qwen3")
     examples = make_examples(lengths=(9, 16, 6))
     # One padded batch of samples of different lengths.
-    scorer = TaylorScorer(abs_after="all", batch_size=3, progress=False)
+    scorer = TaylorScorer(abs_after="all", batch_size=3, progress=False, bf16_autocast=False)
     decode = scorer.score(model, examples)
     with torch.no_grad():
         hand = torch.stack([sample_loss(model, e) for e in examples]).mean().item()
@@ -282,7 +287,9 @@ def test_model_state_restored_after_scoring():
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     assert model.config.use_cache is True
     for mode in ("batch", "all"):
-        TaylorScorer(abs_after=mode, batch_size=2, progress=False).score(model, make_examples())
+        TaylorScorer(abs_after=mode, batch_size=2, progress=False, bf16_autocast=False).score(
+            model, make_examples()
+        )
     assert model.config.use_cache is True  # the Trainer's training setting does not leak into exports
     after = model.state_dict()
     assert before.keys() == after.keys()
@@ -304,7 +311,9 @@ def test_per_layer_pruned_model_with_different_layer_sizes():
     sizes = layer_sizes(pruned.config)
     assert len(set(sizes)) > 1
     examples = make_examples(lengths=(8, 11, 6))
-    scores = TaylorScorer(abs_after="all", batch_size=2, progress=False).score(pruned, examples)
+    scores = TaylorScorer(abs_after="all", batch_size=2, progress=False, bf16_autocast=False).score(
+        pruned, examples
+    )
     for layer, size in zip(scores, sizes):
         assert layer.query_heads.shape == (size.num_attention_heads,)
         assert layer.kv_heads.shape == (size.num_key_value_heads,)
@@ -345,7 +354,7 @@ def test_two_processes_match_one(tmp_path):
     result = json.loads((tmp_path / "out.json").read_text())
 
     for mode in ("batch", "all"):
-        scorer = TaylorScorer(abs_after=mode, batch_size=1, progress=False)
+        scorer = TaylorScorer(abs_after=mode, batch_size=1, progress=False, bf16_autocast=False)
         single = scorer.score(model, examples)
         stats = result[mode]["stats"]
         assert stats["world_size"] == 2 and stats["samples_per_process"] == [3, 2]
@@ -363,8 +372,12 @@ def test_gradient_checkpointing_gives_the_plain_scores_and_is_switched_off_after
     model = make_model("qwen3")
     examples = make_examples(lengths=(14, 9, 12, 7))
     for mode in ("batch", "all"):
-        plain = TaylorScorer(abs_after=mode, batch_size=2, progress=False).score(model, examples)
-        ckpt = TaylorScorer(abs_after=mode, batch_size=2, progress=False, gradient_checkpointing=True)
+        plain = TaylorScorer(abs_after=mode, batch_size=2, progress=False, bf16_autocast=False).score(
+            model, examples
+        )
+        ckpt = TaylorScorer(
+            abs_after=mode, batch_size=2, progress=False, bf16_autocast=False, gradient_checkpointing=True
+        )
         assert_scores_close(ckpt.score(model, examples), plain, rtol=1e-5)
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # as it found it
 
@@ -380,23 +393,56 @@ def test_gradient_checkpointing_really_recomputes_in_the_backward_pass(monkeypat
 
     monkeypatch.setattr(mlp, "forward", counted)
     layers = model.config.num_hidden_layers
-    TaylorScorer(batch_size=1, progress=False).score(model, make_examples(lengths=(9,)))
+    TaylorScorer(batch_size=1, progress=False, bf16_autocast=False).score(model, make_examples(lengths=(9,)))
     assert len(calls) == layers
     calls.clear()
-    TaylorScorer(batch_size=1, progress=False, gradient_checkpointing=True).score(
+    TaylorScorer(batch_size=1, progress=False, bf16_autocast=False, gradient_checkpointing=True).score(
         model, make_examples(lengths=(9,))
     )
     assert len(calls) == 2 * layers  # the forward, then each layer again during the backward pass
+
+
+@pytest.mark.skipif(not bf16_autocast_supported(make_model("qwen3")), reason="no bf16 matmuls on this CPU")
+def test_bf16_autocast_runs_the_matmuls_in_bf16_and_gives_close_scores(monkeypatch):
+    """Autocast changes the forward's precision, not what is measured: the scores stay close to float32, the
+    gradients reach the float32 weights, and the model's own forward is left as it was."""
+    model = make_model("qwen3")
+    examples = make_examples(lengths=(14, 9, 12, 7))
+    with torch.no_grad():
+        before = model(torch.tensor([examples[0]["input_ids"]])).logits
+    dtypes = []
+    handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    fp32 = TaylorScorer(batch_size=2, progress=False, bf16_autocast=False).score(model, examples)
+    bf16 = TaylorScorer(batch_size=2, progress=False, bf16_autocast=True).score(model, examples)
+    handle.remove()
+    assert dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2
+    for got, want in zip(bf16, fp32):
+        for name in ("query_heads", "kv_heads", "channels"):
+            assert not torch.equal(got[name], want[name])  # really a different precision
+            torch.testing.assert_close(got[name], want[name], rtol=0.1, atol=1e-6)
+            assert torch.corrcoef(torch.stack([got[name], want[name]]))[0, 1] > 0.98
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([examples[0]["input_ids"]])).logits, before)
+
+
+def test_bf16_autocast_default_follows_the_weights_dtype_and_the_device():
+    model = make_model("qwen3")
+    cpu_bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert bf16_autocast_supported(model) is cpu_bf16
+    assert (
+        bf16_autocast_supported(model.to(torch.bfloat16)) is False
+    )  # already half precision: nothing to gain
 
 
 def test_batches_group_similar_lengths_longest_first():
     """Sequences are scored longest first, so a batch pads little (and the largest batch runs first)."""
     model = make_model("qwen3")
     examples = make_examples(lengths=(10, 50, 12, 48))  # in this order, batches of 2 would pad 76 of 196
-    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False)
+    scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False, bf16_autocast=False)
     grouped = scorer.score(model, examples)
     assert scorer.last_stats.extra["padding_fraction"] == pytest.approx(4 / 124)
     # With the reference estimator the order cannot change the scores.
-    one_by_one = TaylorScorer(abs_after="all", batch_size=1, progress=False)
+    one_by_one = TaylorScorer(abs_after="all", batch_size=1, progress=False, bf16_autocast=False)
     assert_scores_close(one_by_one.score(model, examples), grouped, rtol=1e-5)
     assert one_by_one.last_stats.extra["padding_fraction"] == 0.0

@@ -46,7 +46,7 @@ def _tiny_qwen3(**overrides):
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
-def _measured_kept_bytes(model, batch: int, length: int) -> int:
+def _measured_kept_bytes(model, batch: int, length: int, bf16_autocast: bool = False) -> int:
     """Bytes autograd keeps for backward in one real forward of `batch` x `length` tokens, counted directly."""
     from optimum_resp.importance.base import prunable_linears
 
@@ -66,19 +66,26 @@ def _measured_kept_bytes(model, batch: int, length: int) -> int:
     mask = torch.ones_like(ids)
     mask[0, -3:] = 0
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
     for p in model.parameters():
         p.requires_grad_(True)
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("batch,length", [(1, 300), (3, 257), (4, 700)])
-def test_scoring_estimate_extrapolates_the_kept_bytes_exactly(batch, length):
-    """The probe passes are short; what they fix must hold at the real length and batch."""
+@pytest.mark.parametrize(
+    "batch,length,bf16", [(1, 300, False), (3, 257, False), (4, 700, False), (3, 400, True)]
+)
+def test_scoring_estimate_extrapolates_the_kept_bytes_exactly(batch, length, bf16):
+    """The probe passes are short; what they fix must hold at the real length and batch (and under bf16
+    autocast, whose bf16 copies of the weights are kept for the backward pass too)."""
     model = _tiny_qwen3()
-    estimate = estimate_scoring_memory(model, batch, length)
-    assert estimate.activation_bytes == pytest.approx(_measured_kept_bytes(model, batch, length), rel=0.02)
+    estimate = estimate_scoring_memory(model, batch, length, bf16_autocast=bf16)
+    measured = _measured_kept_bytes(model, batch, length, bf16)
+    assert estimate.activation_bytes == pytest.approx(measured, rel=0.02)
+    if bf16:  # half-size activations, but not half the total: the weight copies and float32 parts stay
+        assert measured < 0.9 * _measured_kept_bytes(model, batch, length)
     assert estimate.transient_bytes >= batch * length * model.config.vocab_size * 4  # the logits' gradient
     assert estimate.peak_bytes == estimate.activation_bytes + estimate.transient_bytes
     assert all(p.requires_grad for p in model.parameters())  # the probe leaves the model as it found it

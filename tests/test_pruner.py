@@ -627,6 +627,22 @@ def test_each_stage_records_its_phases_cost(tmp_path):
     assert again.stages[1].phases == second.phases
 
 
+def test_every_generation_round_hands_its_freed_heap_back_before_scoring(monkeypatch):
+    """Generation's KV caches and logits are freed into glibc's arenas; the scoring pass after it must not land
+    beside them (measured on the 0.6B shape: benchmarks/bench_prune_cost.py)."""
+    from optimum_resp import pruner as pruner_module
+
+    events = []
+    monkeypatch.setattr(pruner_module, "release_heap", lambda: events.append("release") or True)
+    tokenizer = build_tiny_tokenizer()
+    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=2), generator="hf")
+    score = pruner.scorer.score
+    monkeypatch.setattr(pruner.scorer, "score", lambda *a, **k: events.append("score") or score(*a, **k))
+    pruner.prune(PROMPTS)
+    assert pruner.result.stages[1].regenerated
+    assert events == ["release", "score", "release", "score"]  # dense traces, then the regenerated ones
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory: a scoring pass that cannot fit is refused before any work; no dense copy beside the pruned one.
 # ------------------------------------------------------------------------------------------------
@@ -690,13 +706,17 @@ def test_a_pruner_that_loaded_its_model_frees_the_dense_weights(tmp_path):
 def test_scoring_turns_checkpointing_on_only_when_the_plain_pass_would_not_fit(monkeypatch):
     from optimum_resp import memory
     from optimum_resp.calibration import as_prompts
+    from optimum_resp.importance.taylor import bf16_autocast_supported
 
     tokenizer = build_tiny_tokenizer()
     for fits, expected in ((True, False), (False, True)):
         model = tiny_model(tokenizer)
         pruner = RESPPruner(model, tokenizer, small_config(num_stages=1), generator="hf")
         longest = pruner._check_prompt_lengths(as_prompts(PROMPTS))
-        plain = memory.estimate_scoring_memory(model, 2, longest)
+        autocast = bf16_autocast_supported(
+            model
+        )  # unset in the config: on where the device is faster in bf16
+        plain = memory.estimate_scoring_memory(model, 2, longest, bf16_autocast=autocast)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         reserve = int(weights * (1 - pruner.config.stage_sparsities()[0]))  # the dense model beside the copy
         room = plain.peak_bytes * memory.HEADROOM + reserve + (10 * 2**30 if fits else -1)
@@ -704,6 +724,7 @@ def test_scoring_turns_checkpointing_on_only_when_the_plain_pass_would_not_fit(m
         pruner.prune(PROMPTS)
         assert pruner.scoring_memory.gradient_checkpointing is expected
         assert pruner.scorer.gradient_checkpointing is expected
+        assert pruner.scorer.bf16_autocast is autocast and pruner.config.bf16_autocast is None
         assert (
             pruner.config.gradient_checkpointing is None
         )  # the recipe keeps "auto": a resume may choose again

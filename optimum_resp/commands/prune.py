@@ -82,6 +82,13 @@ def register(subparsers) -> None:
         "when the plain scoring pass would not fit in memory)",
     )
     p.add_argument(
+        "--bf16-autocast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scoring's forward pass under bf16 autocast (default: on for float32 weights on a device with bf16 "
+        "matmuls)",
+    )
+    p.add_argument(
         "--channel-multiple", type=int, default=None, help="keep MLP widths a multiple of this (e.g. 64, 128)"
     )
     p.add_argument(
@@ -116,6 +123,7 @@ def build_config(args: argparse.Namespace):
         "num_stages": args.stages,
         "batch_size": args.batch_size,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "bf16_autocast": args.bf16_autocast,
         "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
         "allow_unfinished_traces": args.allow_unfinished_traces,

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 # (batch, seq) `logits_to_keep`; older ones (5.19, which vLLM pins) take a 1D tensor of positions.
 _MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
 
-__all__ = ["AbsAfter", "TaylorImportanceCallback", "TaylorScorer"]
+__all__ = ["AbsAfter", "TaylorImportanceCallback", "TaylorScorer", "bf16_autocast_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -283,12 +283,28 @@ def _eval_mode(model: nn.Module) -> None:
             module.training = True
 
 
+def bf16_autocast_supported(model: nn.Module) -> bool:
+    """Whether bf16 autocast would speed `model` up: float32 weights on a device with bf16 matmuls (CUDA with
+    bf16, or a CPU with AVX512-BF16 / AMX through oneDNN)."""
+    param = next(model.parameters())
+    if param.dtype != torch.float32:
+        return False  # already half precision: autocast changes nothing (or, for fp16, only for the worse)
+    if param.device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if param.device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 class _TaylorTrainer(Trainer):
     """Trainer computing RESP's per-sample token-mean loss, with no weight update and no gradient sync."""
 
-    def __init__(self, *args: Any, collector: TaylorImportanceCallback, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, collector: TaylorImportanceCallback, bf16_autocast: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.collector = collector
+        self.bf16_autocast = bf16_autocast
         # compute_loss normalises per sample itself; no token counting (and no cross-process gather) needed.
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -320,19 +336,9 @@ class _TaylorTrainer(Trainer):
         labels = inputs.pop("labels")
         targets = labels[:, 1:]
         scored = targets.ne(IGNORE_INDEX)  # (B, T-1): position t predicts token t+1
-        if self._slice_logits:
-            # Project only the scored positions onto the vocabulary (decode-only: the trace, not the prompt).
-            keep = F.pad(scored, (0, 1), value=False)
-            if _MASK_LOGITS_TO_KEEP:
-                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-                logits = outputs.logits
-            else:  # 1D positions, kept in every row: the union of the scored ones, then each row's own
-                positions = keep.any(dim=0).nonzero().squeeze(1)
-                outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
-                logits = outputs.logits[keep[:, positions]]
-        else:
-            outputs = model(**inputs, use_cache=False)
-            logits = outputs.logits
+        device_type = labels.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+            logits, outputs = self._forward(model, inputs, scored)
         if logits.dim() == 3:  # full logits (the model ignored or lacks logits_to_keep)
             logits = logits[:, :-1][scored]
         token_loss = F.cross_entropy(logits.float(), targets[scored], reduction="none")
@@ -353,12 +359,30 @@ class _TaylorTrainer(Trainer):
         )
         return (loss, outputs) if return_outputs else loss
 
+    def _forward(self, model: nn.Module, inputs: dict[str, Any], scored: torch.Tensor):
+        """The model's logits at the scored positions (or all of them, when it cannot slice), and its output."""
+        if self._slice_logits:
+            # Project only the scored positions onto the vocabulary (decode-only: the trace, not the prompt).
+            keep = F.pad(scored, (0, 1), value=False)
+            if _MASK_LOGITS_TO_KEEP:
+                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+                logits = outputs.logits
+            else:  # 1D positions, kept in every row: the union of the scored ones, then each row's own
+                positions = keep.any(dim=0).nonzero().squeeze(1)
+                outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+                logits = outputs.logits[keep[:, positions]]
+        else:
+            outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits
+        return logits, outputs
+
 
 @register_scorer("taylor")
 class TaylorScorer(Scorer):
     """First-order Taylor importance sum |W * dL/dW| per structure, L the decode-only (or full) token-mean loss.
 
-    `abs_after="batch"` (default) adds |W * g_b| after every backward pass and averages over
+    The forward pass runs under bf16 autocast when `bf16_autocast` (None: where `bf16_autocast_supported`);
+    the gradients reach the weights in their own dtype either way. `abs_after="batch"` (default) adds |W * g_b| after every backward pass and averages over
     backward passes: memory-light, and with batch size 1 the mean over samples of per-sample
     importance. `abs_after="all"` keeps a float32 gradient sum per prunable weight and returns
     |W * mean_i g_i| (the RESP reference estimator; extra memory: 4 bytes per prunable parameter),
@@ -375,6 +399,7 @@ class TaylorScorer(Scorer):
         seed: int = 0,
         training_args: Mapping[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        bf16_autocast: bool | None = None,
     ) -> None:
         super().__init__()
         if abs_after not in ("batch", "all"):
@@ -387,6 +412,7 @@ class TaylorScorer(Scorer):
         self.seed = seed
         self.training_args = dict(training_args or {})
         self.gradient_checkpointing = gradient_checkpointing
+        self.bf16_autocast = bf16_autocast
 
     @classmethod
     def from_config(cls, config: RESPConfig) -> TaylorScorer:
@@ -396,6 +422,7 @@ class TaylorScorer(Scorer):
             seed=config.seed,
             # None (auto) is resolved by the pruner from its memory estimate before any work.
             gradient_checkpointing=bool(config.gradient_checkpointing),
+            bf16_autocast=config.bf16_autocast,
         )
 
     def _arguments(self, output_dir: str) -> TrainingArguments:
@@ -444,6 +471,7 @@ class TaylorScorer(Scorer):
         already = getattr(model, "is_activation_checkpointing", None)
         already = getattr(model, "is_gradient_checkpointing", False) if already is None else already
         checkpointing = self.gradient_checkpointing and not already
+        autocast = bf16_autocast_supported(model) if self.bf16_autocast is None else self.bf16_autocast
         original_device = next(model.parameters()).device
         pad_token_id = getattr(model.config, "pad_token_id", None)
         collator = CalibrationCollator(0 if pad_token_id is None else pad_token_id)
@@ -464,6 +492,7 @@ class TaylorScorer(Scorer):
                     data_collator=collator,
                     callbacks=[callback],
                     collector=callback,
+                    bf16_autocast=autocast,
                 )
                 quiet_progress(
                     trainer, "importance"
