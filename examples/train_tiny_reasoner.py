@@ -329,8 +329,10 @@ def greedy_accuracy(
 
 def use_bf16(choice: str, cuda: bool) -> bool:
     """Whether to train under bf16 autocast: asked for, or (auto) the device has fast bf16 matmuls."""
-    supported = torch.cuda.is_bf16_supported() if cuda else torch.backends.mkldnn.is_available() and bool(
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    supported = (
+        torch.cuda.is_bf16_supported()
+        if cuda
+        else torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     )
     if choice == "on" and not supported:
         raise SystemExit("error: --bf16 on, but this device has no bf16 matmuls; use --bf16 auto or off.")

@@ -280,7 +280,9 @@ class RESPPruner:
             weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
             reserve = int(weights * (1 - c.stage_sparsities()[0]))
         autocast = getattr(self.scorer, "bf16_autocast", False)
-        if autocast is None:  # None in the config: on where the device runs bf16 faster than the weights' dtype
+        if (
+            autocast is None
+        ):  # None in the config: on where the device runs bf16 faster than the weights' dtype
             autocast = self.scorer.bf16_autocast = bf16_autocast_supported(self.model)
         self.scoring_memory = check_scoring_memory(
             self.model, c.batch_size, longest, c.gradient_checkpointing, reserve, autocast
