@@ -251,6 +251,20 @@ class TimeBudget(TrainerCallback):
             logger.info("saved periodic checkpoint at step %d to %s", state.global_step, latest)
         return control
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        rss = resident_gib()
+        if rss is not None:  # a long CPU run must not creep towards the OOM killer unnoticed
+            logger.info("step %d: resident memory %.2f GiB", state.global_step, rss)
+
+
+def resident_gib() -> float | None:
+    """The process's resident set in GiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 2**20 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
 
 def make_lr_lambda(
     max_steps: int | None, budget_s: float | None, warmup_frac: float, min_ratio: float, clock

@@ -67,6 +67,7 @@ class ScoringMemoryEstimate:
     """Held only during the backward pass: the logits' gradient, the largest weight gradient being folded
     into importance, one layer's activation gradients (and its recomputed activations with checkpointing)."""
     gradient_checkpointing: bool = False
+    bf16_autocast: bool = False
 
     @property
     def peak_bytes(self) -> int:
@@ -77,6 +78,7 @@ class ScoringMemoryEstimate:
             f"batch {self.batch_size} x {self.sequence_length} tokens: {_gib(self.peak_bytes)} "
             f"({_gib(self.activation_bytes)} kept for the backward pass, {_gib(self.transient_bytes)} of gradients"
             f"{' and recomputed activations' if self.gradient_checkpointing else ''})"
+            f"{', forward under bf16 autocast' if self.bf16_autocast else ''}"
         )
 
 
@@ -182,7 +184,7 @@ def estimate_scoring_memory(
         transient += body / layers
         activations = logits + layers * tokens * config.hidden_size * element
     return ScoringMemoryEstimate(
-        batch_size, sequence_length, int(activations), int(transient), gradient_checkpointing
+        batch_size, sequence_length, int(activations), int(transient), gradient_checkpointing, bf16_autocast
     )
 
 

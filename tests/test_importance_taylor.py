@@ -426,6 +426,29 @@ def test_bf16_autocast_runs_the_matmuls_in_bf16_and_gives_close_scores(monkeypat
         torch.testing.assert_close(model(torch.tensor([examples[0]["input_ids"]])).logits, before)
 
 
+@pytest.mark.skipif(not bf16_autocast_supported(make_model("qwen3")), reason="no bf16 matmuls on this CPU")
+def test_bf16_with_checkpointing_keeps_no_cast_cache_and_gives_the_plain_bf16_scores(monkeypatch):
+    """Autocast's cache would hold every layer's bf16 weight copy through a checkpointed forward (which keeps
+    nothing else of a layer): off there, on for the plain pass (whose backward keeps those copies anyway)."""
+    model = make_model("qwen3")
+    examples = make_examples(lengths=(14, 9, 12, 7))
+    mlp = type(model.model.layers[0].mlp)
+    forward, cache = mlp.forward, []
+
+    def seen(self, *args, **kwargs):  # a method patch sees the recomputation too (module hooks do not)
+        cache.append((torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlp, "forward", seen)
+    plain = TaylorScorer(batch_size=2, progress=False, bf16_autocast=True).score(model, examples)
+    assert cache and set(cache) == {(True, True)}
+    cache.clear()
+    ckpt = TaylorScorer(batch_size=2, progress=False, bf16_autocast=True, gradient_checkpointing=True)
+    assert_scores_close(ckpt.score(model, examples), plain, rtol=1e-5)
+    assert len(cache) == 2 * 2 * model.config.num_hidden_layers  # two batches, each forward and recompute
+    assert set(cache) == {(True, False)}
+
+
 def test_bf16_autocast_default_follows_the_weights_dtype_and_the_device():
     model = make_model("qwen3")
     cpu_bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

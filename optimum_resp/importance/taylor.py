@@ -300,11 +300,17 @@ class _TaylorTrainer(Trainer):
     """Trainer computing RESP's per-sample token-mean loss, with no weight update and no gradient sync."""
 
     def __init__(
-        self, *args: Any, collector: TaylorImportanceCallback, bf16_autocast: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        collector: TaylorImportanceCallback,
+        bf16_autocast: bool = False,
+        autocast_cache: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.collector = collector
         self.bf16_autocast = bf16_autocast
+        self.autocast_cache = autocast_cache
         # compute_loss normalises per sample itself; no token counting (and no cross-process gather) needed.
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -337,7 +343,9 @@ class _TaylorTrainer(Trainer):
         targets = labels[:, 1:]
         scored = targets.ne(IGNORE_INDEX)  # (B, T-1): position t predicts token t+1
         device_type = labels.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
+        with torch.autocast(
+            device_type, dtype=torch.bfloat16, enabled=self.bf16_autocast, cache_enabled=self.autocast_cache
+        ):
             logits, outputs = self._forward(model, inputs, scored)
         if logits.dim() == 3:  # full logits (the model ignored or lacks logits_to_keep)
             logits = logits[:, :-1][scored]
@@ -493,6 +501,10 @@ class TaylorScorer(Scorer):
                     callbacks=[callback],
                     collector=callback,
                     bf16_autocast=autocast,
+                    # Autocast's cache holds every layer's bf16 weight copy until the forward ends; the plain
+                    # pass keeps those copies for backward anyway, a checkpointed one would not: no cache there
+                    # (1.3 GiB less on the 0.6B shape at 2 x 1024 tokens, for one more cast per layer when it is recomputed).
+                    autocast_cache=not (checkpointing or already),
                 )
                 quiet_progress(
                     trainer, "importance"
