@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from optimum_resp import RESPConfig, RESPPruner
@@ -52,17 +53,16 @@ PHASE_ORDER = (
 )
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def one_prune(args, generator: str, dtype: torch.dtype, device: str, folder: Path) -> dict:
     """A complete RESP prune (checkpointed to a temporary folder) and its export; the phases it spent."""
     if not (folder / "config.json").exists():
         build_dense(args.shape, dtype, "cpu").save_pretrained(folder)
     release_heap()  # the built model's freed heap would otherwise stay in the resident set of every phase
-    before = torch.cuda.memory_allocated(device) if device.startswith("cuda") else _rss()
+    before = (
+        torch.cuda.memory_allocated(device)
+        if device.startswith("cuda")
+        else psutil.Process().memory_info().rss
+    )
     tokenizer = word_level_tokenizer(SHAPES[args.shape]["vocab_size"])
     gen = torch.Generator().manual_seed(0)
     prompts = [

@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from datasets import Dataset
 from transformers import (
@@ -252,18 +253,8 @@ class TimeBudget(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        rss = resident_gib()
-        if rss is not None:  # a long CPU run must not creep towards the OOM killer unnoticed
-            logger.info("step %d: resident memory %.2f GiB", state.global_step, rss)
-
-
-def resident_gib() -> float | None:
-    """The process's resident set in GiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 2**20 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
+        rss = psutil.Process().memory_info().rss / 2**30  # a long CPU run must not creep to the OOM killer
+        logger.info("step %d: resident memory %.2f GiB", state.global_step, rss)
 
 
 def make_lr_lambda(
