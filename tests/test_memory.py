@@ -151,3 +151,17 @@ def test_the_probe_frees_what_it_ran():
         estimate_scoring_memory(model, 2, 512)
     release_heap()
     assert _rss_bytes() - before < 64 * 2**20  # leaking, it grew by about 200 MiB here
+
+
+def test_checkpointed_estimate_keeps_the_head_once_and_the_layer_inputs():
+    """With checkpointing the layers keep only their inputs; what the head keeps (the float32 log-softmax of the
+    loss) is counted once, not again as the logits' gradient, which is transient."""
+    model = _tiny_qwen3(vocab_size=32000, num_hidden_layers=4)
+    batch, length = 2, 300
+    ckpt = estimate_scoring_memory(model, batch, length, gradient_checkpointing=True)
+    plain = estimate_scoring_memory(model, batch, length)
+    log_softmax = batch * length * model.config.vocab_size * 4
+    layer_inputs = 4 * batch * length * model.config.hidden_size * 4
+    assert ckpt.activation_bytes == pytest.approx(log_softmax + layer_inputs, rel=0.1)
+    assert ckpt.transient_bytes > plain.transient_bytes  # one layer's activations recomputed at a time
+    assert ckpt.transient_bytes < plain.transient_bytes + plain.activation_bytes / 4
