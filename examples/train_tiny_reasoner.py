@@ -50,6 +50,7 @@ from transformers import (
 )
 
 from optimum_resp.memory import release_heap
+from optimum_resp.testbed import DATA_V2_SIZES
 from optimum_resp.testbed.compositional import generate_splits_v2
 from optimum_resp.testbed.problems import MAX_VALUE, Problem, generate_splits
 from optimum_resp.testbed.tokenizer import IM_END, build_testbed_tokenizer
@@ -381,11 +382,11 @@ def make_splits(args: argparse.Namespace) -> dict[str, list[Problem]]:
             seed=args.seed,
             max_value=args.max_value,
         )
-    else:
-        splits = generate_splits_v2(
-            {"train": args.train_offset + args.num_train, "test": n_eval, "held_out_frames": n_eval},
-            seed=args.seed,
-        )
+    else:  # training stays off every problem of the shipped evaluation files, however few are evaluated here
+        held = {split: max(n_eval, DATA_V2_SIZES[split]) for split in ("test", "held_out_frames")}
+        splits = generate_splits_v2({"train": args.train_offset + args.num_train, **held}, seed=args.seed)
+        for split in held:
+            splits[split] = splits[split][:n_eval]
     splits["train"] = splits["train"][args.train_offset :]
     return splits
 

@@ -364,3 +364,25 @@ def test_model_card_evaluation_is_the_benchmark_scripts_block():
     greedy = rows[("test", "gsm8k", "greedy")]
     assert greedy[3] == str(info["heldout_greedy_eval"]["n"])
     assert greedy[4] == f"{info['heldout_greedy_eval']['accuracy']:.1%}"
+
+
+def test_v2_training_problems_stay_off_every_shipped_evaluation_problem():
+    """However few problems a run evaluates, its training set holds none of the shipped v2 evaluation files."""
+    spec = importlib.util.spec_from_file_location(
+        "train_tiny_reasoner", REPO / "examples" / "train_tiny_reasoner.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--output-dir", "x", "--num-train", "3000", "--eval-n", "20"])
+    splits = script.make_splits(args)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3000, "test": 20, "held_out_frames": 20}
+    shipped = {
+        json.loads(line)["question"]
+        for split in ("test", "held_out_frames", "hard")
+        for line in testbed_data_path("gsm8k", split, "v2").read_text().splitlines()
+    }
+    assert not {p.question for p in splits["train"]} & shipped
+    assert [p.question for p in splits["test"]] == [
+        json.loads(line)["question"]
+        for line in testbed_data_path("gsm8k", "test", "v2").read_text().splitlines()
+    ][:20]

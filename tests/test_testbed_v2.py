@@ -161,3 +161,18 @@ def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out
     assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
     with pytest.raises(ValueError, match="generator must be 'v1' or 'v2'"):
         build_testbed_tokenizer(num_problems=10, generator="v3")
+
+
+def test_shipped_v2_files_are_the_generators_output(tmp_path):
+    from optimum_resp.testbed import DATA_V2_SIZES, testbed_data_path
+
+    paths = write_testbed_v2(tmp_path, DATA_V2_SIZES, seed=0)
+    for split, n in DATA_V2_SIZES.items():
+        for task in ("gsm8k", "mathqa"):
+            shipped = testbed_data_path(task, split, "v2")
+            assert shipped.read_text() == paths[f"{task}_{split}"].read_text()
+            assert len(shipped.read_text().splitlines()) == n
+    with pytest.raises(ValueError, match="unknown v1 split 'held_out_frames'"):
+        testbed_data_path("gsm8k", "held_out_frames")
+    with pytest.raises(ValueError, match="unknown data version 'v3'"):
+        testbed_data_path("gsm8k", "test", "v3")

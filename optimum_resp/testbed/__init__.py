@@ -26,6 +26,11 @@ from .problems import (
 _HERE = Path(__file__).resolve().parent
 TASKS = ("gsm8k", "mathqa")
 SPLITS = ("train", "test", "hard")
+DATA_VERSIONS: dict[str, tuple[str, ...]] = {"v1": SPLITS, "v2": tuple(SPLITS_V2)}
+"""Shipped problem files per generator: v1 (`problems`, the shipped reasoner's) and v2 (`compositional`)."""
+DATA_V2_SIZES = {"train": 1000, "test": 500, "held_out_frames": 500, "hard": 200}
+"""Problems per split in the shipped v2 files (seed 0); the training script keeps its training problems off
+this many of every evaluation split."""
 
 
 def testbed_model_path() -> Path:
@@ -33,13 +38,18 @@ def testbed_model_path() -> Path:
     return _HERE / "tiny_reasoner"
 
 
-def testbed_data_path(task: Literal["gsm8k", "mathqa"] = "gsm8k", split: str = "test") -> Path:
-    """Return the shipped jsonl file for ``task`` (``gsm8k`` or ``mathqa``) and ``split`` (train/test/hard)."""
+def testbed_data_path(
+    task: Literal["gsm8k", "mathqa"] = "gsm8k", split: str = "test", version: Literal["v1", "v2"] = "v1"
+) -> Path:
+    """Return the shipped jsonl file for ``task`` (``gsm8k`` or ``mathqa``) and ``split`` of generator ``version``
+    (v1: train/test/hard; v2: train/test/held_out_frames/hard)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return _HERE / "data" / f"{task}_{split}.jsonl"
+    if version not in DATA_VERSIONS:
+        raise ValueError(f"unknown data version {version!r}; expected one of {list(DATA_VERSIONS)}")
+    if split not in DATA_VERSIONS[version]:
+        raise ValueError(f"unknown {version} split {split!r}; expected one of {DATA_VERSIONS[version]}")
+    return _HERE / ("data" if version == "v1" else f"data_{version}") / f"{task}_{split}.jsonl"
 
 
 # keep pytest from collecting these as tests when they are imported into test modules
@@ -47,6 +57,8 @@ testbed_model_path.__test__ = False  # type: ignore[attr-defined]
 testbed_data_path.__test__ = False  # type: ignore[attr-defined]
 
 __all__ = [
+    "DATA_V2_SIZES",
+    "DATA_VERSIONS",
     "REASONING_SUFFIX",
     "SPLITS",
     "SPLIT_STEPS",
