@@ -28,16 +28,16 @@ def settings(tmp_path):
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"weights")
     (model / "config.json").write_text("{}")
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", "hard.jsonl"):
         (tmp_path / name).write_text('{"question": "q", "answer": "#### 1"}\n')
     return argparse.Namespace(
         model=str(model),
         train_data=str(tmp_path / "train.jsonl"),
-        test_data=str(tmp_path / "test.jsonl"),
+        eval_data={"test": str(tmp_path / "test.jsonl"), "hard": str(tmp_path / "hard.jsonl")},
         num_prompts=8,
         eval_limit=10,
         max_new_tokens=16,
-        seed=0,
+        seeds=[0, 1],
         threads=1,
         quick=False,
     )
@@ -45,22 +45,25 @@ def settings(tmp_path):
 
 def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality, settings):
     path = bench_quality.run_record_path
-    base = path(settings, "resp", 0.4, {})
-    assert base == path(settings, "resp", 0.4, {})
-    assert base.parent == bench_quality.RUNS and base.name.startswith("resp-0.40-")
-    assert base != path(settings, "resp", 0.4, {"num_stages": 8})
-    assert base != path(settings, "resp", 0.3, {})
-    assert base != path(settings, "magnitude", 0.4, {})
-    assert base != path(argparse.Namespace(**{**vars(settings), "seed": 1}), "resp", 0.4, {})
-    quick = path(argparse.Namespace(**{**vars(settings), "quick": True}), "resp", 0.4, {})
+    base = path(settings, "resp", 0.4, {}, 0)
+    assert base == path(settings, "resp", 0.4, {}, 0)
+    assert base.parent == bench_quality.RUNS and base.name.startswith("resp-0.40-s0-")
+    assert base != path(settings, "resp", 0.4, {"num_stages": 8}, 0)
+    assert base != path(settings, "resp", 0.3, {}, 0)
+    assert base != path(settings, "magnitude", 0.4, {}, 0)
+    assert base != path(settings, "resp", 0.4, {}, 1)
+    quick = path(argparse.Namespace(**{**vars(settings), "quick": True}), "resp", 0.4, {}, 0)
     assert quick.parent == bench_quality.RUNS / "quick"  # smoke runs stay out of the kept (committed) records
+    Path(settings.eval_data["hard"]).write_text('{"question": "q2", "answer": "#### 2"}\n')  # other eval data
+    assert base != path(settings, "resp", 0.4, {}, 0)
+    before = path(settings, "resp", 0.4, {}, 0)
     (Path(settings.model) / "model.safetensors").write_bytes(b"other weights")  # a retrained model
-    assert base != path(settings, "resp", 0.4, {})
+    assert before != path(settings, "resp", 0.4, {}, 0)
 
 
 def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings, monkeypatch):
     record = {"method": "resp", "target": 0.4, "accuracy": 0.5, "wall_seconds": 12.0}
-    path = bench_quality.run_record_path(settings, "resp", 0.4, {"num_stages": 8})
+    path = bench_quality.run_record_path(settings, "resp", 0.4, {"num_stages": 8}, 1)
     path.parent.mkdir()
     path.write_text(json.dumps(record))
 
@@ -68,9 +71,58 @@ def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings
         raise AssertionError("a kept run must not be run again")
 
     monkeypatch.setattr(bench_quality.subprocess, "run", no_worker)
-    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}) == record
-    with pytest.raises(AssertionError, match="must not be run again"):  # a different run is not kept
-        bench_quality.run_one(settings, "resp", 0.4, {})
+    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=1) == record
+    with pytest.raises(AssertionError, match="must not be run again"):  # another seed is another run
+        bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=0)
+    # an override equal to the method's own setting is the method's run (the stage sweep's default point)
+    default = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
+    default.write_text(json.dumps(dict(record, seed=0)))
+    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
+
+
+def _run(accuracy: float, correct: str, tokens: float, speedup: float = 1.0) -> dict:
+    return {
+        "splits": {
+            "test": {
+                "accuracy": accuracy,
+                "correct": correct,
+                "n": len(correct),
+                "mean_generated_tokens": tokens,
+            }
+        },
+        "decode_speedup": speedup,
+    }
+
+
+def test_seed_statistics_pool_the_problems_and_effective_speedup_counts_longer_answers(bench_quality):
+    runs = [_run(0.5, "1100", 100.0, 1.5), _run(1.0, "1111", 200.0, 1.5)]
+    summary = bench_quality.seeds_summary(runs, "test")
+    assert summary["mean"] == 0.75 and summary["seeds"] == 2
+    assert summary["sd"] == pytest.approx(0.3536, abs=1e-4)
+    assert (summary["low"], summary["high"]) == bench_quality.wilson(6, 8)  # 6 of the 8 pooled problems
+    assert summary["low"] < 0.75 < summary["high"]
+    dense = _run(1.0, "1111", 100.0)
+    ratio, decode, eff = bench_quality.effective(runs, dense)
+    assert ratio == pytest.approx(1.5)  # (1.0 + 2.0) / 2
+    assert decode == 1.5 and eff == pytest.approx((1.5 + 0.75) / 2)  # twice the tokens halve the speedup
+    assert bench_quality.cell(runs[:1], "test", interval=False) == "0.500"  # one seed: no sd
+    assert "±" in bench_quality.cell(runs, "test")
+
+
+def test_quality_benchmark_refuses_settings_it_cannot_render(bench_quality):
+    args = bench_quality.parse_args(["--methods", "resp", "nope"])
+    with pytest.raises(SystemExit, match=r"unknown methods \['nope'\]"):
+        bench_quality.resolve(args)
+    args = bench_quality.parse_args(["--methods", "resp", "magnitude"])
+    with pytest.raises(SystemExit, match="--no-ssgr"):
+        bench_quality.resolve(args)
+    args = bench_quality.resolve(
+        bench_quality.parse_args(["--methods", "resp", "--no-ssgr", "--seeded-methods", "resp"])
+    )
+    assert args.data == "v1" and set(args.eval_data) == {"test", "hard"} and args.primary_split == "test"
+    v2 = bench_quality.resolve(bench_quality.parse_args(["--data", "v2", "--no-ssgr"]))
+    assert list(v2.eval_data) == ["test", "held_out_frames", "hard"] and v2.primary_split == "held_out_frames"
+    assert "data_v2" in v2.train_data
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -105,3 +157,41 @@ def test_prune_cost_benchmark_times_every_phase_and_writes_its_block(tmp_path, m
     assert re.search(
         r"the prune estimated [\d.]+ GiB above the loaded model before any work \(batch 4 x", text
     )
+
+
+def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
+    args = bench_quality.resolve(
+        bench_quality.parse_args(["--quick", "--eval-splits", "test", "--seeded-methods", "resp"])
+    )
+    dense = dict(_run(1.0, "1111", 100.0), parameters=10, wall_seconds=1.0)
+    for split in dense["splits"].values():
+        split.update(ci_low=0.5, ci_high=1.0)
+
+    def setting(method, runs, **extra):
+        runs = [
+            dict(r, wall_seconds=2.0, kept={"query_heads": 1, "kv_heads": 1, "channels": 0.5}) for r in runs
+        ]
+        for r in runs:
+            r["splits"]["test"].update(ci_low=0.1, ci_high=0.9)
+        return dict(method=method, target=0.3, overrides={}, runs=runs, **extra)
+
+    data = dict(
+        dense=dense,
+        grid=[
+            setting("resp", [_run(0.5, "1100", 120.0, 1.4), _run(0.75, "1110", 100.0, 1.4)]),
+            setting("magnitude", [_run(0.25, "1000", 300.0, 1.4)]),
+        ],
+        uniform=[setting("resp", [_run(0.5, "1100", 100.0, 1.5)] * 2)],
+        ssgr=[],
+        sweep=[dict(setting("resp", [_run(0.5, "1100", 100.0)] * 2), num_stages=2)],
+        lora=[],
+        fractions=[],
+        norms=[],
+    )
+    text = bench_quality.render(args, data, "--quick")
+    assert "| resp | 2 | 0.625 ± 0.177 [" in text and "| magnitude | 1 | 0.250 [" in text
+    assert "| magnitude | per_layer | 30% | 3.00x | 1.40x | 0.47x |" in text  # 3x the tokens: slower overall
+    assert "Best mean on `test`: 2 stages" in text
+    bench_quality.plot(args, data, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    assert "| resp | 0.625 ± 0.177 |" in bench_quality.readme_summary(args, data, "--quick")
