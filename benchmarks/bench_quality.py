@@ -544,12 +544,6 @@ def plot(args: argparse.Namespace, data: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def data_version(model: Path) -> str:
-    """The generator the model was trained on (its training_info.json), which decides the evaluation data."""
-    info = model / "training_info.json"
-    return json.loads(info.read_text()).get("data", "v1") if info.exists() else "v1"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -600,11 +594,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on the model: its data version, the calibration and evaluation files."""
-    from optimum_resp.testbed import DATA_VERSIONS, testbed_data_path, testbed_model_path
+    from optimum_resp.testbed import (
+        DATA_VERSIONS,
+        testbed_data_path,
+        testbed_model_path,
+        trained_data_version,
+    )
 
     args.model = args.model or str(testbed_model_path())
     args.model_name = Path(args.model).name
-    args.data = args.data or data_version(Path(args.model))
+    args.data = args.data or trained_data_version(args.model)
     args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train", args.data))
     splits = args.eval_splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
     args.eval_data = {split: str(testbed_data_path("gsm8k", split, args.data)) for split in splits}

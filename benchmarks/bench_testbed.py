@@ -1,9 +1,10 @@
-"""Evaluate the shipped testbed reasoner with the evaluation harness; write RESULTS.md and its model card.
+"""Evaluate a testbed reasoner with the evaluation harness; write RESULTS.md and its model card.
 
-Runs greedy and sampled decoding (temperature 0.6, top_p 0.95, top_k 20, seed 0) on the held-out ``test``
-split and the ``hard`` split (6-7 steps), in GSM8K and MathQA format::
+Runs greedy and sampled decoding (temperature 0.6, top_p 0.95, top_k 20, seed 0) on every evaluation split of
+the data the model was trained on (v1: ``test``, ``hard``; v2: ``test``, ``held_out_frames``, ``hard``), in GSM8K
+and MathQA format::
 
-    python benchmarks/bench_testbed.py                 # full splits (test: 500, hard: 200)
+    python benchmarks/bench_testbed.py                 # the shipped model, full splits
     python benchmarks/bench_testbed.py --limit 50      # quick look
 """
 
@@ -20,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_resp.evaluation import EvalConfig, evaluate_model
-from optimum_resp.testbed import testbed_data_path, testbed_model_path
+from optimum_resp.testbed import DATA_VERSIONS, testbed_data_path, testbed_model_path, trained_data_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import RESULTS, write_results  # noqa: E402
@@ -33,7 +34,16 @@ DECODING = {
 }
 
 
+SPLIT_NOTES = {
+    "v1": "`test` = held-out 2-5 step problems, `hard` = 6-7 steps (longer than any training problem).",
+    "v2": "`test` = held-out 2-5 step problems in the training frames, `held_out_frames` = the same difficulty in "
+    "sentence frames and names never trained on, `hard` = 6-8 steps in the training frames.",
+}
+
+
 def run(
+    model_path: Path,
+    version: str,
     limit: int | None,
     batch_size: int,
     max_new_tokens: int,
@@ -44,16 +54,15 @@ def run(
 ) -> list[dict]:
     """Evaluate every (task, split, decoding) combination; return one summary row each."""
     torch.set_num_threads(threads)
-    path = testbed_model_path()
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = []
     for split in splits:
         for task in tasks:
             for decoding in decodings:
                 cfg = EvalConfig(
                     task=task,
-                    data=str(testbed_data_path(task, split)),
+                    data=str(testbed_data_path(task, split, version)),
                     split=split,
                     limit=limit,
                     generation={
@@ -90,8 +99,7 @@ def eval_table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Evaluation harness `optimum_resp.evaluation.evaluate_model`, thinking mode, max_new_tokens "
         f"{args.max_new_tokens}, limit {args.limit}; sampled = temperature 0.6, top_p 0.95, top_k 20, seed 0; "
-        "95% Wilson intervals. `test` = held-out 2-5 step problems, `hard` = 6-7 steps (longer than any training "
-        "problem).",
+        f"95% Wilson intervals. Data {args.data}: {SPLIT_NOTES[args.data]}",
         "",
         "| split | format | decoding | n | accuracy | 95% CI | mean trace tokens | truncated | tokens/s |",
         "|---|---|---|---:|---:|---|---:|---:|---:|",
@@ -112,7 +120,7 @@ def eval_table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def render(rows: list[dict], info: dict | None, args: argparse.Namespace) -> str:
     """RESULTS.md section: training provenance, then the evaluation table."""
-    lines = ["## Testbed: tiny reasoner (`optimum_resp/testbed/tiny_reasoner`)", ""]
+    lines = [f"## Testbed: tiny reasoner (`{args.model_label}`)", ""]
     if info:
         arch = info.get("architecture", {})
         runs = info.get("previous_runs", []) + [info]
@@ -135,10 +143,11 @@ def render(rows: list[dict], info: dict | None, args: argparse.Namespace) -> str
 def main() -> None:
     """Parse arguments, evaluate, write the RESULTS.md section and (full splits only) the model card table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="a testbed checkpoint folder (default: the shipped one)")
     p.add_argument("--limit", type=int, default=None, help="items per split (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=400)
-    p.add_argument("--splits", nargs="+", default=["test", "hard"])
+    p.add_argument("--splits", nargs="+", default=None, help="default: every evaluation split of its data")
     p.add_argument("--tasks", nargs="+", default=["gsm8k", "mathqa"])
     p.add_argument("--decodings", nargs="+", default=["greedy", "sampled"], choices=sorted(DECODING))
     p.add_argument("--threads", type=int, default=2)
@@ -146,7 +155,18 @@ def main() -> None:
     p.add_argument("--json-out", default=None, help="also dump the rows as JSON here")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_path = Path(args.model) if args.model else testbed_model_path()
+    args.data = trained_data_version(model_path)
+    args.splits = args.splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
+    root = testbed_model_path().parents[2]
+    args.model_label = (
+        str(model_path.resolve().relative_to(root))
+        if model_path.resolve().is_relative_to(root)
+        else str(model_path)
+    )
     rows = run(
+        model_path,
+        args.data,
         args.limit,
         args.batch_size,
         args.max_new_tokens,
@@ -155,11 +175,11 @@ def main() -> None:
         args.decodings,
         args.threads,
     )
-    info_path = testbed_model_path() / "training_info.json"
+    info_path = model_path / "training_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else None
     write_results("testbed", render(rows, info, args), Path(args.results))
     if args.limit is None:  # the model card carries the full-split numbers only
-        write_results("evaluation", eval_table(rows, args), testbed_model_path() / "README.md")
+        write_results("evaluation", eval_table(rows, args), model_path / "README.md")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:

@@ -7,6 +7,7 @@ the next reasoner trains on.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,13 @@ def testbed_data_path(
     return _HERE / ("data" if version == "v1" else f"data_{version}") / f"{task}_{split}.jsonl"
 
 
+def trained_data_version(model_path: str | Path) -> str:
+    """The problem generator a testbed checkpoint was trained on (its training_info.json; v1 when unrecorded),
+    which decides the files it is evaluated on."""
+    info = Path(model_path) / "training_info.json"
+    return json.loads(info.read_text()).get("data", "v1") if info.exists() else "v1"
+
+
 # keep pytest from collecting these as tests when they are imported into test modules
 testbed_model_path.__test__ = False  # type: ignore[attr-defined]
 testbed_data_path.__test__ = False  # type: ignore[attr-defined]
@@ -75,6 +83,7 @@ __all__ = [
     "make_problem_v2",
     "testbed_data_path",
     "testbed_model_path",
+    "trained_data_version",
     "write_testbed",
     "write_testbed_v2",
 ]
