@@ -158,12 +158,7 @@ def main() -> None:
     model_path = Path(args.model) if args.model else testbed_model_path()
     args.data = trained_data_version(model_path)
     args.splits = args.splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
-    root = testbed_model_path().parents[2]
-    args.model_label = (
-        str(model_path.resolve().relative_to(root))
-        if model_path.resolve().is_relative_to(root)
-        else str(model_path)
-    )
+    args.model_label = args.model or "optimum_resp/testbed/tiny_reasoner"
     rows = run(
         model_path,
         args.data,
