@@ -176,3 +176,12 @@ def test_shipped_v2_files_are_the_generators_output(tmp_path):
         testbed_data_path("gsm8k", "held_out_frames")
     with pytest.raises(ValueError, match="unknown data version 'v3'"):
         testbed_data_path("gsm8k", "test", "v3")
+
+
+def test_trained_data_version_reads_the_checkpoints_training_record(tmp_path):
+    from optimum_resp.testbed import testbed_model_path, trained_data_version
+
+    assert trained_data_version(tmp_path) == "v1"  # no record: the generator before v2 existed
+    (tmp_path / "training_info.json").write_text(json.dumps({"data": "v2"}))
+    assert trained_data_version(tmp_path) == "v2"
+    assert trained_data_version(testbed_model_path()) == "v1"  # the shipped reasoner predates v2
