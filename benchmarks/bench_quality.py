@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import resource
 import statistics
@@ -42,6 +41,7 @@ README = HERE.parent / "README.md"
 from results_md import write_results  # noqa: E402
 
 from optimum_resp.configuration_resp import METHOD_PRESETS, RESPConfig  # noqa: E402
+from optimum_resp.evaluation import wilson_interval as wilson  # noqa: E402
 
 METHODS = {name: overrides for name, (overrides, _) in METHOD_PRESETS.items()}
 DESCRIPTIONS = {name: description for name, (_, description) in METHOD_PRESETS.items()}
@@ -204,16 +204,6 @@ def run_one(
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of `correct` successes in `n`."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    center = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 def seeds_summary(runs: list[dict], split: str) -> dict:
