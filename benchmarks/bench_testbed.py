@@ -37,7 +37,8 @@ DECODING = {
 SPLIT_NOTES = {
     "v1": "`test` = held-out 2-5 step problems, `hard` = 6-7 steps (longer than any training problem).",
     "v2": "`test` = held-out 2-5 step problems in the training frames, `held_out_frames` = the same difficulty in "
-    "sentence frames and names never trained on, `hard` = 6-8 steps in the training frames.",
+    "sentences and names never trained on (new combinations of trained phrasings), `hard` = 6-8 steps in the "
+    "training frames.",
 }
 
 

@@ -12,6 +12,7 @@ from optimum_resp.evaluation.extraction import extract_gsm8k_gold
 from optimum_resp.testbed import compositional
 from optimum_resp.testbed.compositional import (
     FRAMES,
+    GRAMMAR,
     NAMES,
     NUMBER_WORDS,
     PART,
@@ -19,9 +20,11 @@ from optimum_resp.testbed.compositional import (
     TIMES,
     generate_split_v2,
     generate_splits_v2,
+    made_up_name,
     make_problem_v2,
     write_testbed_v2,
 )
+from optimum_resp.testbed.problems import ITEMS
 from optimum_resp.testbed.tokenizer import build_testbed_tokenizer
 
 OPERATIONS = ("start", "rate", "add", "sub", "mul", "div")
@@ -39,6 +42,36 @@ def test_every_operation_has_at_least_eight_frames_per_family_and_the_families_s
     b = {t for frames in FRAMES["B"].values() for t in frames}
     assert not a & b
     assert not set(NAMES["A"]) & set(NAMES["B"])
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", re.sub(r"\{[a-z_]+\}", " ", text.lower())))
+
+
+_NOT_NAMES = set().union(*(_words(t) for fam in FRAMES.values() for frames in fam.values() for t in frames))
+_NOT_NAMES |= set(NUMBER_WORDS) | {w for pair in ITEMS for unit in pair for w in unit.split()}
+
+
+def _people(text: str) -> set[str]:
+    """The names in a problem's text: capitalised words that no frame, item or number word spells."""
+    return {w for w in re.findall(r"\b[A-Z][a-z]+\b", text) if w.lower() not in _NOT_NAMES}
+
+
+def test_held_out_frames_are_new_combinations_of_phrasings_training_has_taught():
+    # Every template has at least two slots with a choice, so each phrasing is in family A beside some
+    # partners and in family B beside others: B holds no word that A lacks, only sentences A never says.
+    for templates in GRAMMAR.values():
+        for template, slots in templates:
+            assert sum(len(options) >= 2 for options in slots.values()) >= 2, template
+            assert all("{" + key + "}" in template for key in slots), template
+    for group in FRAMES["B"]:
+        a_words = set().union(*map(_words, FRAMES["A"][group]))
+        for frame in FRAMES["B"][group]:
+            assert _words(frame) <= a_words, (group, frame)
+    # about one combination in four is held out
+    total_b = sum(len(f) for f in FRAMES["B"].values())
+    total = total_b + sum(len(f) for f in FRAMES["A"].values())
+    assert 0.2 < total_b / total < 0.3
 
 
 def _mentions(question: str, value: int, op: str) -> bool:
@@ -68,8 +101,12 @@ def test_problems_compute_what_they_say(family, num_steps):
         assert p.answer == p.steps[-1].result
         assert extract_gsm8k_gold(p.gold) == str(p.answer)
         assert p.solution.endswith(f"\\boxed{{{p.answer}}}.")
-        people = {n for n in NAMES[family] if re.search(rf"\b{n}\b", p.question)}
-        assert people and people <= set(NAMES[family])
+        people = _people(p.question)
+        assert people
+        if family == "B":  # held out: only family B's names
+            assert people <= set(NAMES["B"]), p.question
+        else:  # family A: its own names or made-up ones, never B's
+            assert not people & set(NAMES["B"]), p.question
         # The trace quotes the question's sentences (all but the question itself), each once.
         quoted = [re.sub(r"( \d+ [-+*/] \d+ = \d+\.)+$", "", line[2:]) for line in p.think.splitlines()[:-1]]
         assert sorted(quoted) == sorted(re.split(r"(?<=\.) ", p.question)[:-1])
@@ -96,7 +133,7 @@ def test_wording_varies_numbers_as_words_distractors_and_facts_out_of_order():
     counts = set()
     for p in problems:
         holders = {line.split(" has ")[0] for line in p.gold.splitlines()[:-1]}
-        holders |= {n for n in NAMES["A"] if re.search(rf"\b{n}\b", p.think.splitlines()[0])}
+        holders |= _people(p.think.splitlines()[0])
         counts.add(len(holders))
     assert counts == {1, 2, 3}
 
@@ -109,12 +146,25 @@ def test_splits_are_reproducible_disjoint_and_drawn_from_their_family(tmp_path):
     questions = {split: {r["question"] for r in rows[f"gsm8k_{split}"]} for split in SPLITS_V2}
     assert not questions["train"] & (questions["test"] | questions["held_out_frames"] | questions["hard"])
     for q in questions["held_out_frames"]:  # family B: no training name
-        assert not any(re.search(rf"\b{n}\b", q) for n in NAMES["A"]), q
+        assert _people(q) <= set(NAMES["B"]), q
     hard = generate_split_v2("hard", 20, seed=0)
     assert all(6 <= p.num_steps <= 8 for p in hard)
     assert [r["Problem"] for r in rows["mathqa_test"]] == [r["question"] for r in rows["gsm8k_test"]]
     for r in rows["mathqa_test"]:
         assert r["correct"] in "abcde" and r["options"].count(" , ") == 4
+
+
+def test_training_names_are_unbounded_so_a_model_must_copy_them():
+    rng = random.Random(0)
+    made_up = [made_up_name(rng) for _ in range(2000)]
+    assert not set(made_up) & set(NAMES["A"] + NAMES["B"])
+    assert len(set(made_up)) > 1500 and all(re.fullmatch(r"[A-Z][a-z]+", n) for n in made_up)
+    people = [_people(p.question) for p in generate_split_v2("train", 400, seed=0)]
+    real = set(NAMES["A"])
+    # about half the people are made up, so most names in training are seen once
+    share = sum(len(ps - real) for ps in people) / sum(len(ps) for ps in people)
+    assert 0.35 < share < 0.65
+    assert len(set().union(*people) - real) > 300
 
 
 def test_impossible_settings_are_refused():
@@ -158,6 +208,13 @@ def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out
     for p in held_out:  # family B words are spelled with trained pieces: nothing is lost or unknown
         for text in (p.question, p.solution):
             assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    # ... and with pieces training solutions contain, so a model trained on family A has learned to write
+    # every token a held-out answer needs (the made-up training names cover the letters of B's names)
+    trained = set()
+    for p in generate_split_v2("train", 1000, seed=1):
+        trained |= set(tok(p.solution, add_special_tokens=False)["input_ids"])
+    needed = set().union(*(tok(p.solution, add_special_tokens=False)["input_ids"] for p in held_out))
+    assert needed <= trained, tok.convert_ids_to_tokens(sorted(needed - trained))
     assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
     with pytest.raises(ValueError, match="generator must be 'v1' or 'v2'"):
         build_testbed_tokenizer(num_problems=10, generator="v3")
@@ -173,7 +230,7 @@ def test_shipped_v2_files_are_the_generators_output(tmp_path):
             assert shipped.read_text() == paths[f"{task}_{split}"].read_text()
             assert len(shipped.read_text().splitlines()) == n
     with pytest.raises(ValueError, match="unknown v1 split 'held_out_frames'"):
-        testbed_data_path("gsm8k", "held_out_frames")
+        testbed_data_path("gsm8k", "held_out_frames", "v1")
     with pytest.raises(ValueError, match="unknown data version 'v3'"):
         testbed_data_path("gsm8k", "test", "v3")
 
@@ -185,3 +242,11 @@ def test_trained_data_version_reads_the_checkpoints_training_record(tmp_path):
     (tmp_path / "training_info.json").write_text(json.dumps({"data": "v2"}))
     assert trained_data_version(tmp_path) == "v2"
     assert trained_data_version(testbed_model_path()) == "v1"  # the shipped reasoner predates v2
+
+
+def test_shipped_data_defaults_to_the_generator_the_shipped_model_was_trained_on():
+    from optimum_resp.testbed import testbed_data_path, testbed_model_path, trained_data_version
+
+    version = trained_data_version(testbed_model_path())
+    assert testbed_data_path("gsm8k", "train") == testbed_data_path("gsm8k", "train", version)
+    assert testbed_data_path("mathqa", "test") == testbed_data_path("mathqa", "test", version)

@@ -40,12 +40,16 @@ def testbed_model_path() -> Path:
 
 
 def testbed_data_path(
-    task: Literal["gsm8k", "mathqa"] = "gsm8k", split: str = "test", version: Literal["v1", "v2"] = "v1"
+    task: Literal["gsm8k", "mathqa"] = "gsm8k",
+    split: str = "test",
+    version: Literal["v1", "v2"] | None = None,
 ) -> Path:
     """Return the shipped jsonl file for ``task`` (``gsm8k`` or ``mathqa``) and ``split`` of generator ``version``
-    (v1: train/test/hard; v2: train/test/held_out_frames/hard)."""
+    (v1: train/test/hard; v2: train/test/held_out_frames/hard); by default the generator the shipped model was
+    trained on, so its calibration prompts and evaluation problems match it."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    version = trained_data_version(testbed_model_path()) if version is None else version
     if version not in DATA_VERSIONS:
         raise ValueError(f"unknown data version {version!r}; expected one of {list(DATA_VERSIONS)}")
     if split not in DATA_VERSIONS[version]:

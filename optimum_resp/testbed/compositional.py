@@ -3,10 +3,12 @@
 Every operation is said in many sentence frames (who acts, active and passive voice, rates and "each /
 per", comparisons "3 more than", "twice as many as", "half as many as"), small numbers are sometimes words,
 distractor sentences carry numbers that do not matter, two or three people take part, and the question
-is asked in several ways. The frames and names come in two disjoint families: `train` and `test` use
-family A, `held_out_frames` uses family B (frames and names never seen in training, same operations, same
-number ranges), and `hard` is family A with more steps. Seeded and reproducible; the GSM8K and MathQA
-files are written from the same problems.
+is asked in several ways. Frames are built from templates whose slots each take one of a few phrasings
+(`GRAMMAR`); one combination of phrasings in four is held out. `train` and `test` use family A,
+`held_out_frames` uses family B (sentences and names never seen in training, made of phrasings training has
+taught in other combinations: a model trained from scratch cannot learn the meaning of a word it never saw,
+but it can learn to read a sentence it has never seen), and `hard` is family A with more steps. Seeded and
+reproducible; the GSM8K and MathQA files are written from the same problems.
 
 The solution trace quotes each sentence (`> ...`) and follows it with the arithmetic it implies, as the
 v1 generator's traces do; distractor sentences are quoted with no arithmetic.
@@ -14,6 +16,7 @@ v1 generator's traces do; distractor sentences are quoted with no arithmetic.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -26,11 +29,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FRAMES",
+    "GRAMMAR",
     "SPLITS_V2",
     "SplitSpec",
     "generate_split_v2",
     "generate_splits_v2",
     "make_problem_v2",
+    "made_up_name",
     "write_testbed_v2",
 ]
 
@@ -42,220 +47,346 @@ TIMES = {2: "twice", 3: "three times", 4: "four times", 5: "five times"}
 PART = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
 
 NAMES = {
-    "A": ["Mia", "Liam", "Emma", "Noah", "Olivia", "Lucas", "Sofia", "Ethan", "Zoe", "Omar", "Lena", "Ivan"]
-    + ["Priya", "Kenji", "Maya", "Leo", "Nora", "Ben", "Chloe", "Sam"],
-    "B": [
-        "Tara",
-        "Hugo",
-        "Ines",
-        "Ravi",
-        "Yuki",
-        "Elena",
-        "Jack",
-        "Aisha",
-        "Diego",
-        "Grace",
-        "Felix",
-        "Amara",
+    "A": (
+        "Mia Liam Emma Noah Olivia Lucas Sofia Ethan Zoe Omar Lena Ivan Priya Kenji Maya Leo Nora Ben Chloe Sam "
+        "Anna Max Lily Tom Ruby Adam Julia Oscar Nina Paul Rosa Alex Kate Hassan Mei Pedro Sara Luca Iris Dan"
+    ).split(),
+    "B": (
+        "Tara Hugo Ines Ravi Yuki Isla Otto Aisha Diego Grace Felix Amara Bruno Clara Dmitri Esme Farid Greta "
+        "Hiro Ada"
+    ).split(),
+}
+"""Real names per family. Family A problems also use made-up names (`made_up_name`) half of the time: with only
+forty names a model learns each one as a word; with unbounded names it must copy the question's, which is what
+lets it answer about people it has never seen (family B)."""
+
+_ONSETS = "B C D F G H J K L M N P R S T V W Y Z Br Ch Cl Dr Fl Gr Kr Pr Sh St Tr".split()
+_VOWELS = "a e i o u a e i o ai ea ia io".split()
+_CODAS = ["", "", "", "", "", "", "n", "r", "l", "s", "m", "x", "k", "d", "t"]
+
+
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable two- or three-syllable name, never one of the real names of either family."""
+    while True:
+        onsets = [rng.choice(_ONSETS)] + [rng.choice(_ONSETS[:19]) for _ in range(rng.choice((1, 1, 1, 2)))]
+        syllables = [onset + rng.choice(_VOWELS) + rng.choice(_CODAS) for onset in onsets]
+        name = syllables[0] + "".join(s.lower() for s in syllables[1:])
+        if name not in _REAL_NAMES:
+            return name
+
+
+_REAL_NAMES = frozenset(NAMES["A"] + NAMES["B"])
+
+
+def _person(rng: random.Random, family: str) -> str:
+    return made_up_name(rng) if family == "A" and rng.random() < 0.5 else rng.choice(NAMES[family])
+
+
+_OPEN_START = ["", "At first, ", "On Monday, ", "To begin with, ", "In the morning, "]
+_OPEN = ["", "Then ", "Later, ", "Next, ", "After that, "]
+_HOLD = ["has", "owns", "keeps", "holds"]
+_HOLD_BARE = ["have", "own", "keep", "hold"]
+_STOCK = ["stock", "pile", "collection", "supply"]
+_EVENLY = ["equally", "evenly", "fairly"]
+_COMPARE = ["Compared with", "Compared to", "Next to"]
+_DOES = ["", " does"]
+_WHEN = [" now", " in the end", " at the end", " after all this"]
+
+
+def _compare(word: str) -> list[tuple[str, dict[str, list[str]]]]:
+    """Comparison templates ("3 more than", "twice as many as") around `word`, a placeholder or a word."""
+    many = word in ("{times}", "{part}")
+    return [
+        (f"{{other}} {{H}} {{x}} {word} {{units}} than {{name}}{{D}}.", {"H": _HOLD, "D": _DOES})
+        if not many
+        else (f"{{other}} {{H}} {word} as many {{units}} as {{name}}{{D}}.", {"H": _HOLD, "D": _DOES}),
+        (
+            f"{{other}} {{H}} {{x}} {{units}} {'more' if word == 'more' else 'less'} than {{name}}{{D}}.",
+            {"H": _HOLD, "D": _DOES},
+        )
+        if not many
+        else (
+            f"{{other}} {{H}} {word} the number of {{units}} that {{name}} {{H2}}.",
+            {"H": _HOLD, "H2": _HOLD},
+        ),
+        (
+            f"{{other}}'s {{S}} has {{x}} {word} {{units}} than {{name}}'s{{D}}.",
+            {"S": ["pile", "box", "bag", "shelf"], "D": _DOES},
+        )
+        if not many
+        else (
+            f"{{other}}'s {{S}} holds {word} as many {{units}} as {{name}}'s{{D}}.",
+            {"S": ["pile", "box", "bag", "shelf"], "D": _DOES},
+        ),
+        (f"{{C}} {{name}}, {{other}} {{H}} {{x}} {word} {{units}}.", {"C": _COMPARE, "H": _HOLD})
+        if not many
+        else (f"{{C}} {{name}}, {{other}} {{H}} {word} as many {{units}}.", {"C": _COMPARE, "H": _HOLD}),
     ]
-    + ["Bruno", "Clara", "Dmitri", "Esme", "Farid", "Greta", "Hiro", "Ada"],
+
+
+# Templates per operation: each upper-case slot takes one of its phrasings, and every combination of phrasings
+# is one frame. Run-time placeholders (lower case): {name} (the person acting or holding), {other} (a second
+# person, introduced by a comparison), {x} (the number), {k} / {times} / {part} (a small factor), {units},
+# {one} (singular), {cont} (a container), {cont_one}, {r} and {d} (a rate: r per day for d days, or d containers
+# of r), {y} and {other_units} (distractors). `start` frames open a problem; `more`, `fewer`, `times` and `part`
+# compare a new person with the current one and move the story to them.
+GRAMMAR: dict[str, list[tuple[str, dict[str, list[str]]]]] = {
+    "start": [
+        (
+            "{O}{name} {V} {x} {units}{T}.",
+            {
+                "O": _OPEN_START,
+                "V": _HOLD + ["counts", "possesses"],
+                "T": ["", " in a drawer", " on a shelf", " in a bag", " at home"],
+            },
+        ),
+        (
+            "{O}{x} {units} {V} {name}{T}.",
+            {
+                "O": _OPEN_START,
+                "V": ["belong to", "are kept by", "are owned by", "are held by"],
+                "T": ["", " at home", " in a bag"],
+            },
+        ),
+        (
+            "{O}{name} {V} {units} and {H} {x} {S}.",
+            {
+                "O": _OPEN_START,
+                "V": ["collects", "saves", "gathers"],
+                "H": _HOLD[:3],
+                "S": ["so far", "by now", "already"],
+            },
+        ),
+        (
+            "{O}there are {x} {units} in {name}'s {P}.",
+            {"O": _OPEN_START, "P": ["room", "bag", "desk", "garage"]},
+        ),
+    ],
+    "rate": [
+        (
+            "{O}{name} {V} {r} {units} {P} {U} for {d} {U}s.",
+            {
+                "O": _OPEN,
+                "V": ["picks", "makes", "gets", "earns", "collects", "gathers", "receives"],
+                "P": ["every", "each", "per", "a"],
+                "U": ["day", "week"],
+            },
+        ),
+        (
+            "{O}for {d} {U}s, {name} {V} {r} {units} {P} {U}.",
+            {
+                "O": ["", "Then, ", "After that, "],
+                "V": ["picks", "makes", "gets", "earns", "collects", "gathers", "receives"],
+                "P": ["every", "each", "per", "a"],
+                "U": ["day", "week"],
+            },
+        ),
+        (
+            "{O}every {U} for {d} {U}s, {r} {units} are {V} {name}.",
+            {
+                "O": ["", "Then, ", "After that, "],
+                "U": ["day", "week"],
+                "V": ["given to", "sent to", "handed to", "brought to"],
+            },
+        ),
+        (
+            "{O}{name} {V} {d} {cont}{W}.",
+            {
+                "O": _OPEN,
+                "V": ["buys", "orders", "gets", "opens", "unpacks", "finds"],
+                "W": [
+                    " with {r} {units} in each",
+                    " of {r} {units} each",
+                    " holding {r} {units} apiece",
+                    ", and each {cont_one} holds {r} {units}",
+                    " with {r} {units} per {cont_one}",
+                ],
+            },
+        ),
+        (
+            "{O}there are {d} {cont} in {name}'s {P}, each with {r} {units}.",
+            {"O": _OPEN, "P": ["closet", "room", "garage", "kitchen"]},
+        ),
+    ],
+    "add": [
+        (
+            "{O}{name} {V} {x} {M} {units}{T}.",
+            {
+                "O": _OPEN,
+                "V": ["buys", "finds", "wins", "gets", "receives", "collects", "picks up", "earns"],
+                "M": ["more", "extra", "additional", "new"],
+                "T": ["", " at the market", " from a friend", " at school", " in a game"],
+            },
+        ),
+        (
+            "{O}{x} {M} {units} are {V} {name}{T}.",
+            {
+                "O": _OPEN,
+                "M": ["more", "extra", "new"],
+                "V": ["given to", "handed to", "sent to", "brought to", "passed to"],
+                "T": ["", " by a neighbour", " by a teacher", " by an aunt"],
+            },
+        ),
+        (
+            "{O}{name}'s {S} of {units} {V} by {x}.",
+            {"O": _OPEN, "S": _STOCK, "V": ["goes up", "grows", "rises", "increases"]},
+        ),
+        (
+            "{O}{G} gives {name} {x} {M} {units}.",
+            {
+                "O": _OPEN,
+                "G": ["a neighbour", "a teacher", "an aunt", "a friend", "{name}'s uncle"],
+                "M": ["more", "extra", "new"],
+            },
+        ),
+    ],
+    "sub": [
+        (
+            "{O}{name} {V} {x} {units}{T}.",
+            {
+                "O": _OPEN,
+                "V": [
+                    "gives away",
+                    "sells",
+                    "loses",
+                    "uses",
+                    "donates",
+                    "spends",
+                    "throws away",
+                    "hands out",
+                ],
+                "T": ["", " at the market", " on the way home", " for a project", " in a game"],
+            },
+        ),
+        (
+            "{O}{x} of {name}'s {units} are {V}{T}.",
+            {
+                "O": _OPEN,
+                "V": ["taken", "lost", "sold", "broken", "eaten", "borrowed"],
+                "T": ["", " by a cousin", " by a friend", " during a trip"],
+            },
+        ),
+        (
+            "{O}{name}'s {S} of {units} {V} by {x}.",
+            {"O": _OPEN, "S": _STOCK, "V": ["goes down", "drops", "falls", "shrinks"]},
+        ),
+        (
+            "{O}{name} gives {x} {units} to {G}.",
+            {"O": _OPEN, "G": ["a friend", "a cousin", "a neighbour", "the library", "a classmate"]},
+        ),
+    ],
+    "mul": [
+        (
+            "{O}{name} {H} {times} as many {units} as {B}.",
+            {"O": _OPEN, "H": _HOLD, "B": ["before", "at the start", "a moment ago", "last week"]},
+        ),
+        (
+            "{O}{name} {V} each {one} for {k} new {units}.",
+            {"O": _OPEN, "V": ["trades", "swaps", "exchanges"]},
+        ),
+        (
+            "{O}the {S} of {units} {name} {H} is multiplied by {k}.",
+            {"O": _OPEN, "S": ["number", "pile", "stock", "amount"], "H": _HOLD},
+        ),
+        (
+            "{O}{name}'s {S} of {units} {V} to {times} its size.",
+            {"O": _OPEN, "S": _STOCK, "V": ["grows", "rises", "jumps", "climbs"]},
+        ),
+        ("{O}{name} {V} each {one} into {k} {units}.", {"O": _OPEN, "V": ["turns", "changes", "makes"]}),
+    ],
+    "div": [
+        (
+            "{O}{name} {V} only {part} of the {units}{R}.",
+            {
+                "O": _OPEN,
+                "V": ["keeps", "holds on to", "saves"],
+                "R": ["", " and gives the rest away", " and sells the rest", " and donates the rest"],
+            },
+        ),
+        (
+            "{O}{name} {V} the {units} {E} into {k} {cont} and keeps one {cont_one}.",
+            {"O": _OPEN, "V": ["splits", "divides", "packs", "sorts"], "E": _EVENLY},
+        ),
+        (
+            "{O}{name} {V} the {units} {E} among {k} people, {name} included, and keeps one share.",
+            {"O": _OPEN, "V": ["shares", "splits", "divides"], "E": _EVENLY},
+        ),
+        (
+            "{O}{name} keeps one of every {k} {units} and {V} the others.",
+            {"O": _OPEN, "V": ["gives away", "sells", "donates", "throws away"]},
+        ),
+        (
+            "{O}only {part} of {name}'s {units} {V}; the rest are {W}.",
+            {"O": _OPEN, "V": ["are kept", "stay", "remain"], "W": ["sold", "given away", "lost"]},
+        ),
+    ],
+    "more": _compare("more"),
+    "fewer": _compare("fewer"),
+    "times": _compare("{times}"),
+    "part": _compare("{part}"),
+    "question": [
+        ("How many {units} does {name} {H}{E}?", {"H": _HOLD_BARE, "E": _WHEN}),
+        ("What is the number of {units} {name} {H}{E}?", {"H": _HOLD, "E": _WHEN}),
+        ("{F} how many {units} {name} {H}{E}.", {"F": ["Find", "Work out", "Tell"], "H": _HOLD, "E": _WHEN}),
+    ],
+    "distractor": [
+        (
+            "{name}{P} {V}.",
+            {
+                "P": ["", "'s sister", "'s friend"],
+                "V": [
+                    "is {y} years old",
+                    "lives {y} kilometres from town",
+                    "has {y} cousins",
+                    "read {y} books last year",
+                ],
+            },
+        ),
+        (
+            "{name} also {H} {y} {other_units}, which {M}.",
+            {"H": _HOLD[:3], "M": ["do not matter here", "play no part here", "are not counted"]},
+        ),
+        (
+            "The {P} nearby {V} {y} years ago.",
+            {"P": ["shop", "park", "school", "library"], "V": ["opened", "was built", "was painted"]},
+        ),
+    ],
 }
 
-# Frames per family and operation. Placeholders: {name} (the person acting or holding), {other} (a second
-# person, introduced by a comparison), {x} (the number), {k} / {times} / {part} (a small factor), {units},
-# {one} (singular), {cont} (a container), {a} and {per} (packs: a containers with per each), {r} and {d}
-# (a rate: r per day for d days). `start` frames open a problem; `more`, `fewer`, `times` and `part` compare
-# a new person with the current one and move the story to them.
-FRAMES: dict[str, dict[str, list[str]]] = {
-    "A": {
-        "start": [
-            "{name} has {x} {units}.",
-            "{name} starts the day with {x} {units}.",
-            "There are {x} {units} in {name}'s room.",
-            "{name} owns {x} {units}.",
-            "At first, {name} keeps {x} {units} in a drawer.",
-            "{name} counts {x} {units} on the table.",
-            "A friend gave {name} {x} {units} last week, and {name} still has all of them.",
-            "{name} collects {units} and has {x} so far.",
-        ],
-        "rate": [
-            "{name} picks {r} {units} every day for {d} days.",
-            "For {d} days, {name} makes {r} {units} per day.",
-            "{name} gets {r} {units} each day, {d} days in a row.",
-            "Every day for {d} days, {r} {units} are given to {name}.",
-            "{name} earns {r} {units} a day and does this for {d} days.",
-            "{name} buys {d} {cont} of {units} with {r} {units} in each.",
-            "{name} has {d} {cont}, and each of them holds {r} {units}.",
-            "There are {d} {cont} in {name}'s closet with {r} {units} per {cont_one}.",
-        ],
-        "add": [
-            "{name} buys {x} more {units}.",
-            "Later, {name} finds another {x} {units}.",
-            "Then {x} more {units} are added to {name}'s pile.",
-            "{name}'s aunt gives {name} {x} {units}.",
-            "{name} receives {x} {units} as a gift.",
-            "{x} {units} are handed to {name} by a neighbour.",
-            "Then {name} wins {x} {units} in a game.",
-            "{name} gets {x} extra {units} from school.",
-        ],
-        "sub": [
-            "{name} gives away {x} {units}.",
-            "Then {name} gives {x} {units} to a friend.",
-            "Sadly, {x} of the {units} get lost.",
-            "{name} sells {x} {units} at the market.",
-            "{x} of {name}'s {units} are taken by a cousin.",
-            "{name} uses {x} {units} for a project.",
-            "Then {name} loses {x} {units} on the way home.",
-            "{name} donates {x} {units} to the library.",
-        ],
-        "mul": [
-            "Then the number of {units} {name} has becomes {times} as large.",
-            "After a good week, {name} has {times} as many {units} as before.",
-            "{name} multiplies the {units} by {k}.",
-            "By the end of the month, {name}'s {units} have grown to {times} their number.",
-            "{name} trades each {one} for {k} new {units}.",
-            "Every {one} {name} has is swapped for {k} {units}.",
-            "The {units} {name} owns are copied until there are {times} as many.",
-            "Each of {name}'s {units} is replaced by {k} of them.",
-        ],
-        "div": [
-            "{name} splits the {units} equally into {k} {cont} and keeps only one of them.",
-            "{name} shares the {units} equally among {k} people, {name} included, and keeps one share.",
-            "Then {name} keeps only {part} of the {units}.",
-            "{name} gives away all but {part} of the {units}.",
-            "The {units} are put into {k} equal groups, and {name} keeps one group.",
-            "{name} divides the {units} evenly among {k} {cont} and takes one {cont_one} home.",
-            "Only {part} of {name}'s {units} are kept; the rest are sold.",
-            "{name} keeps one of every {k} {units} and gives the others away.",
-        ],
-        "more": [
-            "{other} has {x} more {units} than {name}.",
-            "{other} owns {x} {units} more than {name} does.",
-            "{other}'s pile has {x} more {units} than {name}'s.",
-        ],
-        "fewer": [
-            "{other} has {x} fewer {units} than {name}.",
-            "{other} owns {x} {units} less than {name} does.",
-            "{other}'s pile has {x} fewer {units} than {name}'s.",
-        ],
-        "times": [
-            "{other} has {times} as many {units} as {name}.",
-            "{other} owns {times} the number of {units} that {name} has.",
-        ],
-        "part": [
-            "{other} has {part} as many {units} as {name}.",
-            "{other} owns {part} of the number of {units} {name} has.",
-        ],
-        "question": [
-            "How many {units} does {name} have now?",
-            "How many {units} does {name} end up with?",
-            "How many {units} are left with {name} at the end?",
-            "What is the number of {units} {name} has in the end?",
-            "Find how many {units} {name} has now.",
-        ],
-        "distractor": [
-            "{name} is {y} years old.",
-            "{name}'s school is {y} minutes away by bus.",
-            "The shop nearby opened {y} years ago.",
-            "{name} also has {y} {other_units}, which do not matter here.",
-            "It rains on {y} days that month.",
-        ],
-    },
-    "B": {
-        "start": [
-            "To begin with, {name} holds {x} {units}.",
-            "{x} {units} belong to {name}.",
-            "{name}'s shelf carries {x} {units}.",
-            "In {name}'s bag there are {x} {units}.",
-            "{name} was given {x} {units} for a birthday.",
-            "The count of {name}'s {units} stands at {x}.",
-            "{name} is the proud keeper of {x} {units}.",
-            "On Monday morning, {name} possesses {x} {units}.",
-        ],
-        "rate": [
-            "Over {d} weeks, {name} gathers {r} {units} weekly.",
-            "{r} {units} reach {name} each week for {d} weeks.",
-            "{name} orders {d} {cont} holding {r} {units} apiece.",
-            "{name} is sent {d} {cont}; every {cont_one} contains {r} {units}.",
-            "Across {d} weeks {name} produces {r} {units} a week.",
-            "With {r} {units} per week, {name} works for {d} weeks.",
-            "{name} unpacks {d} {cont}, {r} {units} to each {cont_one}.",
-            "Each of {d} weeks brings {name} {r} {units}.",
-        ],
-        "add": [
-            "Next, {name} picks up {x} additional {units}.",
-            "A parcel with {x} {units} arrives for {name}.",
-            "{name} is gifted {x} more {units} by a teacher.",
-            "{name}'s stock of {units} goes up by {x}.",
-            "On the next day {name} purchases {x} {units}.",
-            "{name} adds {x} {units} to the collection.",
-            "{x} further {units} land in {name}'s hands.",
-            "A classmate hands over {x} {units} to {name}.",
-        ],
-        "sub": [
-            "Next, {name} hands out {x} {units}.",
-            "{x} {units} disappear from {name}'s shelf.",
-            "{name}'s stock of {units} drops by {x}.",
-            "{name} throws away {x} broken {units}.",
-            "A thief steals {x} of {name}'s {units}.",
-            "{name} parts with {x} {units}.",
-            "{x} {units} are borrowed from {name} and never returned.",
-            "{name} spends {x} {units} on a trade.",
-        ],
-        "mul": [
-            "{name}'s collection of {units} grows to {times} its size.",
-            "The amount of {units} {name} keeps is multiplied by {k}.",
-            "Soon {name} owns {times} as many {units} as a moment ago.",
-            "For every {one} {name} holds, {k} more appear in its place.",
-            "{name} ends the week with {times} the {units} held at its start.",
-            "The stock of {units} in {name}'s hands rises {k}-fold.",
-            "{name} turns each {one} into {k} {units}.",
-            "The pile of {units} {name} keeps becomes {times} bigger.",
-        ],
-        "div": [
-            "{name} keeps just {part} of the {units} and gives up the rest.",
-            "{name} splits the {units} into {k} equal heaps and holds on to one heap.",
-            "Only one of {k} equal portions of the {units} stays with {name}.",
-            "{name} packs the {units} evenly into {k} {cont}, keeping one {cont_one}.",
-            "After sharing fairly with {k} people in all, {name} has one share of the {units} left.",
-            "The {units} {name} has shrink to {part} of what they were.",
-            "{name} holds on to {part} of the {units}.",
-            "Out of every {k} {units}, {name} keeps one.",
-        ],
-        "more": [
-            "{other} holds {x} {units} beyond what {name} holds.",
-            "Compared with {name}, {other} has an extra {x} {units}.",
-            "{other}'s {units} outnumber {name}'s by {x}.",
-        ],
-        "fewer": [
-            "{other} holds {x} {units} short of what {name} holds.",
-            "Compared with {name}, {other} has {x} {units} less.",
-            "{name}'s {units} outnumber {other}'s by {x}.",
-        ],
-        "times": [
-            "{other}'s {units} number {times} those of {name}.",
-            "{other} keeps {times} as many {units} as {name} keeps.",
-        ],
-        "part": [
-            "{other}'s {units} come to {part} of {name}'s.",
-            "{other} keeps {part} as many {units} as {name} keeps.",
-        ],
-        "question": [
-            "What is {name}'s final count of {units}?",
-            "In the end, how many {units} does {name} hold?",
-            "Work out the number of {units} {name} has at the finish.",
-            "How many {units} remain in {name}'s hands?",
-            "Tell how many {units} {name} owns after all of this.",
-        ],
-        "distractor": [
-            "{name} lives {y} kilometres from town.",
-            "{name}'s sister turns {y} next spring.",
-            "The park has {y} benches.",
-            "Besides, {name} keeps {y} {other_units}, which play no part here.",
-            "The trip takes {y} hours.",
-        ],
-    },
-}
+HELD_OUT_EVERY = 4
+"""One combination of phrasings in HELD_OUT_EVERY goes to family B (the held-out frames)."""
+
+
+def _expand(template: str, slots: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every frame of one template, by family: a combination whose phrasing indices sum to
+    HELD_OUT_EVERY - 1 modulo HELD_OUT_EVERY is held out (B). With two or more slots of two or more phrasings,
+    every phrasing is in both families, each time beside different phrasings: B is new combinations of parts A
+    has taught, not new words."""
+    out: dict[str, list[str]] = {"A": [], "B": []}
+    keys = list(slots)
+    for idx in itertools.product(*(range(len(slots[k])) for k in keys)):
+        text = template
+        for key, i in zip(keys, idx):
+            text = text.replace("{" + key + "}", slots[key][i])
+        out["B" if sum(idx) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "A"].append(text)
+    return out
+
+
+def _frames() -> tuple[dict[str, dict[str, list[list[str]]]], dict[str, dict[str, list[str]]]]:
+    by_template: dict[str, dict[str, list[list[str]]]] = {"A": {}, "B": {}}
+    for group, templates in GRAMMAR.items():
+        for template, slots in templates:
+            for family, frames in _expand(template, slots).items():
+                by_template[family].setdefault(group, []).append(frames)
+    flat = {
+        f: {g: [t for ts in groups for t in ts] for g, groups in fam.items()}
+        for f, fam in by_template.items()
+    }
+    return by_template, flat
+
+
+_BY_TEMPLATE, FRAMES = _frames()
+"""FRAMES[family][group]: every frame of that family (B: the held-out combinations), for inspection and tests."""
 # Operation kind of each frame group: what it does to the value in focus.
 _KIND = {"more": "add", "fewer": "sub", "times": "mul", "part": "div"}
 
@@ -288,7 +419,10 @@ class _Story:
 
     def __init__(self, rng: random.Random, family: str) -> None:
         self.rng, self.family = rng, family
-        self.names = rng.sample(NAMES[family], 3)  # two or three people: the first, and up to two compared
+        self.names: list[str] = []  # two or three people: the first, and up to two compared
+        while len(self.names) < 3:
+            name = _person(rng, family)
+            self.names += [name] if name not in self.names else []
         self.focus = self.names.pop()
         (self.one, self.units), (_, self.other_units) = rng.sample(ITEMS, 2)
         self.sentences: list[tuple[str, list[Step]]] = []  # in the order of the computation
@@ -297,7 +431,9 @@ class _Story:
         self.steps: list[Step] = []
 
     def frame(self, group: str, **values) -> str:
-        text = self.rng.choice(FRAMES[self.family][group])
+        text = self.rng.choice(
+            self.rng.choice(_BY_TEMPLATE[self.family][group])
+        )  # a template, then a phrasing
         cont = self.rng.choice(CONTAINERS)
         fill = {"name": self.focus, "units": self.units, "one": self.one, "other_units": self.other_units}
         fill.update(cont=cont, cont_one=cont[:-2] if cont.endswith("xes") else cont[:-1])
@@ -408,7 +544,7 @@ def make_problem_v2(rng: random.Random, num_steps: int, family: str = "A") -> Pr
             order[0], order[1] = 1, 0
         holder = story.focus
         for _ in range(rng.choice([0, 0, 1, 1, 2])):  # distractors, anywhere after the opening sentence
-            story.focus = rng.choice(NAMES[family])
+            story.focus = _person(rng, family)
             story.sentences.append((story.frame("distractor", y=rng.randint(2, 90)), []))
             at = rng.randint(1, len(order))
             order.insert(at, len(story.sentences) - 1)
