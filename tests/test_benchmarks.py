@@ -195,3 +195,20 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
     bench_quality.plot(args, data, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert "| resp | 0.625 ± 0.177 |" in bench_quality.readme_summary(args, data, "--quick")
+
+
+def test_testbed_benchmark_lists_every_split_a_training_run_checked(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_testbed", REPO / "benchmarks" / "bench_testbed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    v1_run = {"heldout_greedy_eval": {"n": 500, "accuracy": 1.0}}
+    assert module.after(v1_run) == "test 100.0% (n=500)"
+    v2_run = {
+        "heldout_greedy_eval": {"n": 200, "accuracy": 0.94},
+        "greedy_eval": {
+            "test": {"n": 200, "accuracy": 0.94},
+            "held_out_frames": {"n": 200, "accuracy": 0.015},
+        },
+    }
+    assert module.after(v2_run) == "test 94.0% (n=200), held_out_frames 1.5% (n=200)"
