@@ -119,10 +119,14 @@ def test_quality_benchmark_refuses_settings_it_cannot_render(bench_quality):
     args = bench_quality.resolve(
         bench_quality.parse_args(["--methods", "resp", "--no-ssgr", "--seeded-methods", "resp"])
     )
-    assert args.data == "v1" and set(args.eval_data) == {"test", "hard"} and args.primary_split == "test"
-    v2 = bench_quality.resolve(bench_quality.parse_args(["--data", "v2", "--no-ssgr"]))
-    assert list(v2.eval_data) == ["test", "held_out_frames", "hard"] and v2.primary_split == "held_out_frames"
-    assert "data_v2" in v2.train_data
+    # the shipped model's data by default (v2: three evaluation splits, the held-out frames primary)
+    assert (
+        list(args.eval_data) == ["test", "held_out_frames", "hard"]
+        and args.primary_split == "held_out_frames"
+    )
+    assert args.data == "v2" and "data_v2" in args.train_data
+    v1 = bench_quality.resolve(bench_quality.parse_args(["--data", "v1", "--no-ssgr"]))
+    assert set(v1.eval_data) == {"test", "hard"} and v1.primary_split == "test"
 
 
 @pytest.mark.usefixtures("one_thread")

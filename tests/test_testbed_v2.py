@@ -241,7 +241,7 @@ def test_trained_data_version_reads_the_checkpoints_training_record(tmp_path):
     assert trained_data_version(tmp_path) == "v1"  # no record: the generator before v2 existed
     (tmp_path / "training_info.json").write_text(json.dumps({"data": "v2"}))
     assert trained_data_version(tmp_path) == "v2"
-    assert trained_data_version(testbed_model_path()) == "v1"  # the shipped reasoner predates v2
+    assert trained_data_version(testbed_model_path()) == "v2"  # the shipped reasoner
 
 
 def test_shipped_data_defaults_to_the_generator_the_shipped_model_was_trained_on():

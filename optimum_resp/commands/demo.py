@@ -40,7 +40,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--prompts", type=int, default=64, help="calibration prompts from the testbed train split")
     p.add_argument(
-        "--eval-limit", type=int, default=200, help="held-out problems evaluated (dense and pruned)"
+        "--eval-limit",
+        type=int,
+        default=100,
+        help="problems evaluated per split (test and held-out frames), dense and pruned",
     )
     p.add_argument("--stages", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3, help="speed comparison repeats")
@@ -60,23 +63,32 @@ def run_testbed(args: argparse.Namespace) -> int:
     from ..configuration_resp import RESPConfig
     from ..evaluation import EvalConfig, evaluate_model
     from ..pruner import RESPPruner
-    from ..testbed import testbed_data_path, testbed_model_path
+    from ..testbed import DATA_VERSIONS, testbed_data_path, testbed_model_path, trained_data_version
 
     path = testbed_model_path()
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    held_out = EvalConfig(
-        task="gsm8k",
-        data=str(testbed_data_path("gsm8k", "test")),
-        limit=args.eval_limit,
-        generation={"max_new_tokens": 384, "batch_size": 64},
-    )
+    # problems held out of training in its own frames (`test`) and, for v2 data, in frames it never saw
+    splits = [s for s in DATA_VERSIONS[trained_data_version(path)] if s in ("test", "held_out_frames")]
+    evals = {
+        split: EvalConfig(
+            task="gsm8k",
+            data=str(testbed_data_path("gsm8k", split)),
+            split=split,
+            limit=args.eval_limit,
+            generation={"max_new_tokens": 384, "batch_size": 64},
+        )
+        for split in splits
+    }
     print(
-        f"Shipped tiny reasoner ({model.num_parameters():,} parameters): evaluating {args.eval_limit} held-out "
-        "problems, greedy ...",
+        f"Shipped tiny reasoner ({model.num_parameters():,} parameters): evaluating {args.eval_limit} problems "
+        f"of each of {', '.join(splits)}, greedy ...",
         flush=True,
     )
-    dense = evaluate_model(model, tokenizer, held_out, show_progress=False).summary
+    dense = {
+        split: evaluate_model(model, tokenizer, cfg, show_progress=False).summary
+        for split, cfg in evals.items()
+    }
 
     config = RESPConfig(
         target_sparsity=args.sparsity,
@@ -94,7 +106,10 @@ def run_testbed(args: argparse.Namespace) -> int:
     prompts = prompts_from_task("gsm8k", testbed_data_path("gsm8k", "train"), limit=args.prompts, seed=0)
     pruner = RESPPruner(model, tokenizer, config, task="gsm8k", generator="hf")
     result = pruner.prune(prompts)
-    pruned = evaluate_model(result.model, tokenizer, held_out, show_progress=False).summary
+    pruned = {
+        split: evaluate_model(result.model, tokenizer, cfg, show_progress=False).summary
+        for split, cfg in evals.items()
+    }
     speed = compare_speed(model, result.model, prefill_tokens=256, decode_tokens=64, repeats=args.repeats)
 
     report = result.report
@@ -110,14 +125,17 @@ def run_testbed(args: argparse.Namespace) -> int:
     print()
     print("|  | dense | RESP-pruned |")
     print("|---|---:|---:|")
-    print(
-        f"| held-out accuracy (n={dense['n']}) | {dense['accuracy']:.3f} [{dense['ci_low']:.2f}, "
-        f"{dense['ci_high']:.2f}] | {pruned['accuracy']:.3f} [{pruned['ci_low']:.2f}, {pruned['ci_high']:.2f}] |"
-    )
+    for split in splits:
+        d, r = dense[split], pruned[split]
+        print(
+            f"| {split} accuracy (n={d['n']}) | {d['accuracy']:.3f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}] | "
+            f"{r['accuracy']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] |"
+        )
     print(f"| parameters | {report.dense_total_params:,} | {report.pruned_total_params:,} |")
     print(f"| decoder-linear sparsity | 0 | {report.sparsity:.1%} |")
     print(
-        f"| mean trace tokens | {dense['mean_generated_tokens']:.0f} | {pruned['mean_generated_tokens']:.0f} |"
+        f"| mean trace tokens ({splits[0]}) | {dense[splits[0]]['mean_generated_tokens']:.0f} | "
+        f"{pruned[splits[0]]['mean_generated_tokens']:.0f} |"
     )
     print(
         f"| decode tokens/s (batch 1) | {speed.decode_dense_tokens_per_s:.0f} | {speed.decode_pruned_tokens_per_s:.0f} |"
@@ -129,7 +147,7 @@ def run_testbed(args: argparse.Namespace) -> int:
     )
     if args.output:
         pruner.save_pretrained(
-            args.output, eval_results=[pruned], command=getattr(args, "command_line", None)
+            args.output, eval_results=list(pruned.values()), command=getattr(args, "command_line", None)
         )
         print(f"Saved to {args.output}")
     return 0
