@@ -181,7 +181,12 @@ def run_one(
     if path.exists():
         record = json.loads(path.read_text())
         print(f"{label}: kept from {path.name}", flush=True)
+        args.kept.append(record)
         return record
+    if args.plan:
+        print(f"{label}: to run", flush=True)
+        args.to_run.append(label)
+        return {}
     cmd = [sys.executable, __file__, "--worker", "--method", method, "--sparsity", str(sparsity)]
     cmd += ["--overrides", json.dumps(overrides), "--seed", str(seed), "--model", str(args.model)]
     cmd += ["--train-data", str(args.train_data), "--eval-data-json", json.dumps(args.eval_data)]
@@ -534,6 +539,18 @@ def plot(args: argparse.Namespace, data: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- entry point
 
 
+def plan_summary(kept: list[dict], to_run: list[str]) -> str:
+    """One line: runs kept and still to run (a run shared by two tables counts once), and the time left at the
+    kept runs' mean wall time."""
+    kept_walls = {json.dumps(r, sort_keys=True): r.get("wall_seconds", 0.0) for r in kept}
+    pending = list(dict.fromkeys(to_run))
+    line = f"{len(kept_walls)} runs kept, {len(pending)} to run"
+    if pending and kept_walls:
+        mean = sum(kept_walls.values()) / len(kept_walls)
+        line += f" (about {len(pending) * mean / 3600:.1f} h at the kept runs' mean of {mean / 60:.1f} min)"
+    return line
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -573,6 +590,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="list the runs these settings need, kept and still to run, with an estimate of the time left; "
+        "run nothing",
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         default=None,
@@ -591,6 +614,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         trained_data_version,
     )
 
+    args.kept, args.to_run = [], []  # what run_one found and (with --plan) what it would run
     args.model = args.model or str(testbed_model_path())
     args.model_name = Path(args.model).name
     args.data = args.data or trained_data_version(args.model)
@@ -628,6 +652,10 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--render", args.render)
     )
+    if args.plan:
+        collect(args)
+        print(plan_summary(args.kept, args.to_run))
+        return
     if args.render:
         data = json.loads(Path(args.render).read_text())
     else:

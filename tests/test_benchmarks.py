@@ -40,6 +40,9 @@ def settings(tmp_path):
         seeds=[0, 1],
         threads=1,
         quick=False,
+        plan=False,
+        kept=[],
+        to_run=[],
     )
 
 
@@ -78,6 +81,31 @@ def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings
     default = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
     default.write_text(json.dumps(dict(record, seed=0)))
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
+
+
+def test_plan_lists_kept_runs_and_runs_left_without_running_any(bench_quality, monkeypatch, capsys, tmp_path):
+    def no_worker(*args, **kwargs):
+        raise AssertionError("--plan must not run anything")
+
+    monkeypatch.setattr(bench_quality.subprocess, "run", no_worker)
+    monkeypatch.setattr(bench_quality, "write_results", no_worker)
+    monkeypatch.setattr(bench_quality, "HERE", tmp_path)  # where quality.json would go
+    argv = ["--quick", "--eval-splits", "test", "--plan"]
+    bench_quality.main(argv)
+    lines = capsys.readouterr().out.splitlines()
+    # --quick: dense, resp (2 seeds) and magnitude at 30%, resp uniform (2 seeds), the 2-stage sweep (2 seeds),
+    # LoRA and the params normalization: 10 runs, none kept yet
+    assert lines[-1] == "0 runs kept, 10 to run"
+    assert sum(line.endswith(": to run") for line in lines) == 10
+    args = bench_quality.resolve(bench_quality.parse_args(argv))
+    kept = bench_quality.run_record_path(args, "magnitude", 0.3, {}, 0)
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"method": "magnitude", "wall_seconds": 360.0}))
+    bench_quality.main(argv)
+    out = capsys.readouterr().out
+    assert f"magnitude      0.30 seed 0 {{}}: kept from {kept.name}" in out
+    assert out.splitlines()[-1] == "1 runs kept, 9 to run (about 0.9 h at the kept runs' mean of 6.0 min)"
+    assert not (tmp_path / "quality.json").exists()
 
 
 def _run(accuracy: float, correct: str, tokens: float, speedup: float = 1.0) -> dict:
