@@ -24,11 +24,22 @@ def main() -> None:
     )
     parser.add_argument("--sparsity", type=float, default=0.4)
     parser.add_argument("--prompts", type=int, default=128, help="calibration prompts (train split)")
-    parser.add_argument("--eval-limit", type=int, default=200, help="held-out problems to evaluate")
+    parser.add_argument("--eval-limit", type=int, default=200, help="problems to evaluate")
+    parser.add_argument(
+        "--split",
+        default="held_out_frames",
+        help="evaluation split: test (training frames), held_out_frames (frames never trained on) or hard",
+    )
     parser.add_argument("--output", default="tiny-reasoner-resp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    evaluation = EvalConfig(  # an unknown split fails here, before the prune
+        task="gsm8k",
+        data=str(testbed_data_path("gsm8k", args.split)),
+        limit=args.eval_limit,
+        generation={"max_new_tokens": 384, "batch_size": 64},
+    )
     path = testbed_model_path()
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -45,20 +56,14 @@ def main() -> None:
     result = pruner.prune(prompts, output_dir=args.output)
     pruner.save_pretrained(args.output)
 
-    held_out = EvalConfig(
-        task="gsm8k",
-        data=str(testbed_data_path("gsm8k", "test")),
-        limit=args.eval_limit,
-        generation={"max_new_tokens": 384, "batch_size": 64},
-    )
-    dense = evaluate_model(model, tokenizer, held_out, show_progress=False).summary
-    pruned = evaluate_model(result.model, tokenizer, held_out, show_progress=False).summary
+    dense = evaluate_model(model, tokenizer, evaluation, show_progress=False).summary
+    pruned = evaluate_model(result.model, tokenizer, evaluation, show_progress=False).summary
     print(
         f"sparsity {result.report.sparsity:.1%}: parameters {result.report.dense_total_params:,} -> "
         f"{result.report.pruned_total_params:,}"
     )
     print(
-        f"held-out accuracy: dense {dense['accuracy']:.3f}, pruned {pruned['accuracy']:.3f} (n={pruned['n']})"
+        f"{args.split} accuracy: dense {dense['accuracy']:.3f}, pruned {pruned['accuracy']:.3f} (n={pruned['n']})"
     )
 
 
