@@ -181,11 +181,11 @@ def run_one(
     if path.exists():
         record = json.loads(path.read_text())
         print(f"{label}: kept from {path.name}", flush=True)
-        args.kept.append(record)
+        args.kept[path] = record
         return record
     if args.plan:
         print(f"{label}: to run", flush=True)
-        args.to_run.append(label)
+        args.to_run[path] = label
         return {}
     cmd = [sys.executable, __file__, "--worker", "--method", method, "--sparsity", str(sparsity)]
     cmd += ["--overrides", json.dumps(overrides), "--seed", str(seed), "--model", str(args.model)]
@@ -539,15 +539,13 @@ def plot(args: argparse.Namespace, data: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def plan_summary(kept: list[dict], to_run: list[str]) -> str:
-    """One line: runs kept and still to run (a run shared by two tables counts once), and the time left at the
-    kept runs' mean wall time."""
-    kept_walls = {json.dumps(r, sort_keys=True): r.get("wall_seconds", 0.0) for r in kept}
-    pending = list(dict.fromkeys(to_run))
-    line = f"{len(kept_walls)} runs kept, {len(pending)} to run"
-    if pending and kept_walls:
-        mean = sum(kept_walls.values()) / len(kept_walls)
-        line += f" (about {len(pending) * mean / 3600:.1f} h at the kept runs' mean of {mean / 60:.1f} min)"
+def plan_summary(kept: dict[Path, dict], to_run: dict[Path, str]) -> str:
+    """One line: runs kept and still to run (keyed by record path, so a run two tables share counts once), and
+    the time left at the kept runs' mean wall time."""
+    line = f"{len(kept)} runs kept, {len(to_run)} to run"
+    if to_run and kept:
+        mean = statistics.fmean(r.get("wall_seconds", 0.0) for r in kept.values())
+        line += f" (about {len(to_run) * mean / 3600:.1f} h at the kept runs' mean of {mean / 60:.1f} min)"
     return line
 
 
@@ -614,7 +612,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         trained_data_version,
     )
 
-    args.kept, args.to_run = [], []  # what run_one found and (with --plan) what it would run
+    args.kept, args.to_run = {}, {}  # record path -> what run_one found / (with --plan) would run
     args.model = args.model or str(testbed_model_path())
     args.model_name = Path(args.model).name
     args.data = args.data or trained_data_version(args.model)

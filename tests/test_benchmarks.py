@@ -41,8 +41,8 @@ def settings(tmp_path):
         threads=1,
         quick=False,
         plan=False,
-        kept=[],
-        to_run=[],
+        kept={},
+        to_run={},
     )
 
 
