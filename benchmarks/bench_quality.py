@@ -2,8 +2,8 @@
 
 Every method is the same `RESPPruner` pipeline with a different `RESPConfig` (so every comparison runs identical
 code); calibration prompts come from the train split, each evaluation split is scored separately (never a
-calibration prompt): for data v2 `test` (same frame family as training), `held_out_frames` (frames and names never
-trained on) and `hard` (more steps); for v1 `test` and `hard`. RESP and the strongest baselines run with several
+calibration prompt): `test` (same frame family as training), `held_out_frames` (frames and names never trained on)
+and `hard` (more steps). RESP and the strongest baselines run with several
 calibration seeds (mean, sd, and a Wilson interval over the pooled problems), the rest with the first seed.
 
 Besides accuracy, every pruned model's decode speed is measured against the dense model in the same process, and
@@ -315,7 +315,7 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
         "",
         f"Command: `python benchmarks/bench_quality.py {command}`".rstrip(),
         "",
-        f"Model: `{args.model_name}` (data {args.data}). Calibration: {args.num_prompts} prompts from the train split "
+        f"Model: `{args.model_name}`. Calibration: {args.num_prompts} prompts from the train split "
         "(the harness's GSM8K prompt, chat template, thinking on), drawn by the seed. Evaluation: greedy, up to "
         f"{args.eval_limit} problems per split, max {args.max_new_tokens} new tokens, deterministic answer extraction. "
         f"Seeds {seeds} for {', '.join(args.seeded_methods)} (mean ± sd over seeds, and a 95% Wilson interval over "
@@ -466,7 +466,7 @@ def readme_summary(args: argparse.Namespace, data: dict, command: str) -> str:
     """The README's results block: accuracy per method and sparsity on the primary split, and the plot."""
     split, dense = args.primary_split, data["dense"]
     lines = [
-        f"Greedy accuracy on up to {args.eval_limit} `{split}` problems of the testbed reasoner ({args.data} data; "
+        f"Greedy accuracy on up to {args.eval_limit} `{split}` problems of the testbed reasoner ("
         f"dense {dense['splits'][split]['accuracy']:.3f}), {args.num_prompts} calibration prompts, mean ± sd over "
         f"seeds {', '.join(map(str, args.seeds))} for {', '.join(args.seeded_methods)}, written by "
         f"`python benchmarks/bench_quality.py {command}`".rstrip()
@@ -561,13 +561,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-data-json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="default: the shipped testbed model")
     parser.add_argument(
-        "--data", choices=("v1", "v2"), default=None, help="default: what the model was trained on"
+        "--train-data", default=None, help="calibration prompts (default: the shipped train split)"
     )
     parser.add_argument(
-        "--train-data", default=None, help="calibration prompts (default: the data's train split)"
-    )
-    parser.add_argument(
-        "--eval-splits", nargs="+", default=None, help="default: every evaluation split of the data"
+        "--eval-splits", nargs="+", default=None, help="default: every shipped evaluation split"
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -604,21 +601,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults that depend on the model: its data version, the calibration and evaluation files."""
-    from optimum_resp.testbed import (
-        DATA_VERSIONS,
-        testbed_data_path,
-        testbed_model_path,
-        trained_data_version,
-    )
+    """Defaults: the shipped model, calibration and evaluation files; the quick settings."""
+    from optimum_resp.testbed import SPLITS, testbed_data_path, testbed_model_path
 
     args.kept, args.to_run = {}, {}  # record path -> what run_one found / (with --plan) would run
     args.model = args.model or str(testbed_model_path())
     args.model_name = Path(args.model).name
-    args.data = args.data or trained_data_version(args.model)
-    args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train", args.data))
-    splits = args.eval_splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
-    args.eval_data = {split: str(testbed_data_path("gsm8k", split, args.data)) for split in splits}
+    args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train"))
+    splits = args.eval_splits or [s for s in SPLITS if s != "train"]
+    args.eval_data = {split: str(testbed_data_path("gsm8k", split)) for split in splits}
     args.primary_split = "held_out_frames" if "held_out_frames" in args.eval_data else splits[0]
     if args.quick:
         args.methods, args.sparsities, args.seeds, args.seeded_methods = (

@@ -147,14 +147,14 @@ def test_quality_benchmark_refuses_settings_it_cannot_render(bench_quality):
     args = bench_quality.resolve(
         bench_quality.parse_args(["--methods", "resp", "--no-ssgr", "--seeded-methods", "resp"])
     )
-    # the shipped model's data by default (v2: three evaluation splits, the held-out frames primary)
+    # the shipped data by default: three evaluation splits, the held-out frames primary
     assert (
         list(args.eval_data) == ["test", "held_out_frames", "hard"]
         and args.primary_split == "held_out_frames"
     )
-    assert args.data == "v2" and "data_v2" in args.train_data
-    v1 = bench_quality.resolve(bench_quality.parse_args(["--data", "v1", "--no-ssgr"]))
-    assert set(v1.eval_data) == {"test", "hard"} and v1.primary_split == "test"
+    assert args.train_data.endswith("gsm8k_train.jsonl")
+    only = bench_quality.resolve(bench_quality.parse_args(["--eval-splits", "hard", "test", "--no-ssgr"]))
+    assert list(only.eval_data) == ["hard", "test"] and only.primary_split == "hard"
 
 
 @pytest.mark.usefixtures("one_thread")
