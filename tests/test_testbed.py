@@ -225,6 +225,5 @@ def test_training_problems_stay_off_every_shipped_evaluation_problem():
     }
     assert not {p.question for p in splits["train"]} & shipped
     assert [p.question for p in splits["test"]] == [
-        json.loads(line)["question"]
-        for line in testbed_data_path("gsm8k", "test").read_text().splitlines()
+        json.loads(line)["question"] for line in testbed_data_path("gsm8k", "test").read_text().splitlines()
     ][:20]
