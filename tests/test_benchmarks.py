@@ -201,7 +201,13 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
 
     def setting(method, runs, **extra):
         runs = [
-            dict(r, wall_seconds=2.0, kept={"query_heads": 1, "kv_heads": 1, "channels": 0.5}) for r in runs
+            dict(
+                r,
+                wall_seconds=2.0,
+                prune_seconds=1.0,
+                kept={"query_heads": 1, "kv_heads": 1, "channels": 0.5},
+            )
+            for r in runs
         ]
         for r in runs:
             r["splits"]["test"].update(ci_low=0.1, ci_high=0.9)
@@ -223,10 +229,26 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
     text = bench_quality.render(args, data, "--quick")
     assert "| resp | 2 | 0.625 ± 0.177 [" in text and "| magnitude | 1 | 0.250 [" in text
     assert "| magnitude | per_layer | 30% | 3.00x | 1.40x | 0.47x |" in text  # 3x the tokens: slower overall
-    assert "Best mean on `test`: 2 stages" in text
+    assert (
+        "Best mean on `test`: 2 stages; the fewest stages whose pooled 95% interval reaches that mean: 2"
+        in text
+    )
     bench_quality.plot(args, data, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert "| resp | 0.625 ± 0.177 |" in bench_quality.readme_summary(args, data, "--quick")
+
+
+def test_stage_default_is_the_fewest_stages_the_seeds_cannot_tell_from_the_best(bench_quality):
+    def sweep_point(stages: int, correct: list[str]) -> dict:
+        return dict(num_stages=stages, runs=[_run(c.count("1") / len(c), c, 100.0) for c in correct])
+
+    few = sweep_point(2, ["1" * 50 + "0" * 50] * 3)  # 0.50
+    some = sweep_point(4, ["1" * 78 + "0" * 22] * 3)  # 0.78: its interval over 300 problems reaches 0.80
+    many = sweep_point(8, ["1" * 80 + "0" * 20] * 3)  # 0.80, the best
+    best, enough = bench_quality.stage_choice([few, some, many], "test")
+    assert best is many and enough is some
+    sure = sweep_point(8, ["1" * 95 + "0" * 5] * 3)  # 0.95: nothing cheaper comes near it
+    assert bench_quality.stage_choice([few, some, sure], "test") == (sure, sure)
 
 
 def test_testbed_benchmark_lists_every_split_a_training_run_checked(monkeypatch):
