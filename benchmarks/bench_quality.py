@@ -67,11 +67,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+KEY_DEFAULTS = {"num_stages": 4}
+"""RESPConfig defaults when the first records were keyed. A record is keyed by how its config differs from its
+method's preset laid over these, so changing a library default re-keys (and re-runs) exactly the runs it changes
+and every other record stays valid."""
+
+
+def keyed_config(method: str, overrides: dict) -> RESPConfig:
+    """The config a record's key names: the method's preset over KEY_DEFAULTS, then the overrides."""
+    return RESPConfig(**{**KEY_DEFAULTS, **METHOD_PRESETS.lookup(method)[0], **overrides})
+
+
 def canonical_overrides(method: str, overrides: dict) -> dict:
-    """The overrides that change something: one equal to the method's own setting is dropped, so the stage
-    sweep's default point and the main table's row are one run."""
-    base = RESPConfig.for_method(method)
-    return {k: v for k, v in sorted(overrides.items()) if getattr(base, k) != v}
+    """How `RESPConfig.for_method(method, **overrides)` (today's defaults) differs from the keyed reference: an
+    override equal to the reference is dropped, so the stage sweep's reference point and the main table's row are
+    one run, and a changed default appears as an override."""
+    reference, current = keyed_config(method, {}), RESPConfig.for_method(method, **overrides)
+    changed = {k: v for k, v in overrides.items() if getattr(reference, k) != v}
+    changed |= {k: getattr(current, k) for k in KEY_DEFAULTS if getattr(current, k) != getattr(reference, k)}
+    return dict(sorted(changed.items()))
 
 
 def run_record_path(
@@ -99,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from optimum_resp import RESPConfig, RESPPruner
+    from optimum_resp import RESPPruner
     from optimum_resp.calibration import prompts_from_task
     from optimum_resp.evaluation import EvalConfig, evaluate_model
     from optimum_resp.speed import compare_speed
@@ -112,14 +126,16 @@ def worker(args: argparse.Namespace) -> None:
     record: dict = {"method": args.method, "target": args.sparsity, "seed": args.seed}
     model = dense
     if args.sparsity > 0:
-        config = RESPConfig.for_method(
+        config = keyed_config(
             args.method,
-            **json.loads(args.overrides),
-            target_sparsity=args.sparsity,
-            num_calibration_prompts=args.num_prompts,
-            generation={"max_new_tokens": args.max_new_tokens, "batch_size": 64},
-            batch_size=8,
-            seed=args.seed,
+            dict(
+                json.loads(args.overrides),
+                target_sparsity=args.sparsity,
+                num_calibration_prompts=args.num_prompts,
+                generation={"max_new_tokens": args.max_new_tokens, "batch_size": 64},
+                batch_size=8,
+                seed=args.seed,
+            ),
         )
         prompts = prompts_from_task("gsm8k", args.train_data, limit=args.num_prompts, seed=args.seed)
         result = RESPPruner(dense, tokenizer, config, task="gsm8k", generator="hf").prune(prompts)

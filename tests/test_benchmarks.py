@@ -77,10 +77,25 @@ def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=1) == record
     with pytest.raises(AssertionError, match="must not be run again"):  # another seed is another run
         bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=0)
-    # an override equal to the method's own setting is the method's run (the stage sweep's default point)
-    default = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
-    default.write_text(json.dumps(dict(record, seed=0)))
+    # an override equal to the keyed reference is the reference run (the stage sweep's point and the table's row)
+    reference = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
+    reference.write_text(json.dumps(dict(record, seed=0)))
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
+
+
+def test_a_changed_library_default_re_keys_only_the_runs_it_changes(bench_quality, monkeypatch):
+    canonical, today = bench_quality.canonical_overrides, bench_quality.RESPConfig().num_stages
+    # records keyed when the default was 2 stages; the library's default is now `today`
+    monkeypatch.setattr(bench_quality, "KEY_DEFAULTS", {"num_stages": 2})
+    assert canonical("resp", {}) == {"num_stages": today} == canonical("resp", {"num_stages": today})
+    assert canonical("resp", {"num_stages": 2}) == {}  # the old default stays addressable
+    assert canonical("resp", {"recovery": "lora"}) == {"num_stages": today, "recovery": "lora"}
+    assert canonical("resp-no-regen", {}) == {"num_stages": today}
+    assert canonical("wanda-sp", {}) == {}  # its preset sets its own stages (one shot): not re-keyed
+    assert canonical("flap", {"allocation": "uniform"}) == {"allocation": "uniform"}
+    # the worker builds what the key names
+    assert bench_quality.keyed_config("resp", {}).num_stages == 2
+    assert bench_quality.keyed_config("resp", canonical("resp", {})).num_stages == today
 
 
 def test_plan_lists_kept_runs_and_runs_left_without_running_any(bench_quality, monkeypatch, capsys, tmp_path):
