@@ -2,8 +2,8 @@
 
 Every method is the same `RESPPruner` pipeline with a different `RESPConfig` (so every comparison runs identical
 code); calibration prompts come from the train split, each evaluation split is scored separately (never a
-calibration prompt): for data v2 `test` (same frame family as training), `held_out_frames` (frames and names never
-trained on) and `hard` (more steps); for v1 `test` and `hard`. RESP and the strongest baselines run with several
+calibration prompt): `test` (same frame family as training), `held_out_frames` (frames and names never trained on)
+and `hard` (more steps). RESP and the strongest baselines run with several
 calibration seeds (mean, sd, and a Wilson interval over the pooled problems), the rest with the first seed.
 
 Besides accuracy, every pruned model's decode speed is measured against the dense model in the same process, and
@@ -67,11 +67,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+KEY_DEFAULTS = {"num_stages": 4}
+"""RESPConfig defaults when the first records were keyed. A record is keyed by how its config differs from its
+method's preset laid over these, so changing a library default re-keys (and re-runs) exactly the runs it changes
+and every other record stays valid."""
+
+
+def keyed_config(method: str, overrides: dict) -> RESPConfig:
+    """The config a record's key names: the method's preset over KEY_DEFAULTS, then the overrides."""
+    return RESPConfig(**{**KEY_DEFAULTS, **METHOD_PRESETS.lookup(method)[0], **overrides})
+
+
 def canonical_overrides(method: str, overrides: dict) -> dict:
-    """The overrides that change something: one equal to the method's own setting is dropped, so the stage
-    sweep's default point and the main table's row are one run."""
-    base = RESPConfig.for_method(method)
-    return {k: v for k, v in sorted(overrides.items()) if getattr(base, k) != v}
+    """How `RESPConfig.for_method(method, **overrides)` (today's defaults) differs from the keyed reference: an
+    override equal to the reference is dropped, so the stage sweep's reference point and the main table's row are
+    one run, and a changed default appears as an override."""
+    reference, current = keyed_config(method, {}), RESPConfig.for_method(method, **overrides)
+    changed = {k: v for k, v in overrides.items() if getattr(reference, k) != v}
+    changed |= {k: getattr(current, k) for k in KEY_DEFAULTS if getattr(current, k) != getattr(reference, k)}
+    return dict(sorted(changed.items()))
 
 
 def run_record_path(
@@ -99,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from optimum_resp import RESPConfig, RESPPruner
+    from optimum_resp import RESPPruner
     from optimum_resp.calibration import prompts_from_task
     from optimum_resp.evaluation import EvalConfig, evaluate_model
     from optimum_resp.speed import compare_speed
@@ -112,14 +126,16 @@ def worker(args: argparse.Namespace) -> None:
     record: dict = {"method": args.method, "target": args.sparsity, "seed": args.seed}
     model = dense
     if args.sparsity > 0:
-        config = RESPConfig.for_method(
+        config = keyed_config(
             args.method,
-            **json.loads(args.overrides),
-            target_sparsity=args.sparsity,
-            num_calibration_prompts=args.num_prompts,
-            generation={"max_new_tokens": args.max_new_tokens, "batch_size": 64},
-            batch_size=8,
-            seed=args.seed,
+            dict(
+                json.loads(args.overrides),
+                target_sparsity=args.sparsity,
+                num_calibration_prompts=args.num_prompts,
+                generation={"max_new_tokens": args.max_new_tokens, "batch_size": 64},
+                batch_size=8,
+                seed=args.seed,
+            ),
         )
         prompts = prompts_from_task("gsm8k", args.train_data, limit=args.num_prompts, seed=args.seed)
         result = RESPPruner(dense, tokenizer, config, task="gsm8k", generator="hf").prune(prompts)
@@ -232,6 +248,17 @@ def cell(runs: list[dict], split: str, interval: bool = True) -> str:
     return text + (f" [{s['low']:.2f}, {s['high']:.2f}]" if interval else "")
 
 
+def stage_choice(sweep: list[dict], split: str) -> tuple[dict, dict]:
+    """(the schedule with the best mean accuracy on `split`, the fewest stages whose pooled 95% interval overlaps
+    the best's): more stages cost a scoring pass each, so the default is the cheapest schedule the seeds cannot
+    tell from the best."""
+    summary = {s["num_stages"]: seeds_summary(s["runs"], split) for s in sweep}
+    best = max(sweep, key=lambda s: summary[s["num_stages"]]["mean"])
+    low = summary[best["num_stages"]]["low"]
+    enough = min((s for s in sweep if summary[s["num_stages"]]["high"] >= low), key=lambda s: s["num_stages"])
+    return best, enough
+
+
 def tokens_per_answer(record: dict) -> float:
     """Mean generated tokens per answer over every evaluated problem of the run."""
     splits = record["splits"].values()
@@ -315,7 +342,7 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
         "",
         f"Command: `python benchmarks/bench_quality.py {command}`".rstrip(),
         "",
-        f"Model: `{args.model_name}` (data {args.data}). Calibration: {args.num_prompts} prompts from the train split "
+        f"Model: `{args.model_name}`. Calibration: {args.num_prompts} prompts from the train split "
         "(the harness's GSM8K prompt, chat template, thinking on), drawn by the seed. Evaluation: greedy, up to "
         f"{args.eval_limit} problems per split, max {args.max_new_tokens} new tokens, deterministic answer extraction. "
         f"Seeds {seeds} for {', '.join(args.seeded_methods)} (mean ± sd over seeds, and a 95% Wilson interval over "
@@ -401,22 +428,22 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
             "",
             "### Stages (RESP at 40%)",
             "",
-            "| stages | " + " | ".join(splits) + " | wall s (mean) |",
+            "| stages | " + " | ".join(splits) + " | prune s (mean) |",
             "|---:|" + "---:|" * (len(splits) + 1),
         ]
         for s in sweep:
-            wall = statistics.fmean(r["wall_seconds"] for r in s["runs"])
+            prune = statistics.fmean(r["prune_seconds"] for r in s["runs"])
             lines.append(
                 f"| {s['num_stages']} | "
                 + " | ".join(cell(s["runs"], sp) for sp in splits)
-                + f" | {wall:.0f} |"
+                + f" | {prune:.0f} |"
             )
         primary = args.primary_split
-        best = max(sweep, key=lambda s: seeds_summary(s["runs"], primary)["mean"])
+        best, enough = stage_choice(sweep, primary)
         lines += [
             "",
-            f"Best mean on `{primary}`: {best['num_stages']} stages "
-            f"(the default is {RESPConfig().num_stages}).",
+            f"Best mean on `{primary}`: {best['num_stages']} stages; the fewest stages whose pooled 95% interval "
+            f"overlaps the best's: {enough['num_stages']} (the default is {RESPConfig().num_stages}).",
         ]
     lines += _single_seed_ablations(data, split=args.primary_split)
     lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
@@ -466,7 +493,7 @@ def readme_summary(args: argparse.Namespace, data: dict, command: str) -> str:
     """The README's results block: accuracy per method and sparsity on the primary split, and the plot."""
     split, dense = args.primary_split, data["dense"]
     lines = [
-        f"Greedy accuracy on up to {args.eval_limit} `{split}` problems of the testbed reasoner ({args.data} data; "
+        f"Greedy accuracy on up to {args.eval_limit} `{split}` problems of the testbed reasoner ("
         f"dense {dense['splits'][split]['accuracy']:.3f}), {args.num_prompts} calibration prompts, mean ± sd over "
         f"seeds {', '.join(map(str, args.seeds))} for {', '.join(args.seeded_methods)}, written by "
         f"`python benchmarks/bench_quality.py {command}`".rstrip()
@@ -561,13 +588,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-data-json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="default: the shipped testbed model")
     parser.add_argument(
-        "--data", choices=("v1", "v2"), default=None, help="default: what the model was trained on"
+        "--train-data", default=None, help="calibration prompts (default: the shipped train split)"
     )
     parser.add_argument(
-        "--train-data", default=None, help="calibration prompts (default: the data's train split)"
-    )
-    parser.add_argument(
-        "--eval-splits", nargs="+", default=None, help="default: every evaluation split of the data"
+        "--eval-splits", nargs="+", default=None, help="default: every shipped evaluation split"
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -604,21 +628,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Defaults that depend on the model: its data version, the calibration and evaluation files."""
-    from optimum_resp.testbed import (
-        DATA_VERSIONS,
-        testbed_data_path,
-        testbed_model_path,
-        trained_data_version,
-    )
+    """Defaults: the shipped model, calibration and evaluation files; the quick settings."""
+    from optimum_resp.testbed import SPLITS, testbed_data_path, testbed_model_path
 
     args.kept, args.to_run = {}, {}  # record path -> what run_one found / (with --plan) would run
     args.model = args.model or str(testbed_model_path())
     args.model_name = Path(args.model).name
-    args.data = args.data or trained_data_version(args.model)
-    args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train", args.data))
-    splits = args.eval_splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
-    args.eval_data = {split: str(testbed_data_path("gsm8k", split, args.data)) for split in splits}
+    args.train_data = args.train_data or str(testbed_data_path("gsm8k", "train"))
+    splits = args.eval_splits or [s for s in SPLITS if s != "train"]
+    args.eval_data = {split: str(testbed_data_path("gsm8k", split)) for split in splits}
     args.primary_split = "held_out_frames" if "held_out_frames" in args.eval_data else splits[0]
     if args.quick:
         args.methods, args.sparsities, args.seeds, args.seeded_methods = (

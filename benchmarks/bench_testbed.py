@@ -1,8 +1,7 @@
 """Evaluate a testbed reasoner with the evaluation harness; write RESULTS.md and its model card.
 
 Runs greedy and sampled decoding (temperature 0.6, top_p 0.95, top_k 20, seed 0) on every evaluation split of
-the data the model was trained on (v1: ``test``, ``hard``; v2: ``test``, ``held_out_frames``, ``hard``), in GSM8K
-and MathQA format::
+the shipped data (``test``, ``held_out_frames``, ``hard``), in GSM8K and MathQA format::
 
     python benchmarks/bench_testbed.py                 # the shipped model, full splits
     python benchmarks/bench_testbed.py --limit 50      # quick look
@@ -21,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optimum_resp.evaluation import EvalConfig, evaluate_model
-from optimum_resp.testbed import DATA_VERSIONS, testbed_data_path, testbed_model_path, trained_data_version
+from optimum_resp.testbed import SPLITS, testbed_data_path, testbed_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import RESULTS, write_results  # noqa: E402
@@ -34,17 +33,15 @@ DECODING = {
 }
 
 
-SPLIT_NOTES = {
-    "v1": "`test` = held-out 2-5 step problems, `hard` = 6-7 steps (longer than any training problem).",
-    "v2": "`test` = held-out 2-5 step problems in the training frames, `held_out_frames` = the same difficulty in "
+SPLIT_NOTES = (
+    "`test` = held-out 2-5 step problems in the training frames, `held_out_frames` = the same difficulty in "
     "sentences and names never trained on (new combinations of trained phrasings), `hard` = 6-8 steps in the "
-    "training frames.",
-}
+    "training frames."
+)
 
 
 def run(
     model_path: Path,
-    version: str,
     limit: int | None,
     batch_size: int,
     max_new_tokens: int,
@@ -63,7 +60,7 @@ def run(
             for decoding in decodings:
                 cfg = EvalConfig(
                     task=task,
-                    data=str(testbed_data_path(task, split, version)),
+                    data=str(testbed_data_path(task, split)),
                     split=split,
                     limit=limit,
                     generation={
@@ -100,7 +97,7 @@ def eval_table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Evaluation harness `optimum_resp.evaluation.evaluate_model`, thinking mode, max_new_tokens "
         f"{args.max_new_tokens}, limit {args.limit}; sampled = temperature 0.6, top_p 0.95, top_k 20, seed 0; "
-        f"95% Wilson intervals. Data {args.data}: {SPLIT_NOTES[args.data]}",
+        f"95% Wilson intervals. Data v2: {SPLIT_NOTES}",
         "",
         "| split | format | decoding | n | accuracy | 95% CI | mean trace tokens | truncated | tokens/s |",
         "|---|---|---|---:|---:|---|---:|---:|---:|",
@@ -155,7 +152,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="items per split (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=400)
-    p.add_argument("--splits", nargs="+", default=None, help="default: every evaluation split of its data")
+    p.add_argument("--splits", nargs="+", default=None, help="default: every evaluation split")
     p.add_argument("--tasks", nargs="+", default=["gsm8k", "mathqa"])
     p.add_argument("--decodings", nargs="+", default=["greedy", "sampled"], choices=sorted(DECODING))
     p.add_argument("--threads", type=int, default=2)
@@ -164,12 +161,10 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_path = Path(args.model) if args.model else testbed_model_path()
-    args.data = trained_data_version(model_path)
-    args.splits = args.splits or [s for s in DATA_VERSIONS[args.data] if s != "train"]
+    args.splits = args.splits or [s for s in SPLITS if s != "train"]
     args.model_label = args.model or "optimum_resp/testbed/tiny_reasoner"
     rows = run(
         model_path,
-        args.data,
         args.limit,
         args.batch_size,
         args.max_new_tokens,

@@ -1,18 +1,19 @@
 """Train the testbed's tiny Qwen3 reasoner on synthetic multi-step arithmetic word problems (CPU friendly).
 
-The shipped checkpoint came from one run from scratch on one NVIDIA H200 (5.5 minutes of training; its model card
-and ``training_info.json`` record it)::
+It trains on the generator's training family (`optimum_resp.testbed.compositional`: many sentence frames per
+operation, distractors, made-up names) and evaluates greedily on its ``test`` and ``held_out_frames`` splits. The
+shipped checkpoint came from two chained runs on a 2-core CPU (85-100 minutes each; its model card and
+``training_info.json`` record both)::
 
-    python examples/train_tiny_reasoner.py --output-dir /tmp/gpu_run --time-budget-min 5.5 --seed 0 --threads 8 \
-        --num-train 240000 --batch-size 128 --lr 2e-3 --mathqa-frac 0.2 --eval-batch-size 500 --save-every-min 2
+    python examples/train_tiny_reasoner.py --output-dir /tmp/v2run/out --time-budget-min 100 --seed 0 --threads 2 \
+        --num-train 200000 --batch-size 32 --lr 2e-3 --mathqa-frac 0.2 --eval-n 200 --eval-batch-size 100 \
+        --save-every-min 10
+    python examples/train_tiny_reasoner.py --init-from /tmp/v2run/out --output-dir /tmp/v2c/out --num-train 120000 \
+        --time-budget-min 85 --threads 2 --batch-size 32 --lr 1e-3 --mathqa-frac 0.2 --eval-n 200 \
+        --eval-batch-size 100 --save-every-min 10
 
-On a CUDA GPU the script trains there (bf16 autocast, fp32 weights); without one, on the CPU. That run moved ~424k
-tokens/s; earlier runs on a 2-core CPU moved 1.2k-2.9k, and 44 minutes from scratch there reached only 14.6%
-held-out accuracy: on a CPU, train longer or chain runs with ``--init-from``.
-
-``--data v2`` (the default) trains on the compositional generator v2 (`optimum_resp.testbed.compositional`: many
-sentence frames per operation, distractors; family A only) and evaluates on its ``test`` and ``held_out_frames``
-splits; ``--data v1`` is the generator the shipped checkpoint was trained on (its command above predates the flag).
+On a CUDA GPU the script trains there (bf16 autocast, fp32 weights); without one, on the CPU. A GPU moves a few
+hundred thousand tokens/s (an H200 trained an earlier testbed in 5.5 minutes); a 2-core CPU 1.2k-2.9k.
 An output folder that already holds a model is refused unless ``--overwrite`` is given (or it is the
 ``--init-from`` checkpoint being continued).
 
@@ -50,9 +51,9 @@ from transformers import (
 )
 
 from optimum_resp.memory import release_heap
-from optimum_resp.testbed import DATA_V2_SIZES
-from optimum_resp.testbed.compositional import generate_splits_v2
-from optimum_resp.testbed.problems import MAX_VALUE, Problem, generate_splits
+from optimum_resp.testbed import DATA_SIZES
+from optimum_resp.testbed.compositional import MAX_VALUE, generate_splits_v2
+from optimum_resp.testbed.problems import Problem
 from optimum_resp.testbed.tokenizer import IM_END, build_testbed_tokenizer
 
 logger = logging.getLogger("train_tiny_reasoner")
@@ -93,12 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output-dir", required=True, help="where the final checkpoint is written")
     p.add_argument(
-        "--data",
-        choices=("v1", "v2"),
-        default="v2",
-        help="problem generator: v2 = compositional wording (default), v1 = the shipped checkpoint's generator",
-    )
-    p.add_argument(
         "--overwrite", action="store_true", help="replace a model already in --output-dir instead of refusing"
     )
     p.add_argument("--size", choices=sorted(SIZES), default="base")
@@ -106,12 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate-size", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--max-value",
-        type=int,
-        default=MAX_VALUE,
-        help="cap on intermediate values in the problems (v1 only)",
-    )
     p.add_argument(
         "--init-from",
         default=None,
@@ -160,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-n",
         type=int,
         default=500,
-        help="problems per evaluation split (v1: test; v2: test and held_out_frames) for the final greedy eval",
+        help="problems of each of test and held_out_frames for the final greedy eval",
     )
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=320)
@@ -374,19 +363,15 @@ def check_output_dir(out_dir: Path, init_from: str | None, overwrite: bool) -> N
 
 
 def make_splits(args: argparse.Namespace) -> dict[str, list[Problem]]:
-    """Training problems (after ``--train-offset``) and the evaluation splits of the chosen generator."""
+    """Training problems (after ``--train-offset``) and the first ``--eval-n`` of the evaluation splits.
+
+    Training stays off every problem of the shipped evaluation files, however few are evaluated here.
+    """
     n_eval = max(args.eval_n, 1)
-    if args.data == "v1":
-        splits = generate_splits(
-            {"train": args.train_offset + args.num_train, "test": n_eval},
-            seed=args.seed,
-            max_value=args.max_value,
-        )
-    else:  # training stays off every problem of the shipped evaluation files, however few are evaluated here
-        held = {split: max(n_eval, DATA_V2_SIZES[split]) for split in ("test", "held_out_frames")}
-        splits = generate_splits_v2({"train": args.train_offset + args.num_train, **held}, seed=args.seed)
-        for split in held:
-            splits[split] = splits[split][:n_eval]
+    held = {split: max(n_eval, DATA_SIZES[split]) for split in ("test", "held_out_frames")}
+    splits = generate_splits_v2({"train": args.train_offset + args.num_train, **held}, seed=args.seed)
+    for split in held:
+        splits[split] = splits[split][:n_eval]
     splits["train"] = splits["train"][args.train_offset :]
     return splits
 
@@ -396,8 +381,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out_dir = Path(args.output_dir)
     check_output_dir(out_dir, args.init_from, args.overwrite)
-    if args.data == "v2" and args.max_value != MAX_VALUE:
-        raise SystemExit(f"error: --max-value applies to --data v1 only (v2 caps values at {MAX_VALUE}).")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = "python " + " ".join(
         shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
@@ -413,9 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from:
         tokenizer = AutoTokenizer.from_pretrained(args.init_from)
     else:
-        tokenizer = build_testbed_tokenizer(
-            num_problems=args.tokenizer_problems, seed=args.seed, generator=args.data
-        )
+        tokenizer = build_testbed_tokenizer(num_problems=args.tokenizer_problems, seed=args.seed)
     splits = make_splits(args)
     train_ds = build_examples(tokenizer, splits["train"], args.seed, args.plain_frac, args.mathqa_frac)
     logger.info(
@@ -534,12 +515,12 @@ def main(argv: list[str] | None = None) -> dict:
     info = {
         "command": command,
         "seed": args.seed,
-        "data": args.data,
+        "data": "v2",
         "size": args.size,
         "architecture": arch,
         "num_parameters": n_params,
         "num_train_problems": args.num_train,
-        "max_value": args.max_value,
+        "max_value": MAX_VALUE,
         "train_offset": args.train_offset,
         "init_from": args.init_from,
         "batch_size": args.batch_size,

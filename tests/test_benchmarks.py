@@ -77,10 +77,25 @@ def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=1) == record
     with pytest.raises(AssertionError, match="must not be run again"):  # another seed is another run
         bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=0)
-    # an override equal to the method's own setting is the method's run (the stage sweep's default point)
-    default = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
-    default.write_text(json.dumps(dict(record, seed=0)))
+    # an override equal to the keyed reference is the reference run (the stage sweep's point and the table's row)
+    reference = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
+    reference.write_text(json.dumps(dict(record, seed=0)))
     assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
+
+
+def test_a_changed_library_default_re_keys_only_the_runs_it_changes(bench_quality, monkeypatch):
+    canonical, today = bench_quality.canonical_overrides, bench_quality.RESPConfig().num_stages
+    # records keyed when the default was 2 stages; the library's default is now `today`
+    monkeypatch.setattr(bench_quality, "KEY_DEFAULTS", {"num_stages": 2})
+    assert canonical("resp", {}) == {"num_stages": today} == canonical("resp", {"num_stages": today})
+    assert canonical("resp", {"num_stages": 2}) == {}  # the old default stays addressable
+    assert canonical("resp", {"recovery": "lora"}) == {"num_stages": today, "recovery": "lora"}
+    assert canonical("resp-no-regen", {}) == {"num_stages": today}
+    assert canonical("wanda-sp", {}) == {}  # its preset sets its own stages (one shot): not re-keyed
+    assert canonical("flap", {"allocation": "uniform"}) == {"allocation": "uniform"}
+    # the worker builds what the key names
+    assert bench_quality.keyed_config("resp", {}).num_stages == 2
+    assert bench_quality.keyed_config("resp", canonical("resp", {})).num_stages == today
 
 
 def test_plan_lists_kept_runs_and_runs_left_without_running_any(bench_quality, monkeypatch, capsys, tmp_path):
@@ -147,14 +162,14 @@ def test_quality_benchmark_refuses_settings_it_cannot_render(bench_quality):
     args = bench_quality.resolve(
         bench_quality.parse_args(["--methods", "resp", "--no-ssgr", "--seeded-methods", "resp"])
     )
-    # the shipped model's data by default (v2: three evaluation splits, the held-out frames primary)
+    # the shipped data by default: three evaluation splits, the held-out frames primary
     assert (
         list(args.eval_data) == ["test", "held_out_frames", "hard"]
         and args.primary_split == "held_out_frames"
     )
-    assert args.data == "v2" and "data_v2" in args.train_data
-    v1 = bench_quality.resolve(bench_quality.parse_args(["--data", "v1", "--no-ssgr"]))
-    assert set(v1.eval_data) == {"test", "hard"} and v1.primary_split == "test"
+    assert args.train_data.endswith("gsm8k_train.jsonl")
+    only = bench_quality.resolve(bench_quality.parse_args(["--eval-splits", "hard", "test", "--no-ssgr"]))
+    assert list(only.eval_data) == ["hard", "test"] and only.primary_split == "hard"
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -201,7 +216,13 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
 
     def setting(method, runs, **extra):
         runs = [
-            dict(r, wall_seconds=2.0, kept={"query_heads": 1, "kv_heads": 1, "channels": 0.5}) for r in runs
+            dict(
+                r,
+                wall_seconds=2.0,
+                prune_seconds=1.0,
+                kept={"query_heads": 1, "kv_heads": 1, "channels": 0.5},
+            )
+            for r in runs
         ]
         for r in runs:
             r["splits"]["test"].update(ci_low=0.1, ci_high=0.9)
@@ -223,10 +244,26 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
     text = bench_quality.render(args, data, "--quick")
     assert "| resp | 2 | 0.625 ± 0.177 [" in text and "| magnitude | 1 | 0.250 [" in text
     assert "| magnitude | per_layer | 30% | 3.00x | 1.40x | 0.47x |" in text  # 3x the tokens: slower overall
-    assert "Best mean on `test`: 2 stages" in text
+    assert (
+        "Best mean on `test`: 2 stages; the fewest stages whose pooled 95% interval overlaps the best's: 2"
+        in text
+    )
     bench_quality.plot(args, data, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert "| resp | 0.625 ± 0.177 |" in bench_quality.readme_summary(args, data, "--quick")
+
+
+def test_stage_default_is_the_fewest_stages_the_seeds_cannot_tell_from_the_best(bench_quality):
+    def sweep_point(stages: int, correct: list[str]) -> dict:
+        return dict(num_stages=stages, runs=[_run(c.count("1") / len(c), c, 100.0) for c in correct])
+
+    few = sweep_point(2, ["1" * 50 + "0" * 50] * 3)  # 0.50
+    some = sweep_point(4, ["1" * 75 + "0" * 25] * 3)  # 0.75 [0.70, 0.79] over 300 problems
+    many = sweep_point(8, ["1" * 80 + "0" * 20] * 3)  # 0.80 [0.75, 0.84], the best
+    best, enough = bench_quality.stage_choice([few, some, many], "test")
+    assert best is many and enough is some
+    sure = sweep_point(8, ["1" * 90 + "0" * 10] * 3)  # 0.90 [0.86, 0.93]: no cheaper interval comes near it
+    assert bench_quality.stage_choice([few, some, sure], "test") == (sure, sure)
 
 
 def test_testbed_benchmark_lists_every_split_a_training_run_checked(monkeypatch):

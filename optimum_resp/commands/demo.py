@@ -63,13 +63,13 @@ def run_testbed(args: argparse.Namespace) -> int:
     from ..configuration_resp import RESPConfig
     from ..evaluation import EvalConfig, evaluate_model
     from ..pruner import RESPPruner
-    from ..testbed import DATA_VERSIONS, testbed_data_path, testbed_model_path, trained_data_version
+    from ..testbed import testbed_data_path, testbed_model_path
 
     path = testbed_model_path()
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    # problems held out of training in its own frames (`test`) and, for v2 data, in frames it never saw
-    splits = [s for s in DATA_VERSIONS[trained_data_version(path)] if s in ("test", "held_out_frames")]
+    # problems held out of training in its own frames (`test`) and in frames it never saw (`held_out_frames`)
+    splits = ["test", "held_out_frames"]
     evals = {
         split: EvalConfig(
             task="gsm8k",

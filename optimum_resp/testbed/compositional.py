@@ -10,8 +10,9 @@ taught in other combinations: a model trained from scratch cannot learn the mean
 but it can learn to read a sentence it has never seen), and `hard` is family A with more steps. Seeded and
 reproducible; the GSM8K and MathQA files are written from the same problems.
 
-The solution trace quotes each sentence (`> ...`) and follows it with the arithmetic it implies, as the
-v1 generator's traces do; distractor sentences are quoted with no arithmetic.
+The solution trace quotes each sentence (`> ...`) and follows it with the arithmetic it implies; distractor
+sentences are quoted with no arithmetic. The records (`Problem`, `Step`) and their GSM8K / MathQA forms live in
+`problems`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .problems import CONTAINERS, ITEMS, OP_SYMBOL, Problem, Step, _mathqa_options
+from .problems import CONTAINERS, ITEMS, OP_SYMBOL, Problem, Step, mathqa_options
 
 logger = logging.getLogger(__name__)
 
@@ -560,7 +561,7 @@ def make_problem_v2(rng: random.Random, num_steps: int, family: str = "A") -> Pr
             f"> {s} " + " ".join(f"{st.expr()} = {st.result}." for st in steps) if steps else f"> {s}"
             for s, steps in (story.sentences[i] for i in trace)
         )
-        options, correct = _mathqa_options(rng, value, story.steps)
+        options, correct = mathqa_options(rng, value, story.steps)
         return Problem(
             question=" ".join([story.sentences[i][0] for i in order] + [question]),
             solution=f"<think>\n{think}\nSo the answer is {value}.\n</think>\n\nThe answer is \\boxed{{{value}}}.",

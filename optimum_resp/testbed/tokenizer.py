@@ -78,23 +78,17 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 768) -> PreTrainedTo
 
 
 def build_testbed_tokenizer(
-    num_problems: int = 4000, seed: int = 0, vocab_size: int = 768, generator: str = "v1"
+    num_problems: int = 4000, seed: int = 0, vocab_size: int = 768
 ) -> PreTrainedTokenizerFast:
     """Build the tokenizer from generated testbed text (questions, both solution styles, MathQA variants).
 
-    `generator` "v2" draws the text from the compositional generator's training family only, so words of the
-    held-out frames are spelled with pieces the model has trained on, as unseen words are for a real model.
+    The text comes from the generator's training family only, so words of the held-out frames are spelled with
+    pieces the model has trained on, as unseen words are for a real model.
     """
-    from .problems import MATHQA_INSTRUCTION, REASONING_SUFFIX, generate_problems
+    from .compositional import generate_split_v2
+    from .problems import MATHQA_INSTRUCTION, REASONING_SUFFIX
 
-    if generator == "v1":
-        probs = generate_problems(num_problems, seed=seed + 7, min_steps=2, max_steps=7)
-    elif generator == "v2":
-        from .compositional import generate_split_v2
-
-        probs = generate_split_v2("train", num_problems, seed=seed + 7, steps=(2, 8))
-    else:
-        raise ValueError(f"generator must be 'v1' or 'v2'; got {generator!r}.")
+    probs = generate_split_v2("train", num_problems, seed=seed + 7, steps=(2, 8))
     texts: list[str] = [REASONING_SUFFIX, MATHQA_INSTRUCTION, "user\n", "assistant\n", "system\n"] * 2000
     for p in probs:
         texts += [p.question, p.solution, p.gold, p.mathqa_prompt(), p.mathqa_solution(), p.rationale]

@@ -1,4 +1,4 @@
-"""Problem generator v2 (compositional wording): frames, splits, arithmetic, held-out families, refusals."""
+"""The testbed problem generator: frames, splits, arithmetic, formats, held-out families, refusals."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_generate_splits_v2_keeps_train_off_every_evaluation_question():
 
 
 def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out_text():
-    tok = build_testbed_tokenizer(num_problems=300, seed=0, generator="v2")
+    tok = build_testbed_tokenizer(num_problems=300, seed=0)
     held_out = generate_split_v2("held_out_frames", 20, seed=0)
     for p in held_out:  # family B words are spelled with trained pieces: nothing is lost or unknown
         for text in (p.question, p.solution):
@@ -216,37 +216,92 @@ def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out
     needed = set().union(*(tok(p.solution, add_special_tokens=False)["input_ids"] for p in held_out))
     assert needed <= trained, tok.convert_ids_to_tokens(sorted(needed - trained))
     assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
-    with pytest.raises(ValueError, match="generator must be 'v1' or 'v2'"):
-        build_testbed_tokenizer(num_problems=10, generator="v3")
 
 
-def test_shipped_v2_files_are_the_generators_output(tmp_path):
-    from optimum_resp.testbed import DATA_V2_SIZES, testbed_data_path
+def test_shipped_files_are_the_generators_output(tmp_path):
+    from optimum_resp.testbed import DATA_SIZES, SPLITS, testbed_data_path
 
-    paths = write_testbed_v2(tmp_path, DATA_V2_SIZES, seed=0)
-    for split, n in DATA_V2_SIZES.items():
+    assert tuple(DATA_SIZES) == SPLITS
+    paths = write_testbed_v2(tmp_path, DATA_SIZES, seed=0)
+    for split, n in DATA_SIZES.items():
         for task in ("gsm8k", "mathqa"):
-            shipped = testbed_data_path(task, split, "v2")
+            shipped = testbed_data_path(task, split)
             assert shipped.read_text() == paths[f"{task}_{split}"].read_text()
             assert len(shipped.read_text().splitlines()) == n
-    with pytest.raises(ValueError, match="unknown v1 split 'held_out_frames'"):
-        testbed_data_path("gsm8k", "held_out_frames", "v1")
-    with pytest.raises(ValueError, match="unknown data version 'v3'"):
-        testbed_data_path("gsm8k", "test", "v3")
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        testbed_data_path("gsm8k", "dev")
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
+        testbed_data_path("gsm9k", "test")
 
 
-def test_trained_data_version_reads_the_checkpoints_training_record(tmp_path):
-    from optimum_resp.testbed import testbed_model_path, trained_data_version
-
-    assert trained_data_version(tmp_path) == "v1"  # no record: the generator before v2 existed
-    (tmp_path / "training_info.json").write_text(json.dumps({"data": "v2"}))
-    assert trained_data_version(tmp_path) == "v2"
-    assert trained_data_version(testbed_model_path()) == "v2"  # the shipped reasoner
+@pytest.fixture(scope="module")
+def eval_problems():
+    return generate_split_v2("test", 200, seed=0) + generate_split_v2("held_out_frames", 100, seed=0)
 
 
-def test_shipped_data_defaults_to_the_generator_the_shipped_model_was_trained_on():
-    from optimum_resp.testbed import testbed_data_path, testbed_model_path, trained_data_version
+def test_solution_and_gold_formats(eval_problems):
+    for p in eval_problems:
+        assert p.solution.startswith("<think>\n")
+        assert p.solution.endswith(f"\n</think>\n\nThe answer is \\boxed{{{p.answer}}}.")
+        lines = p.gold.split("\n")
+        assert lines[-1] == f"#### {p.answer}"
+        calcs = re.findall(r"<<([^=<>]+)=(-?\d+)>>(\d+)", p.gold)
+        assert len(calcs) == p.num_steps
+        for expr, res, shown in calcs:
+            a, op, b = re.fullmatch(r"(\d+)([-+*/])(\d+)", expr).groups()
+            val = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "/": int(a) / int(b)}[op]
+            assert val == int(res) == int(shown)
+        assert p.gold != p.think  # human-style gold differs from the model-style trace
 
-    version = trained_data_version(testbed_model_path())
-    assert testbed_data_path("gsm8k", "train") == testbed_data_path("gsm8k", "train", version)
-    assert testbed_data_path("mathqa", "test") == testbed_data_path("mathqa", "test", version)
+
+def test_mathqa_variant(eval_problems):
+    for p in eval_problems:
+        m = re.fullmatch(r"a \) (\d+) , b \) (\d+) , c \) (\d+) , d \) (\d+) , e \) (\d+)", p.options)
+        assert m, p.options
+        values = [int(v) for v in m.groups()]
+        assert len(set(values)) == 5
+        assert sum(v == p.answer for v in values) == 1
+        assert values["abcde".index(p.correct)] == p.answer
+        assert p.rationale.endswith(f'answer : {p.correct}"')
+        assert p.mathqa_solution().endswith(f"\\boxed{{{p.correct}}}.")
+
+
+def test_mathqa_solution_checks_options_in_prompt_order(eval_problems):
+    for p in eval_problems:
+        prompt_options = re.findall(r"^([a-e])\) (\d+)$", p.mathqa_prompt(), flags=re.M)
+        think = p.mathqa_solution().split("<think>\n", 1)[1].split("\n</think>", 1)[0]
+        checks = re.findall(r"^([a-e])\) (\d+) (yes|no)$", think, flags=re.M)
+        k = "abcde".index(p.correct) + 1
+        # each checked option is written as in the prompt, the checks stop at the correct one
+        assert [(letter, value) for letter, value, _ in checks] == prompt_options[:k]
+        assert [verdict for _, _, verdict in checks] == ["no"] * (k - 1) + ["yes"]
+        assert f"So the value is {p.answer}.\n" in think
+        assert think.endswith(f"So it is option {p.correct}.")
+        # the arithmetic is the GSM8K trace's, without its answer line
+        assert think.startswith(p.think.rsplit("\n", 1)[0] + "\n")
+
+
+def test_trace_quotes_each_question_sentence_token_for_token(eval_problems):
+    tok = build_testbed_tokenizer(num_problems=300, seed=0)
+    for p in eval_problems[:50] + eval_problems[-50:]:
+        assert p.think.split("\n")[-1] == f"So the answer is {p.answer}."
+        q_ids = tok(p.question, add_special_tokens=False)["input_ids"]
+        for line in p.think.split("\n")[:-1]:
+            assert line.startswith("> ")
+            sentence = re.sub(r"( \d+ [-+*/] \d+ = \d+\.)+$", "", line[2:])
+            assert sentence in p.question
+            if not p.question.startswith(sentence):
+                # the quote tokenizes exactly as the sentence does inside the question (first word included)
+                ids = tok(" " + sentence, add_special_tokens=False)["input_ids"]
+                assert any(q_ids[i : i + len(ids)] == ids for i in range(len(q_ids))), sentence
+                assert tok(line, add_special_tokens=False)["input_ids"][1 : 1 + len(ids)] == ids
+
+
+def test_prompts_match_evaluation_harness(eval_problems):
+    from optimum_resp.evaluation.tasks import get_task
+
+    for p in eval_problems[:20] + eval_problems[-20:]:
+        assert get_task("gsm8k").build_user_text(p.to_gsm8k()) == p.gsm8k_prompt()
+        assert get_task("mathqa").build_user_text(p.to_mathqa()) == p.mathqa_prompt()
+        assert get_task("gsm8k").gold(p.to_gsm8k()) == str(p.answer)
+        assert get_task("mathqa").gold(p.to_mathqa()) == p.correct
