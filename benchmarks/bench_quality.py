@@ -328,6 +328,11 @@ def find(settings: list[dict], method: str, sparsity: float) -> dict | None:
     return next((s for s in settings if s["method"] == method and s["target"] == sparsity), None)
 
 
+def command_line(arguments: str) -> str:
+    """The command that reproduces the benchmark, as the blocks quote it."""
+    return f"python benchmarks/bench_quality.py {arguments}".strip()
+
+
 def render(args: argparse.Namespace, data: dict, command: str) -> str:
     """The RESULTS.md block."""
     dense, grid, uniform, ssgr, sweep = (data[k] for k in ("dense", "grid", "uniform", "ssgr", "sweep"))
@@ -340,7 +345,7 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
     lines = [
         "## Quality: RESP vs baselines on the testbed reasoner",
         "",
-        f"Command: `python benchmarks/bench_quality.py {command}`".rstrip(),
+        f"Command: `{command_line(command)}`",
         "",
         f"Model: `{args.model_name}`. Calibration: {args.num_prompts} prompts from the train split "
         "(the harness's GSM8K prompt, chat template, thinking on), drawn by the seed. Evaluation: greedy, up to "
@@ -496,8 +501,7 @@ def readme_summary(args: argparse.Namespace, data: dict, command: str) -> str:
         f"Greedy accuracy on up to {args.eval_limit} `{split}` problems of the testbed reasoner ("
         f"dense {dense['splits'][split]['accuracy']:.3f}), {args.num_prompts} calibration prompts, mean ± sd over "
         f"seeds {', '.join(map(str, args.seeds))} for {', '.join(args.seeded_methods)}, written by "
-        f"`python benchmarks/bench_quality.py {command}`".rstrip()
-        + " (every split, uniform exports, effective speedup, SSGR, stages: "
+        f"`{command_line(command)}`" + " (every split, uniform exports, effective speedup, SSGR, stages: "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)):",
         "",
         "| method | " + " | ".join(f"{s:.0%}" for s in args.sparsities) + " |",
