@@ -4,9 +4,9 @@ Paper settings (arXiv 2512.02185): 500 GSM8K training prompts, self-generated tr
 temperature 0.6 (top_p 0.95, top_k 20), up to 2048 new tokens, decode-only Taylor importance, one
 global ranking across layers with the first 10% and the last layer protected, progressive schedule
 with regeneration at 10/20/30/40/50% sparsity. The reference recomputes gradients over all 500
-samples at 112 steps; optimum-resp's default of 4 stages is far cheaper (the cheapest schedule within
-a point of the best in the stage sweep on the testbed, benchmarks/RESULTS.md; that sweep is on a tiny
-model, so `--stages 8` or 16 is worth a try on an 8B one).
+samples at 112 steps; optimum-resp's default of 8 stages is far cheaper (the fewest stages the seeds
+cannot tell from the best in the 2/4/8/16 stage sweep on the testbed, benchmarks/RESULTS.md; that sweep
+is on a tiny model, so `--stages 16` is worth a try on an 8B one).
 
     pip install "optimum-resp[vllm]"            # calibration rounds through vLLM, and serving
     python examples/prune_qwen3_8b_gpu.py --sparsity 0.4 --output qwen3-8b-resp40
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--calibration", default="openai/gsm8k", help="GSM8K-format Hub id or local file")
     parser.add_argument("--output", default="qwen3-8b-resp")
     parser.add_argument("--export", choices=["per_layer", "uniform"], default="per_layer")
-    parser.add_argument("--stages", type=int, default=4, help="progressive stages (the reference: 112)")
+    parser.add_argument("--stages", type=int, default=8, help="progressive stages (the reference: 112)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not torch.cuda.is_available():

@@ -106,9 +106,10 @@ class RESPConfig:
     """Keep each pruned layer's MLP width a multiple of this (e.g. 64 or 128 for GPU-friendly shapes)."""
 
     # Schedule.
-    num_stages: int = 4
-    """Sparsity rises linearly from 0 to target_sparsity over this many stages (4: the cheapest schedule
-    within a point of the best in benchmarks/bench_quality.py's stage sweep; the reference uses 112)."""
+    num_stages: int = 8
+    """Sparsity rises linearly from 0 to target_sparsity over this many stages, one scoring pass each (8: the
+    fewest stages the seeds cannot tell from the best in benchmarks/bench_quality.py's 2/4/8/16 sweep; the
+    reference uses 112)."""
     regeneration_milestones: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     """Sparsities at which the pruned model regenerates its calibration traces ([] = never)."""
     regeneration_fraction: float = 1.0
