@@ -329,3 +329,42 @@ def test_library_noise_is_kept_for_verbose_and_restored_after():
             warnings.warn("removed in 5.40", FutureWarning, stacklevel=1)
         assert len(caught) == 1
     assert (transformers.logging.get_verbosity(), datasets.is_progress_bar_enabled()) == before
+
+
+def test_demo_prunes_the_shipped_reasoner_and_reports_both_splits(capsys, tmp_path):
+    """The README's first command, at small settings: the shipped model is pruned, evaluated and saved."""
+    out = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--prompts",
+        "4",
+        "--eval-limit",
+        "3",
+        "--stages",
+        "2",
+        "--repeats",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "4 calibration prompts (train split), 2 stages" in text
+    assert re.findall(r"^stage (\d): sparsity ([\d.]+)", text, flags=re.M) == [("1", "0.200"), ("2", "0.400")]
+    for split in ("test", "held_out_frames"):
+        assert re.search(rf"^\| {split} accuracy \(n=3\) \| [01]\.\d{{3}} \[", text, flags=re.M), split
+    dense, pruned = (
+        int(n.replace(",", ""))
+        for n in re.search(r"^\| parameters \| ([\d,]+) \| ([\d,]+) \|", text, flags=re.M).groups()
+    )
+    assert pruned < 0.7 * dense
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.num_parameters() == pruned
+    assert (out / "README.md").exists()
+
+
+def test_demo_uses_the_library_default_stage_count():
+    from optimum_resp import RESPConfig
+    from optimum_resp.commands.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).stages == RESPConfig().num_stages

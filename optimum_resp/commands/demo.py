@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
 from ..accounting import size_report
+from ..configuration_resp import RESPConfig
 from ..speed import compare_speed
 from ..surgery import prune_model
 from ..testing_utils import random_plan
@@ -45,7 +46,9 @@ def register(subparsers) -> None:
         default=100,
         help="problems evaluated per split (test and held-out frames), dense and pruned",
     )
-    p.add_argument("--stages", type=int, default=4)
+    p.add_argument(
+        "--stages", type=int, default=RESPConfig.num_stages, help="progressive stages (default: RESPConfig's)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="speed comparison repeats")
     p.add_argument("--output", default=None, help="also save the pruned model (and its card) here")
     p.add_argument("--random", action="store_true", help="surgery demo on a random-weight Qwen3 instead")
@@ -60,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_testbed(args: argparse.Namespace) -> int:
     from ..calibration import prompts_from_task
-    from ..configuration_resp import RESPConfig
     from ..evaluation import EvalConfig, evaluate_model
     from ..pruner import RESPPruner
     from ..testbed import testbed_data_path, testbed_model_path
@@ -100,7 +102,7 @@ def run_testbed(args: argparse.Namespace) -> int:
     )
     print(
         f"RESP to {args.sparsity:.0%} sparsity: {args.prompts} calibration prompts (train split), "
-        f"{args.stages} stages, regeneration at {config.regeneration_milestones} ...",
+        f"{config.num_stages} stages, regeneration at {config.regeneration_milestones} ...",
         flush=True,
     )
     prompts = prompts_from_task("gsm8k", testbed_data_path("gsm8k", "train"), limit=args.prompts, seed=0)
