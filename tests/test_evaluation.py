@@ -33,6 +33,7 @@ SUMMARY_KEYS = {
     "mean_generated_tokens",
     "truncated_fraction",
     "tokens_per_second",
+    "engine",
     "config",
 }
 SAMPLE_KEYS = {
@@ -273,6 +274,7 @@ def test_gsm8k_harness_scores_scripted_answers_exactly(tokenizer, tmp_path):
     assert summary["truncated_fraction"] == 0.2
     assert summary["mean_generated_tokens"] == sum(s["generated_tokens"] for s in result.samples) / 10
     assert summary["tokens_per_second"] > 0
+    assert summary["engine"] == "hf"
     assert summary["config"] == config.to_dict()
 
     lines = read_jsonl(out_dir / "samples.jsonl")

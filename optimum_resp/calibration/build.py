@@ -17,7 +17,7 @@ import torch
 from ..configuration_resp import RESPConfig
 from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
 from ..generation import build_prompt, end_token_ids
-from .generators import TraceGenerator
+from ..generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
 
 logger = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ EXAMPLES = """examples:
 
 def register(subparsers) -> None:
     from ..evaluation.tasks import TASKS
+    from ..generators import GENERATORS
 
     p = subparsers.add_parser(
         "eval",
@@ -38,12 +39,20 @@ def register(subparsers) -> None:
     p.add_argument("--output", default=None, help="folder for samples.jsonl and summary.json")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--engine",
+        choices=sorted(GENERATORS),
+        default="auto",
+        help="generation backend: hf (transformers), vllm, or auto (vLLM where installed and faster; default). "
+        "Greedy answers are the same tokens through either.",
+    )
     add_generation_arguments(p, GenerationSettings(), "greedy unless --do-sample", batch_flag="--batch-size")
     p.set_defaults(resp_func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalConfig, evaluate_model
+    from ..generators import get_generator
     from ..hub import check_writable
     from ..loading import check_device, check_model_source, load_model, load_tokenizer
 
@@ -60,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_writable(args.output)  # an unwritable --output fails now, not after the whole evaluation
     device = check_device(args.device)
+    generator = get_generator(args.engine)  # --engine vllm without vLLM: refused before the model loads
     model = load_model(args.model, dtype=args.dtype).eval().to(device)
     tokenizer = load_tokenizer(args.model)
-    result = evaluate_model(model, tokenizer, config, output_dir=args.output)
+    result = evaluate_model(model, tokenizer, config, output_dir=args.output, generator=generator)
     s = result.summary
     print(json.dumps({k: v for k, v in s.items() if k != "config"}, indent=2))
     print(

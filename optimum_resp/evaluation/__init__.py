@@ -10,6 +10,7 @@ from .extraction import (
     parse_mathqa_options,
     split_thinking,
 )
+from .fidelity import FidelityResult, answer_fidelity
 from .harness import EvalConfig, EvalResult, evaluate_model, wilson_interval
 from .metrics import metric_path
 from .tasks import TASKS, TaskDataError, TaskSpec, get_task, load_task_dataset
@@ -19,8 +20,10 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "Extraction",
+    "FidelityResult",
     "TaskDataError",
     "TaskSpec",
+    "answer_fidelity",
     "evaluate_model",
     "extract_choice_answer",
     "extract_gsm8k_gold",

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..generation import GenerationSettings, build_prompt, generate
+from ..generation import Completion, GenerationSettings, build_prompt
+from ..generators import TraceGenerator, get_generator
 from ..validation import check_int
 from .extraction import THINK_CLOSE, THINK_OPEN
 from .tasks import TASKS, TaskDataError, get_task, load_task_dataset, local_split_files
@@ -80,6 +81,8 @@ class EvalResult:
 
     summary: dict[str, Any]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list, repr=False)
+    """The generated answers with their token ids, in sample order (kept in memory, not saved)."""
 
     @property
     def accuracy(self) -> float:
@@ -147,9 +150,15 @@ def evaluate_model(
     config: EvalConfig,
     output_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
+    generator: str | TraceGenerator = "hf",
 ) -> EvalResult:
-    """Generate answers for a task, score them, and optionally write samples.jsonl / summary.json."""
+    """Generate answers for a task, score them, and optionally write samples.jsonl / summary.json.
+
+    `generator` is the backend (`"hf"`, `"vllm"`, `"auto"` or a `TraceGenerator`): greedy answers are the same
+    tokens through either; vLLM is faster where it is installed (CPU included), `auto` measures which.
+    """
     spec = TASKS[config.task]
+    backend = get_generator(generator) if isinstance(generator, str) else generator
     shots, items = _fewshot_and_eval_rows(config)
     fewshot = [(spec.build_user_text(r), spec.fewshot_answer(r)) for r in shots]
     golds = []
@@ -172,8 +181,8 @@ def evaluate_model(
         config.generation.thinking,
     )
 
-    completions = generate(
-        model, tokenizer, prompts, config.generation, show_progress=show_progress, seed=config.seed
+    completions = backend.generate(
+        model, tokenizer, prompts, config.generation, seed=config.seed, show_progress=show_progress
     )
 
     samples: list[dict[str, Any]] = []
@@ -205,6 +214,7 @@ def evaluate_model(
         "mean_generated_tokens": sum(s["generated_tokens"] for s in samples) / n,
         "truncated_fraction": sum(s["truncated"] for s in samples) / n,
         "tokens_per_second": completions.stats.tokens_per_second,
+        "engine": backend.used,
         "config": config.to_dict(),
     }
     logger.info(
@@ -217,7 +227,7 @@ def evaluate_model(
         summary["mean_generated_tokens"],
         100 * summary["truncated_fraction"],
     )
-    result = EvalResult(summary=summary, samples=samples)
+    result = EvalResult(summary=summary, samples=samples, completions=list(completions))
     if output_dir is not None:
         result.save(output_dir)
         logger.info("Wrote %s and %s to %s", SAMPLES_FILE, SUMMARY_FILE, output_dir)
