@@ -10,7 +10,7 @@ from .extraction import (
     parse_mathqa_options,
     split_thinking,
 )
-from .harness import EvalConfig, EvalResult, evaluate_model, wilson_interval
+from .harness import EvalConfig, EvalResult, evaluate_model, load_eval_rows, wilson_interval
 from .metrics import metric_path
 from .tasks import TASKS, TaskDataError, TaskSpec, get_task, load_task_dataset
 
@@ -26,6 +26,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "extract_numeric_answer",
     "get_task",
+    "load_eval_rows",
     "load_task_dataset",
     "metric_path",
     "normalize_number",
