@@ -714,16 +714,10 @@ class RESPPruner:
             raise ValueError("Nothing to save yet: call prune() first.")
         own = self._run is not None and Path(save_directory).resolve() == self._run.path.resolve()
         run = self._run if own else RunFolder(save_directory)
-        run.check_output(self.source)
-        if not run.is_empty and run.path.resolve() not in self._saved_to:
-            if not overwrite:
-                raise ValueError(
-                    f"{run.path} already holds {run.contents()}, which saving would replace. Choose an empty or "
-                    "new folder, or pass overwrite=True to replace it."
-                )
-            if run.is_run:
-                with run.lock():  # not while another prune runs there
-                    run.remove_run()
+        run.check_can_save(self.source, overwrite=overwrite or run.path.resolve() in self._saved_to)
+        if run.is_run and run.path.resolve() not in self._saved_to:  # overwriting another run
+            with run.lock():  # not while another prune runs there
+                run.remove_run()
         run.path.mkdir(parents=True, exist_ok=True)
         with run.lock() if run.is_run else contextlib.nullcontext():
             with umask_permissions(run.path):

@@ -163,6 +163,15 @@ class RunFolder:
             )
         check_writable(self.path)
 
+    def check_can_save(self, source: str | os.PathLike | None = None, overwrite: bool = False) -> None:
+        """What saving a model here checks first: `check_output`, then the folder is empty (or `overwrite`)."""
+        self.check_output(source)
+        if not overwrite and not self.is_empty:
+            raise ValueError(
+                f"{self.path} already holds {self.contents()}, which saving would replace. Choose an empty or new "
+                "folder, or pass overwrite=True to replace it."
+            )
+
     def check_can_start(self, config: RESPConfig | None, source: str | os.PathLike | None = None) -> None:
         """What a prune into this folder checks before any work: `check_output`, then the folder is empty, or
         holds a run of `config` (which it resumes; None: any run, its recipe compared later; the model and

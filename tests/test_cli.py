@@ -510,6 +510,12 @@ def test_cheap_checks_come_before_the_model_loads(model_dir, tmp_path, capsys, m
         assert time.perf_counter() - started < 20  # no Hub retries
     assert not (tmp_path / "out").exists()
 
+    # The demo's --output too: never over another model, refused before the demo prunes anything.
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "config.json").write_text("{}")
+    assert main(["demo", "--output", str(tmp_path / "busy"), "--prompts", "1"]) == 2
+    assert "busy already holds a model (config.json)" in capsys.readouterr().err
+
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
