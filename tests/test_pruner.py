@@ -314,6 +314,22 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
         pruner.save_pretrained(tmp_path / "out")
 
 
+def test_the_output_folder_is_checked_before_the_memory_probes(tmp_path, monkeypatch):
+    """The scoring-memory estimate runs three probe passes of the model: an unusable output_dir is refused first."""
+    tokenizer = build_tiny_tokenizer()
+    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator=_NoGeneration())
+    monkeypatch.setattr(
+        "optimum_resp.pruner.check_scoring_memory",
+        lambda *a, **k: pytest.fail("probed before the folder check"),
+    )
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("a file")
+    for folder, message in (("busy", "is not empty and holds no RESP run"), ("file", "it is a file")):
+        with pytest.raises(ValueError, match=message):
+            pruner.prune(PROMPTS, tmp_path / folder)
+
+
 def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
     tokenizer = build_tiny_tokenizer()
     pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=1), generator="hf")
