@@ -60,15 +60,34 @@ def looks_local(name_or_path: str | os.PathLike) -> bool:
     )
 
 
-def check_model_source(name_or_path: str | os.PathLike) -> None:
+def check_model_source(
+    name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> None:
     """Refuse at once a model path that looks local but does not exist (it would otherwise be sent to the
-    Hub, retried for a minute, and fail there with an unrelated message)."""
+    Hub, retried for a minute, and fail there with an unrelated message), and, while HF_HUB_OFFLINE is set, a
+    Hub id the local Hub cache holds no config.json of (nothing could load it)."""
     text = os.fspath(name_or_path)
     if Path(text).expanduser().exists():
         return
     if looks_local(name_or_path):
         raise FileNotFoundError(
             f"Model folder {text} does not exist. Check the path, or pass a Hub id such as 'Qwen/Qwen3-8B'."
+        )
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    from .hub import offline_mode
+
+    if not offline_mode():
+        return
+    try:
+        cached = try_to_load_from_cache(text, "config.json", cache_dir=cache_dir, revision=revision)
+    except HFValidationError:  # not a repo id either: transformers' own error names it
+        return
+    if not isinstance(cached, str):
+        raise FileNotFoundError(
+            f"{text} is not a local folder, and HF_HUB_OFFLINE is set while the Hub cache holds no copy of it. "
+            f"Download it where there is network (`hf download {text}`), or pass the path of a local model folder."
         )
 
 
@@ -292,7 +311,7 @@ def _check_local_files(folder: Path) -> None:
 
 
 def _load(what: str, loader: Any, source: str | os.PathLike, **kwargs: Any) -> Any:
-    check_model_source(source)
+    check_model_source(source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"))
     folder = Path(os.fspath(source)).expanduser()
     local = folder.exists()
     try:
@@ -310,7 +329,7 @@ def load_model(source: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
     (transformers would fill them with random values), naming the tensors."""
     kwargs.pop("output_loading_info", None)
     check_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
-    check_model_source(source)
+    check_model_source(source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"))
     folder = Path(os.fspath(source)).expanduser()
     if folder.exists():
         check_model_folder(folder)

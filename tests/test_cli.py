@@ -503,6 +503,12 @@ def test_cheap_checks_come_before_the_model_loads(model_dir, tmp_path, capsys, m
         (prune_args(model_dir, tmp_path / "out", "--config", "nosuch.json"), r"nosuch\.json does not exist"),
         (prune_args(model_dir, tmp_path / "out", "--config", "org/recipe"), r"HF_HUB_OFFLINE is set"),
         (prune_args(model_dir, tmp_path / "out", "--dtype", "float13"), r"Unknown dtype 'float13': use auto"),
+        (  # a Hub id while offline that the cache does not hold: nothing could load it
+            prune_args("someone/not-cached", tmp_path / "out"),
+            r"someone/not-cached is not a local folder, and HF_HUB_OFFLINE is set while the Hub cache holds no",
+        ),
+        (["eval", "someone/not-cached", "--data", GSM8K], r"HF_HUB_OFFLINE is set while the Hub cache"),
+        (["eval", str(model_dir), "--data", GSM8K, "--dtype", "float13"], r"Unknown dtype 'float13'"),
     ):
         started = time.perf_counter()
         assert main(command) == 2, command

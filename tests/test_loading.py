@@ -14,6 +14,7 @@ from optimum_resp.loading import (
     check_loading_info,
     check_model_config,
     check_model_folder,
+    check_model_source,
     load_model,
 )
 
@@ -97,3 +98,21 @@ def test_a_dtype_transformers_cannot_load_is_named(tied_dir):
             ValueError, match=rf"Unknown dtype '{bad}': use auto .*bfloat16, float16 or float32"
         ):
             load_model(tied_dir, dtype=bad)
+
+
+def test_a_hub_id_while_offline_is_refused_at_once_unless_cached(tmp_path, monkeypatch):
+    """With HF_HUB_OFFLINE set, a Hub id the cache does not hold cannot load: refused before any work (exit 2 on
+    the command line), not after the calibration data and the output folder were prepared."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        FileNotFoundError, match=r"org/model is not a local folder, and HF_HUB_OFFLINE is set while"
+    ):
+        check_model_source("org/model", cache_dir=tmp_path)
+    repo = tmp_path / "models--org--model"  # the layout huggingface_hub caches a download in
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    check_model_source("org/model", cache_dir=tmp_path)  # cached: it loads offline
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    check_model_source("org/elsewhere", cache_dir=tmp_path)  # online: the Hub is asked
