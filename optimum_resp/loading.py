@@ -37,6 +37,7 @@ __all__ = [
     "check_model_source",
     "looks_local",
     "load_model",
+    "load_model_config",
     "load_tokenizer",
 ]
 
@@ -320,6 +321,23 @@ def _load(what: str, loader: Any, source: str | os.PathLike, **kwargs: Any) -> A
         if not local:  # Hub errors (network, gated repo, missing file) already say what to do
             raise
         raise ModelLoadError(f"Could not load the {what} from {folder}: {type(err).__name__}: {err}") from err
+
+
+_CONFIG_KWARGS = ("revision", "cache_dir", "token", "trust_remote_code", "local_files_only", "subfolder")
+"""The `from_pretrained` arguments that also say where a model's config.json is."""
+
+
+def load_model_config(source: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
+    """The model's config (config.json alone, no weight loaded), checked as `load_model` checks it first: a local
+    folder in itself and against its weights' headers (`check_model_folder`). What a recipe is checked against
+    before minutes of loading. `kwargs` are `load_model`'s; those that locate the file are used."""
+    check_model_source(source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"))
+    folder = Path(os.fspath(source)).expanduser()
+    if folder.exists():
+        checked = check_model_folder(folder)
+        if checked is not None:
+            return checked[0]
+    return _load("config", AutoConfig, source, **{k: v for k, v in kwargs.items() if k in _CONFIG_KWARGS})
 
 
 def load_model(source: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:

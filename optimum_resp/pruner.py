@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from .accounting import SizeReport, decoder_linear_params, size_report
 from .allocation import allocate, max_removable_params
@@ -55,7 +55,7 @@ from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .importance import Scorer, build_examples, scorer_class
 from .importance.taylor import bf16_autocast_supported
-from .loading import load_model, load_tokenizer
+from .loading import load_model, load_model_config, load_tokenizer
 from .memory import ScoringMemoryEstimate, check_scoring_memory, release_heap
 from .profiling import PhaseClock
 from .recovery import recover_with_lora
@@ -69,8 +69,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["MANY_STAGES", "PruneResult", "RESPPruner", "compose_plans"]
 
 MANY_STAGES = 128
-"""Above this many stages a prune is warned about: each stage is a scoring pass over every trace, and 8 stages
-were as good as 16 in benchmarks/bench_quality.py (the reference uses 112)."""
+"""Above this many stages a prune is warned about: each stage is a scoring pass over every trace, and in
+benchmarks/RESULTS.md the default 8 came within the 95% interval of the best count, 16 (the reference uses 112)."""
 
 
 def _correct_fraction(traces: list[Trace]) -> float | None:
@@ -121,6 +121,124 @@ class _State:
     regenerated: list[float] = field(default_factory=list)  # milestones already crossed
 
 
+def _fit_config(model_config: PretrainedConfig, config: RESPConfig) -> RESPConfig:
+    """`config` with max_length clamped to the model's positions (a longer example cannot be scored) and without the
+    structure kinds its runtimes' loaders cannot take for this architecture (each change logged once: a fitted
+    config fits unchanged)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions and config.max_length > positions:
+        logger.warning(
+            "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
+            config.max_length,
+            positions,
+            positions,
+        )
+        config = dataclasses.replace(config, max_length=positions)
+    kept = kept_structures(get_architecture(model_config), config.runtimes, config.export)
+    structures = [s for s in config.structures if s not in kept]
+    if structures == config.structures:
+        return config
+    why = "; ".join(dict.fromkeys(kept.values()))
+    if not structures:
+        raise ValueError(
+            f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
+            "Add 'channels' to structures, or export per_layer for a runtime that loads it."
+        )
+    logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
+    return dataclasses.replace(config, structures=structures)
+
+
+def _read_origin(
+    source: str | os.PathLike, model_config: PretrainedConfig
+) -> tuple[SizeReport | None, tuple[int, str] | None]:
+    """The sizes of the original dense model, when the source folder's resp_report.json records the prune this
+    model is (its pruned sizes are the model's): a prune of a prune counts sparsity against that model. With it,
+    what to log about it (a level and a line), for the pruner to say once."""
+    folder = Path(source).expanduser()
+    if not (folder / RunFolder.REPORT).is_file():
+        return None, None
+    try:
+        size = RunFolder(folder).load_report().size
+    except (ValueError, KeyError, TypeError) as err:
+        return None, (
+            logging.WARNING,
+            f"Ignoring {folder} ({err}): sparsity counts against the model as loaded.",
+        )
+    same_type = size.model_type == get_architecture(model_config).model_type
+    if not same_type or size.pruned_layers != tuple(layer_sizes(model_config)):
+        return None, (
+            logging.WARNING,
+            f"{folder}/{RunFolder.REPORT} describes other layer sizes than the model: sparsity counts against the "
+            "model as loaded.",
+        )
+    return size, (
+        logging.INFO,
+        f"{folder} is a prune (sparsity {size.sparsity:.1%}) of a dense model recorded in its {RunFolder.REPORT}: "
+        "sparsity counts against that model, so target_sparsity is the sparsity this prune ends at.",
+    )
+
+
+def _dense_and_start(model_config: PretrainedConfig, origin: SizeReport | None) -> tuple[int, float]:
+    """The dense model's decoder-linear parameters (the original one's when the model is a prune of it), and the
+    sparsity the model already has against it (0 for a dense model)."""
+    dense = sum(origin.dense_layer_params if origin is not None else decoder_linear_params(model_config))
+    return dense, 1 - sum(decoder_linear_params(model_config)) / dense
+
+
+def _check_recipe(
+    model_config: PretrainedConfig,
+    c: RESPConfig,
+    origin: SizeReport | None,
+    scorer: Scorer,
+    task: str | None,
+    tokenizer=None,
+) -> None:
+    """Refuse, from the model's config alone (no weight needed), a recipe this model cannot take: see
+    `RESPPruner.check_recipe`."""
+    if tokenizer is not None and len(tokenizer) > model_config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's embedding has {model_config.vocab_size} rows: "
+            "they do not belong together. Load the tokenizer saved with this model."
+        )
+    sizes = layer_sizes(model_config)
+    widths = [s.intermediate_size for s in sizes]
+    if "channels" in c.structures and c.channel_multiple >= min(widths):
+        raise ValueError(
+            f"channel_multiple={c.channel_multiple} is not below this model's narrowest MLP "
+            f"({min(widths)} channels), so no channel of it could ever be removed (widths stay multiples of "
+            f"it, and never reach zero). Use a multiple below {min(widths)} (64 or 128 suit real models), or "
+            "leave 'channels' out of structures."
+        )
+    if c.export == "uniform" and len(set(sizes)) > 1:
+        raise ValueError(
+            "export='uniform' needs every layer alike, but this model's layers already differ (it is a "
+            "per_layer prune), and uniform allocation removes the same from each layer. Use export='per_layer'."
+        )
+    protected = c.protected_for(model_config.num_hidden_layers)
+    dense, start = _dense_and_start(model_config, origin)
+    if origin is not None and c.target_sparsity <= start + 1e-9:
+        raise ValueError(
+            f"This model is already a prune at sparsity {start:.2%} of its original dense model (its "
+            f"{RunFolder.REPORT}), and sparsity counts against that model: target_sparsity={c.target_sparsity} "
+            f"would remove nothing. Set a target above {start:.2%}."
+        )
+    needed = math.ceil(c.target_sparsity * dense) - (dense - sum(decoder_linear_params(model_config)))
+    limit = max_removable_params(model_config, protected, c.structures, c.channel_multiple)
+    if needed > limit:
+        more = " more" if origin is not None else ""
+        raise ValueError(
+            f"target_sparsity={c.target_sparsity} asks to remove {needed:,}{more} of {dense:,} decoder-linear "
+            f"parameters, but with protected layers {protected}, structures {c.structures} and "
+            f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
+            "target_sparsity, protect fewer layers or lower channel_multiple."
+        )
+    scorer.check(model_config, c)
+    if (c.filter_correct or c.selection_difficulty_samples) and task is None:
+        raise ValueError(
+            "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
+        )
+
+
 class RESPPruner:
     """Prunes a reasoning model with RESP; `prune` returns the physically smaller model and a report."""
 
@@ -136,7 +254,7 @@ class RESPPruner:
     ) -> None:
         self.spec = get_architecture(model)  # unsupported architectures fail here, before any work
         self.model = model
-        self.config = self._fit_runtimes(self._fit_max_length(RESPConfig.coerce(config)))
+        self.config = _fit_config(model.config, RESPConfig.coerce(config))
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
@@ -146,10 +264,10 @@ class RESPPruner:
         self._use_cache = getattr(model.config, "use_cache", True)
         # A model that is itself a prune (its folder's resp_report.json says of what) is pruned further: sparsity
         # counts against the original dense model, and the stages ramp from where the model already is.
-        self.origin: SizeReport | None = self._origin()
-        dense = self.origin.dense_layer_params if self.origin else decoder_linear_params(model.config)
-        self._dense_params = sum(dense)
-        self._start = self._sparsity(model)
+        self.origin, note = _read_origin(self.source, model.config)
+        if note is not None:
+            logger.log(*note)
+        self._dense_params, self._start = _dense_and_start(model.config, self.origin)
         # The run folder of the last prune (save_pretrained writes there freely), and every folder it wrote.
         self._run: RunFolder | None = None
         self._saved_to: set[Path] = set()
@@ -177,12 +295,23 @@ class RESPPruner:
         device), so no dense copy sits beside the pruned one; a model passed to `RESPPruner(...)` is never freed.
         """
         own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
-        config = RESPConfig.coerce(config)
-        # A missing local folder fails at once (not after Hub retries); a damaged one names its file.
-        model = load_model(model_id_or_path, **kwargs)
+        source = str(model_id_or_path)
+        # Everything that needs no weights first: a missing local folder at once (not after Hub retries), a
+        # damaged one naming its file, its weights against its config, then the recipe against the model's config
+        # and the tokenizer (a channel multiple or a target this model cannot take) before the weights load.
+        model_config = load_model_config(model_id_or_path, **kwargs)
         if tokenizer is None:
             tokenizer = load_tokenizer(model_id_or_path)
-        pruner = cls(model, tokenizer, config, source=str(model_id_or_path), **own)
+        config = cls.check_recipe(
+            model_config,
+            config,
+            source=source,
+            task=own.get("task"),
+            scorer=own.get("scorer"),
+            tokenizer=tokenizer,
+        )
+        model = load_model(model_id_or_path, **kwargs)
+        pruner = cls(model, tokenizer, config, source=source, **own)
         pruner._owns_model = True
         return pruner
 
@@ -190,120 +319,36 @@ class RESPPruner:
     # Checks that run before any expensive work.
     # ------------------------------------------------------------------------------------------
 
-    def _origin(self) -> SizeReport | None:
-        """The sizes of the original dense model, when the source folder's resp_report.json records the prune this
-        model is (its pruned sizes are the model's): a prune of a prune counts sparsity against that model."""
-        folder = Path(self.source).expanduser()
-        if not (folder / RunFolder.REPORT).is_file():
-            return None
-        try:
-            size = RunFolder(folder).load_report().size
-        except (ValueError, KeyError, TypeError) as err:
-            logger.warning("Ignoring %s (%s): sparsity counts against the model as loaded.", folder, err)
-            return None
-        if size.model_type != self.spec.model_type or size.pruned_layers != tuple(
-            layer_sizes(self.model.config)
-        ):
-            logger.warning(
-                "%s/%s describes other layer sizes than the model: sparsity counts against the model as loaded.",
-                folder,
-                RunFolder.REPORT,
-            )
-            return None
-        logger.info(
-            "%s is a prune (sparsity %.1f%%) of a dense model recorded in its %s: sparsity counts against that "
-            "model, so target_sparsity is the sparsity this prune ends at.",
-            folder,
-            100 * size.sparsity,
-            RunFolder.REPORT,
-        )
-        return size
-
-    def _fit_max_length(self, config: RESPConfig) -> RESPConfig:
-        """`config` with max_length clamped to the model's positions (a longer example cannot be scored)."""
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if not positions or config.max_length <= positions:
-            return config
-        logger.warning(
-            "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
-            config.max_length,
-            positions,
-            positions,
-        )
-        return dataclasses.replace(config, max_length=positions)
-
-    def _fit_runtimes(self, config: RESPConfig) -> RESPConfig:
-        """`config` without the structure kinds its runtimes' loaders cannot take for this architecture."""
-        kept = kept_structures(self.spec, config.runtimes, config.export)
-        structures = [s for s in config.structures if s not in kept]
-        if structures == config.structures:
-            return config
-        why = "; ".join(dict.fromkeys(kept.values()))
-        if not structures:
-            raise ValueError(
-                f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
-                "Add 'channels' to structures, or export per_layer for a runtime that loads it."
-            )
-        logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
-        return dataclasses.replace(config, structures=structures)
+    @classmethod
+    def check_recipe(
+        cls,
+        model_config: PretrainedConfig,
+        config: RESPConfig | dict[str, Any] | str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
+        task: str | None = None,
+        scorer: Scorer | None = None,
+        tokenizer=None,
+    ) -> RESPConfig:
+        """`config` fitted to the model (max_length to its positions, structures to what its runtimes load) and
+        checked against the model's config alone, as a pruner of it would check it: an architecture, channel
+        multiple, target or criterion this model cannot take is refused before any weight loads (`from_pretrained`
+        and `optimum-resp prune` call this first). `source` is the model's folder (a prune's own says what it was
+        pruned from); with `tokenizer`, that it belongs to the model. Returns the fitted config."""
+        get_architecture(model_config)
+        fitted = _fit_config(model_config, RESPConfig.coerce(config))
+        origin = _read_origin(source, model_config)[0] if source is not None else None
+        scorer = scorer or scorer_class(fitted.importance).from_config(fitted)
+        _check_recipe(model_config, fitted, origin, scorer, task, tokenizer)
+        return fitted
 
     def _check_inputs(self) -> None:
-        c, config = self.config, self.model.config
-        vocab = len(self.tokenizer)
-        if vocab > config.vocab_size:
-            raise ValueError(
-                f"The tokenizer has {vocab} tokens but the model's embedding has {config.vocab_size} rows: they "
-                "do not belong together. Load the tokenizer saved with this model."
-            )
+        c = self.config
         if not getattr(self.tokenizer, "chat_template", None) and c.calibration_source != "text":
             logger.warning(
                 "The tokenizer has no chat template: calibration prompts fall back to a plain 'Question: ... "
                 "Answer:' format, and thinking mode cannot be switched on."
             )
-        sizes = layer_sizes(config)
-        widths = [s.intermediate_size for s in sizes]
-        if "channels" in c.structures and c.channel_multiple >= min(widths):
-            raise ValueError(
-                f"channel_multiple={c.channel_multiple} is not below this model's narrowest MLP "
-                f"({min(widths)} channels), so no channel of it could ever be removed (widths stay multiples of "
-                f"it, and never reach zero). Use a multiple below {min(widths)} (64 or 128 suit real models), or "
-                "leave 'channels' out of structures."
-            )
-        if c.export == "uniform" and len(set(sizes)) > 1:
-            raise ValueError(
-                "export='uniform' needs every layer alike, but this model's layers already differ (it is a "
-                "per_layer prune), and uniform allocation removes the same from each layer. Use export='per_layer'."
-            )
-        if c.num_stages > MANY_STAGES:
-            logger.warning(
-                "num_stages=%d: every stage is one scoring pass over all traces, so this prune costs %d of them "
-                "(8 stages were as good as 16 in the benchmarks; the RESP reference uses 112).",
-                c.num_stages,
-                c.num_stages,
-            )
-        protected = c.protected_for(config.num_hidden_layers)
-        dense = self._dense_params
-        if self.origin is not None and c.target_sparsity <= self._start + 1e-9:
-            raise ValueError(
-                f"This model is already a prune at sparsity {self._start:.2%} of its original dense model (its "
-                f"{RunFolder.REPORT}), and sparsity counts against that model: target_sparsity={c.target_sparsity} "
-                f"would remove nothing. Set a target above {self._start:.2%}."
-            )
-        needed = math.ceil(c.target_sparsity * dense) - (dense - sum(decoder_linear_params(config)))
-        limit = max_removable_params(config, protected, c.structures, c.channel_multiple)
-        if needed > limit:
-            more = " more" if self.origin is not None else ""
-            raise ValueError(
-                f"target_sparsity={c.target_sparsity} asks to remove {needed:,}{more} of {dense:,} decoder-linear "
-                f"parameters, but with protected layers {protected}, structures {c.structures} and "
-                f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
-                "target_sparsity, protect fewer layers or lower channel_multiple."
-            )
-        self.scorer.check(config, c)
-        if (c.filter_correct or c.selection_difficulty_samples) and self.task is None:
-            raise ValueError(
-                "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
-            )
+        _check_recipe(self.model.config, c, self.origin, self.scorer, self.task, self.tokenizer)
 
     def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> int | None:
         """Refuse prompts that leave no trace token to score under max_length; warn when a full-length trace
@@ -374,6 +419,14 @@ class RESPPruner:
                 "prune again; with the same output_dir, a finished run is reused."
             )
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        if self.config.num_stages > MANY_STAGES:  # said once per prune, before any work
+            logger.warning(
+                "num_stages=%d: every stage is one scoring pass over all traces, so this prune costs %d of them "
+                "(in benchmarks/RESULTS.md the default 8 came within the 95%% interval of the best count, 16; the "
+                "RESP reference uses 112). Only the last stage's checkpoint is kept.",
+                self.config.num_stages,
+                self.config.num_stages,
+            )
         run = output_dir if isinstance(output_dir, RunFolder | None) else RunFolder(output_dir)
         # Not the model's own folder, writable, empty or a run of this recipe: checked first, writing nothing.
         if run is not None:

@@ -537,7 +537,12 @@ def test_cheap_checks_come_before_the_model_loads(model_dir, tmp_path, capsys, m
     assert "loading now" in capsys.readouterr().err
 
 
-def test_flag_errors_name_the_flag_and_exit_2(model_dir, tmp_path, capsys):
+def test_flag_errors_name_the_flag_and_exit_2(model_dir, tmp_path, capsys, monkeypatch):
+    import optimum_resp.pruner as pruner
+
+    monkeypatch.setattr(  # every one of these is refused from the flags and config.json alone
+        pruner, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check")
+    )
     with pytest.raises(SystemExit) as exc:
         main(prune_args(model_dir, tmp_path / "o", "--generation-batch-size", "0"))
     err = capsys.readouterr().err
@@ -552,6 +557,23 @@ def test_flag_errors_name_the_flag_and_exit_2(model_dir, tmp_path, capsys):
     # A channel multiple as wide as the MLP (96) could never remove a channel.
     assert main(prune_args(model_dir, tmp_path / "o", "--channel-multiple", "96")) == 2
     assert "channel_multiple=96 is not below this model's narrowest MLP" in capsys.readouterr().err
+    # A target beyond what the structures left can give.
+    assert main(prune_args(model_dir, tmp_path / "o", "--sparsity", "0.99")) == 2
+    assert re.search(r"target_sparsity=0\.99 asks to remove .* at most", capsys.readouterr().err)
+    # An output folder holding a run of another recipe (compared as fitted to the model, so the same recipe is not
+    # refused for the max_length the model clamps).
+    from optimum_resp import RESPConfig
+    from optimum_resp.run_folder import RunFolder
+
+    other = tmp_path / "other-run"
+    RESPConfig(target_sparsity=0.1).save_pretrained(other)
+    (other / RunFolder.RUN).write_text('{"status": "stopped"}')
+    assert main(prune_args(model_dir, other)) == 2
+    assert re.search(
+        r"holds a RESP run with a different config .*'target_sparsity': \(0\.1, 0\.3\)",
+        capsys.readouterr().err,
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_push_to_an_unreachable_hub_is_refused_before_pruning(model_dir, tmp_path, capsys, monkeypatch):
@@ -668,3 +690,25 @@ def test_a_prune_output_is_pruned_further_from_the_command_line(tmp_path, capsys
     first = json.loads((tmp_path / "p20" / "resp_report.json").read_text())
     assert report["dense_decoder_linear_params"] == first["dense_decoder_linear_params"]
     assert main(["info", str(tmp_path / "p40")]) == 0
+
+
+def test_many_stages_are_warned_about_on_the_command_line(model_dir, tmp_path, capsys, caplog, monkeypatch):
+    from optimum_resp.calibration import HFGenerator
+    from optimum_resp.pruner import MANY_STAGES
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped before generating")
+
+    monkeypatch.setattr(HFGenerator, "generate", stop)
+    caplog.set_level("WARNING", logger="optimum_resp")
+    assert MANY_STAGES < 1000
+    assert main(prune_args(model_dir, tmp_path / "out", "--stages", "1000")) == 2
+    assert "stopped before generating" in capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if "every stage is one scoring pass" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        "num_stages=1000: every stage is one scoring pass over all"
+    )
+    assert (
+        "so this prune costs 1000 of them" in warned[0]
+        and "Only the last stage's checkpoint is kept" in warned[0]
+    )

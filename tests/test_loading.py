@@ -16,6 +16,7 @@ from optimum_resp.loading import (
     check_model_folder,
     check_model_source,
     load_model,
+    load_model_config,
 )
 
 
@@ -108,6 +109,8 @@ def test_a_hub_id_while_offline_is_refused_at_once_unless_cached(tmp_path, monke
         FileNotFoundError, match=r"org/model is not a local folder, and HF_HUB_OFFLINE is set while"
     ):
         check_model_source("org/model", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set while the Hub cache holds no copy"):
+        load_model_config("org/model", cache_dir=tmp_path)
     repo = tmp_path / "models--org--model"  # the layout huggingface_hub caches a download in
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
@@ -116,3 +119,23 @@ def test_a_hub_id_while_offline_is_refused_at_once_unless_cached(tmp_path, monke
     check_model_source("org/model", cache_dir=tmp_path)  # cached: it loads offline
     monkeypatch.delenv("HF_HUB_OFFLINE")
     check_model_source("org/elsewhere", cache_dir=tmp_path)  # online: the Hub is asked
+
+
+def test_load_model_config_checks_the_folder_without_loading_a_weight(tied_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(
+        "optimum_resp.loading.AutoModelForCausalLM.from_pretrained",
+        lambda *a, **k: pytest.fail("a weight was loaded"),
+    )
+    config = load_model_config(tied_dir)
+    assert config.num_hidden_layers == json.loads((tied_dir / "config.json").read_text())["num_hidden_layers"]
+    broken = tmp_path / "broken"
+    shutil.copytree(tied_dir, broken)
+    tensors = load_file(broken / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"missing: model\.layers\.1\.mlp\.up_proj\.weight"):
+        load_model_config(broken)

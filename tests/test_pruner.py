@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.pruner import RESPPruner, compose_plans
@@ -847,3 +847,29 @@ def test_config_may_be_a_dict_a_config_or_a_path(tmp_path):
         RESPPruner(model, tokenizer, {"sparsity": 0.4})
     with pytest.raises(ValueError, match="config must be a RESPConfig, a dict of its fields"):
         RESPPruner(model, tokenizer, 0.4)
+
+
+def test_from_pretrained_checks_the_recipe_before_the_weights_load(tmp_path, monkeypatch):
+    """A recipe the model cannot take is refused from config.json alone: no minutes of loading an 8B model first."""
+    tokenizer = build_tiny_tokenizer()
+    folder = tmp_path / "dense"
+    tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setattr(
+        "optimum_resp.pruner.load_model", lambda *a, **k: pytest.fail("the weights loaded before the check")
+    )
+    for config, message in (
+        ({"channel_multiple": 96}, r"channel_multiple=96 is not below this model's narrowest MLP \(96"),
+        ({"target_sparsity": 0.99}, r"target_sparsity=0\.99 asks to remove .* at most"),
+        (
+            {"importance": "flap", "export": "uniform", "allocation": "uniform", "protected_layers": []},
+            r"FLAP bias compensation needs a bias on .*export=.uniform. cannot",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RESPPruner.from_pretrained(folder, config=config)
+    # What it returns is the recipe as the model fits it (max_length clamped to its positions), checked.
+    model_config = AutoConfig.from_pretrained(folder)
+    fitted = RESPPruner.check_recipe(model_config, {"max_length": 10**6})
+    assert fitted.max_length == model_config.max_position_embeddings
+    assert RESPPruner.check_recipe(model_config, fitted) == fitted

@@ -371,8 +371,16 @@ def test_many_stages_are_warned_about_and_keep_one_checkpoint(tmp_path, caplog):
 
     tokenizer = build_tiny_tokenizer()
     caplog.set_level("WARNING", logger="optimum_resp")
-    RESPPruner(build_tiny_model(tokenizer), tokenizer, small_config(num_stages=MANY_STAGES + 1))
-    assert f"num_stages={MANY_STAGES + 1}: every stage is one scoring pass" in caplog.text
+    many = RESPPruner(
+        build_tiny_model(tokenizer),
+        tokenizer,
+        small_config(num_stages=MANY_STAGES + 1),
+        scorer=DiesWhenScoring(),
+    )
+    assert "every stage" not in caplog.text  # said by the prune, once, not by every check of the recipe
+    with pytest.raises(Interrupted):
+        many.prune(PROMPTS)
+    assert caplog.text.count(f"num_stages={MANY_STAGES + 1}: every stage is one scoring pass") == 1
     caplog.clear()
     run = RunFolder(tmp_path / "run")
     pruner = _one_stage(tokenizer, num_stages=4)

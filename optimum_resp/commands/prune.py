@@ -147,7 +147,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration import get_generator, prompts_from_task
-    from ..loading import check_device, check_dtype, check_model_source
+    from ..loading import check_device, check_dtype, check_model_source, load_model_config
     from ..pruner import RESPPruner
     from ..run_folder import RunFolder
 
@@ -159,9 +159,7 @@ def run(args: argparse.Namespace) -> int:
     generator = get_generator(args.generator)  # --generator vllm without vLLM
     check_model_source(args.model)  # a local model path that does not exist
     output = RunFolder(args.output)
-    # Not the model's folder, writable, empty or a run (its recipe is compared once the model has fitted the
-    # config to itself: max_length to its positions, structures to its runtimes).
-    output.check_can_start(None, source=args.model)
+    output.check_can_start(None, source=args.model)  # not the model's folder, writable, empty or a run
     prompts = prompts_from_task(  # every calibration row checked
         args.task,
         args.calibration,
@@ -175,6 +173,11 @@ def run(args: argparse.Namespace) -> int:
 
         token = check_can_push(args.push_to_hub)  # no token, offline, a bad repo id
         check_hub_reachable(token)  # no network, or a token the Hub refuses
+    # The model's config.json (a local folder: checked in itself and against its weights' headers), and the recipe
+    # against it: a channel multiple or target this model cannot take, or an output folder holding a run of another
+    # recipe (compared as fitted to the model: max_length to its positions, structures to its runtimes).
+    config = RESPPruner.check_recipe(load_model_config(args.model), config, source=args.model, task=args.task)
+    output.check_can_start(config, source=args.model)
     pruner = RESPPruner.from_pretrained(
         args.model, config=config, task=args.task, generator=generator, dtype=dtype
     )
