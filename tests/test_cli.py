@@ -480,6 +480,40 @@ def test_a_damaged_per_layer_config_is_named_and_info_reads_what_loads(
     assert "transformers: yes" in capsys.readouterr().out
 
 
+def test_info_shows_the_sizes_config_json_loads_as(pruned_dir, tmp_path, capsys):
+    """A folder whose config.json and weights agree with each other but not with resp_report.json: `info` shows what
+    loads, and says that the report recorded other sizes."""
+    from safetensors.torch import load_file, save_file
+
+    def narrow_layer_1(folder):
+        config = json.loads((folder / "config.json").read_text())
+        layer = config["per_layer_config"].setdefault("1", {})
+        width = layer.get("intermediate_size", config["intermediate_size"])
+        layer["intermediate_size"] = width - 8
+        (folder / "config.json").write_text(json.dumps(config))
+        tensors = load_file(folder / "model.safetensors")
+        for name in ("gate_proj", "up_proj"):
+            key = f"model.layers.1.mlp.{name}.weight"
+            tensors[key] = tensors[key][: width - 8].contiguous()
+        key = "model.layers.1.mlp.down_proj.weight"
+        tensors[key] = tensors[key][:, : width - 8].contiguous()
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return width
+
+    folder = _damaged_copy(pruned_dir, tmp_path, "edited", lambda f: None)
+    width = narrow_layer_1(folder)
+    recorded = json.loads((folder / "resp_report.json").read_text())
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 |"))
+    assert f"| {width - 8}/" in row and f"| {width}/" not in row
+    assert "records other layer sizes than config.json; shown are config.json's, which is what loads" in out
+    assert main(["info", str(folder), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["pruned_decoder_linear_params"] < recorded["pruned_decoder_linear_params"]
+    assert main(["info", str(pruned_dir)]) == 0 and "records other layer sizes" not in capsys.readouterr().out
+
+
 def test_cheap_checks_come_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
     """A typo in --output, the calibration file, --config or --dtype is reported at once, not after minutes of
     loading an 8B model; the output folder is not even created."""
