@@ -33,6 +33,11 @@ def register(subparsers) -> None:
         help="Hub dataset id or local .jsonl/.json/.parquet (default: the task's Hub id)",
     )
     p.add_argument("--split", default="test")
+    p.add_argument(
+        "--skip-invalid-rows",
+        action="store_true",
+        help="skip rows whose question is null, empty or not text (default: refuse the data)",
+    )
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of sampled decoding")
@@ -51,10 +56,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvalConfig, evaluate_model
+    from ..evaluation import EvalConfig, evaluate_model, load_eval_rows
+    from ..files import check_writable
     from ..generators import get_generator
-    from ..hub import check_writable
-    from ..loading import check_device, check_model_source, load_model, load_tokenizer
+    from ..loading import check_device, check_dtype, check_model_source, load_model, load_tokenizer
 
     config = EvalConfig(
         task=args.task,
@@ -64,15 +69,19 @@ def run(args: argparse.Namespace) -> int:
         num_fewshot=args.num_fewshot,
         generation=generation_overrides(args),
         seed=args.seed,
+        skip_invalid_rows=args.skip_invalid_rows,
     )
+    # Every check that needs no model first: a typo is reported before minutes of loading.
     check_model_source(args.model)
     if args.output is not None:
         check_writable(args.output)  # an unwritable --output fails now, not after the whole evaluation
     device = check_device(args.device)
+    dtype = check_dtype(args.dtype)
     generator = get_generator(args.engine)  # --engine vllm without vLLM: refused before the model loads
-    model = load_model(args.model, dtype=args.dtype).eval().to(device)
+    rows = load_eval_rows(config)  # every row checked
+    model = load_model(args.model, dtype=dtype).eval().to(device)
     tokenizer = load_tokenizer(args.model)
-    result = evaluate_model(model, tokenizer, config, output_dir=args.output, generator=generator)
+    result = evaluate_model(model, tokenizer, config, output_dir=args.output, generator=generator, rows=rows)
     s = result.summary
     print(json.dumps({k: v for k, v in s.items() if k != "config"}, indent=2))
     print(

@@ -11,7 +11,7 @@ from .extraction import (
     split_thinking,
 )
 from .fidelity import FidelityResult, answer_fidelity
-from .harness import EvalConfig, EvalResult, evaluate_model, wilson_interval
+from .harness import EvalConfig, EvalResult, evaluate_model, load_eval_rows, wilson_interval
 from .metrics import metric_path
 from .tasks import TASKS, TaskDataError, TaskSpec, get_task, load_task_dataset
 
@@ -29,6 +29,7 @@ __all__ = [
     "extract_gsm8k_gold",
     "extract_numeric_answer",
     "get_task",
+    "load_eval_rows",
     "load_task_dataset",
     "metric_path",
     "normalize_number",
