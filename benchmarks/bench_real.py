@@ -21,7 +21,8 @@ bulky outputs (pruned models, dense answers) live in the cache folder, never in 
     python benchmarks/bench_real.py --render         # re-render RESULTS.md, README block and plot from records
     python benchmarks/bench_real.py --rows core      # only the core grid (or: extra)
 
-Runs in the environment it is started from: with vLLM installed, calibration and evaluation generate through it.
+Calibration and evaluation generate through transformers (SETTINGS; greedy answers through vLLM are the same tokens
+but its numerics are not, so the engine is part of every record's key).
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ BENCH_VERSION = 1
 SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "dtype": "float32",
-    "calibration_prompts": 64,
-    "calibration_tokens": 384,
+    "calibration_prompts": 32,
+    "calibration_tokens": 256,
+    "stages": 4,
     "calibration_generator": "hf",
+    "eval_engine": "hf",
     "eval_tokens": 512,
     "chunk": 100,
     "fidelity_problems": 200,
@@ -68,7 +71,10 @@ SETTINGS: dict[str, Any] = {
 bf16 matmuls (AVX2 only, as this project's machines are) a bf16 training-shaped matmul ran 6x slower than float32
 (5.3 vs 32 GFLOPS, 384x896 @ 896x4864), so bf16 would cost more and key the records by the machine. Calibration
 generates through transformers: sampled traces through vLLM are other draws, so the generator is fixed, not
-measured. 512 new tokens cut off few dense answers (the harness's prompt, greedy)."""
+measured. 512 new tokens cut off few dense answers (the harness's prompt, greedy). 32 prompts of up to 256 tokens
+and 4 stages (the library's default is 8): a scoring pass of the 0.5B model in float32 on this 2-core CPU costs
+about a minute per 400 tokens (forward and backward), so the default recipe would take most of a day per prune;
+the stage and milestone rows measure what the default buys."""
 
 
 QUICK_SETTINGS: dict[str, Any] = {
@@ -76,7 +82,9 @@ QUICK_SETTINGS: dict[str, Any] = {
     "dtype": "float32",
     "calibration_prompts": 8,
     "calibration_tokens": 96,
+    "stages": 2,
     "calibration_generator": "hf",
+    "eval_engine": "hf",
     "eval_tokens": 96,
     "chunk": 4,
     "fidelity_problems": 4,
@@ -124,9 +132,9 @@ def use_quick() -> None:
     RUNS = HERE / "real_runs" / "quick"
     ROWS = [
         Row("dense", problems=8),
-        _row("resp", 0.2, problems=8, num_stages=2, regeneration_milestones=[0.1]),
+        _row("resp", 0.2, problems=8, regeneration_milestones=[0.1]),
         _row("wanda-sp", 0.2, problems=8),
-        _row("resp", 0.2, label="resp-uniform", problems=4, group="extra", num_stages=2, **UNIFORM),
+        _row("resp", 0.2, label="resp-uniform", problems=4, group="extra", **UNIFORM),
     ]
 
 
@@ -153,6 +161,7 @@ class Row:
     def config(self) -> RESPConfig:
         """The prune's recipe: the method's preset, the benchmark's calibration settings, then the overrides."""
         values = {
+            "num_stages": SETTINGS["stages"],  # the one-shot baselines' presets keep their single stage
             **METHOD_PRESETS.lookup(self.method)[0],
             "target_sparsity": self.sparsity,
             "num_calibration_prompts": SETTINGS["calibration_prompts"],
@@ -194,7 +203,7 @@ ROWS: list[Row] = [
     _row("resp", 0.2, seed=1),
     _row("resp", 0.4),
     # Other rows: fidelity plus accuracy on 200 problems.
-    _row("resp", 0.2, label="resp-4-stages", problems=200, group="extra", num_stages=4),
+    _row("resp", 0.2, label="resp-8-stages", problems=200, group="extra", num_stages=8),
     _row("resp", 0.2, label="resp-16-stages", problems=200, group="extra", num_stages=16),
     _row(
         "resp",
@@ -392,7 +401,6 @@ def phase_fidelity(row: Row, record: Record, source: Path) -> None:
 def phase_chunk(row: Row, record: Record, source: Path, k: int) -> None:
     from optimum_resp.evaluation import EvalConfig, evaluate_model
     from optimum_resp.generation import adds_special_tokens
-    from optimum_resp.generators import vllm_installed
 
     model, tokenizer = _load(source if row.method == "dense" else run_folder(row, record))
     config = EvalConfig(
@@ -401,7 +409,7 @@ def phase_chunk(row: Row, record: Record, source: Path, k: int) -> None:
         generation={"max_new_tokens": SETTINGS["eval_tokens"], "batch_size": 16},
     )
     start = time.perf_counter()
-    result = evaluate_model(model, tokenizer, config, generator="vllm" if vllm_installed() else "hf")
+    result = evaluate_model(model, tokenizer, config, generator=SETTINGS["eval_engine"])
     samples = result.samples
     record.chunks[str(k)] = {
         "n": len(samples),

@@ -139,3 +139,24 @@ def test_load_model_config_checks_the_folder_without_loading_a_weight(tied_dir, 
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"missing: model\.layers\.1\.mlp\.up_proj\.weight"):
         load_model_config(broken)
+
+
+@pytest.mark.parametrize("bf16_matmuls", [False, True])
+def test_auto_dtype_loads_a_bf16_checkpoint_in_float32_on_a_cpu_without_bf16_matmuls(
+    tmp_path, monkeypatch, caplog, bf16_matmuls
+):
+    """On an AVX2-only CPU bf16 runs several times slower than float32: `auto` loads float32 there (and says so);
+    with bf16 matmuls, or an explicit dtype, the checkpoint's own dtype stays."""
+    import optimum_resp.loading as loading
+
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer).to(torch.bfloat16).save_pretrained(tmp_path)
+    monkeypatch.setattr(loading, "cpu_has_bf16_matmuls", lambda: bf16_matmuls)
+    with caplog.at_level("WARNING", logger="optimum_resp.loading"):
+        auto = load_model(tmp_path)
+    assert auto.dtype == (torch.bfloat16 if bf16_matmuls else torch.float32)
+    assert ("no bf16 matmuls" in caplog.text) is not bf16_matmuls
+    assert load_model(tmp_path, dtype=torch.bfloat16).dtype == torch.bfloat16
+    config = load_model_config(tmp_path)
+    config.dtype = torch.float32
+    assert loading.cpu_load_dtype(config) == "auto"  # a float32 checkpoint loads as it is

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = check_dtype(args.dtype)
     generator = get_generator(args.engine)  # --engine vllm without vLLM: refused before the model loads
     rows = load_eval_rows(config)  # every row checked
-    model = load_model(args.model, dtype=dtype).eval().to(device)
+    # On the device it runs on (--dtype auto: a bf16 checkpoint loads in float32 on a CPU without bf16 matmuls).
+    placement = {} if device.type == "cpu" else {"device_map": str(device)}
+    model = load_model(args.model, dtype=dtype, **placement).eval().to(device)
     tokenizer = load_tokenizer(args.model)
     result = evaluate_model(model, tokenizer, config, output_dir=args.output, generator=generator, rows=rows)
     s = result.summary
