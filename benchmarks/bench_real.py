@@ -12,8 +12,8 @@ tokenizer and chat template, calibrates on GSM8K train questions, and measures o
 
 Work is resumable at every grain: a record per row in benchmarks/real_runs/ (named by a hash of everything that
 decides its result: model checksum, method, sparsity, overrides, seed, calibration and evaluation settings, data
-checksums), written as each phase finishes (prune + fidelity first for every row, then accuracy 100 problems at a
-time for all rows, so comparable figures arrive early); the prune's own run folder resumes a killed prune;
+checksums), written as each phase finishes (prune, fidelity and the first 100 problems row by row, then the
+other problems 100 at a time for all rows, so comparable figures arrive early); the prune's own run folder resumes a killed prune;
 bulky outputs (pruned models, dense answers) live in the cache folder, never in git.
 
     python benchmarks/bench_real.py                  # everything pending (many CPU hours; resumable), then render
@@ -468,8 +468,9 @@ def data_checksums() -> dict[str, str]:
 
 
 def pending(records: dict[Row, Record]) -> list[tuple[Row, str]]:
-    """The phases left, in the order they run: dense references, prune + fidelity per row, then accuracy chunk
-    by chunk across rows (so every row has figures on the same first problems early)."""
+    """The phases left, in the order they run: dense references, then per row its prune, fidelity and first
+    accuracy chunk (so each comparison is complete on the same first problems as soon as its row is), then the
+    other chunks across rows."""
     rows = list(records)
     todo: list[tuple[Row, str]] = []
     dense = [r for r in rows if r.method == "dense"]
@@ -485,6 +486,8 @@ def pending(records: dict[Row, Record]) -> list[tuple[Row, str]]:
             todo.append((row, "prune"))
         if records[row].fidelity is None:
             todo.append((row, "fidelity"))
+        if "0" not in records[row].chunks:
+            todo.append((row, "0"))
     most = max(r.problems for r in rows)
     for k in range(-(-most // SETTINGS["chunk"])):
         for row in rows:
