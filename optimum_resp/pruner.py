@@ -60,7 +60,7 @@ from .profiling import PhaseClock
 from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
-from .runtimes import kept_structures
+from .runtimes import checkpoint_traits, export_support, kept_structures
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,15 @@ class RESPPruner:
         return dataclasses.replace(config, max_length=positions)
 
     def _fit_runtimes(self, config: RESPConfig) -> RESPConfig:
-        """`config` without the structure kinds its runtimes' loaders cannot take for this architecture."""
+        """`config` without the structure kinds its runtimes' loaders cannot take for this architecture; an export
+        that no prune of this model can make load in one of its runtimes is refused."""
+        traits = checkpoint_traits(self.model.config)
+        for support in export_support(self.spec.model_type, config.export, False, traits):
+            if support.runtime in config.runtimes and not support.loads:
+                raise ValueError(
+                    f"runtimes includes {support.runtime!r}, where this model's {config.export} export will not "
+                    f"load: {support.how}."
+                )
         kept = kept_structures(self.spec, config.runtimes, config.export)
         structures = [s for s in config.structures if s not in kept]
         if structures == config.structures:
@@ -474,6 +482,7 @@ class RESPPruner:
             source=self.source,
             resp_config=c,
             recovery=recovery,
+            checkpoint_traits=sorted(checkpoint_traits(final.config)),
         )
         if c.export == "uniform":  # a stock checkpoint some runtime refuses is a surprise worth a warning
             for support in report.runtime_support():
