@@ -2,8 +2,8 @@
 
 `write_gguf(folder, "model.gguf", outtype="q8_0")` (CLI `optimum-resp export-gguf`) writes a Qwen3 per_layer
 export as llama.cpp's `openelm` graph and a Qwen2 or Llama one as its `deci` graph, through gguf-py and llama.cpp's
-own converter code for the tokenizer. Needs the `gguf` package and llama.cpp's converter; imports them only when
-used.
+own converter code for the tokenizer; `LlamaCppModel` runs a GGUF under the evaluation harness. Needs the `gguf`
+package and llama.cpp's converter (llama-cpp-python to run); imports them only when used.
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ from .checks import GGUFExportError
 from .graphs import GRAPHS, GGUFGraph
 
 if TYPE_CHECKING:
+    from .engine import LlamaCppModel
     from .writer import write_gguf
 
-__all__ = ["GRAPHS", "GGUFExportError", "GGUFGraph", "write_gguf"]
+__all__ = ["GRAPHS", "GGUFExportError", "GGUFGraph", "LlamaCppModel", "write_gguf"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "write_gguf":  # gguf-py is imported with the writer, not with this package
+    """gguf-py and llama-cpp-python are imported with what needs them, not with this package."""
+    if name == "write_gguf":
         from .writer import write_gguf
 
         return write_gguf
+    if name == "LlamaCppModel":
+        from .engine import LlamaCppModel
+
+        return LlamaCppModel
     raise AttributeError(name)
