@@ -96,7 +96,7 @@ def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
     import llama_cpp
 
     llm = llama_cpp.Llama(
-        str(gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0, seed=0
+        str(gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0, seed=0
     )
     try:
         llm.eval(ids)
@@ -142,7 +142,7 @@ def test_per_layer_gguf_gives_transformers_logits_and_greedy_text(tmp_path, mode
     ours, theirs = hf_logits(pruned, ids), llama_logits(gguf, ids)
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
     assert (theirs.argmax(-1) == ours.argmax(-1)).all()
-    with LlamaCppModel(gguf, n_ctx=128, n_threads=2, f32_cache=True) as llm:
+    with LlamaCppModel(gguf, n_ctx=128, n_threads=1, f32_cache=True) as llm:
         assert llm.greedy(ids[:12], 24, end_ids=[]) == hf_greedy(pruned, ids[:12], 24)
 
 
@@ -214,9 +214,9 @@ def test_shipped_reasoner_pruned_per_layer_answers_in_llama_cpp_as_in_transforme
         generation={"max_new_tokens": 384, "batch_size": 16},
     )
     hf = evaluate_model(result.model, tok, evaluation, show_progress=False)
-    with LlamaCppModel(ggufs["f32"], n_ctx=1024, n_threads=2, f32_cache=True) as llm:
+    with LlamaCppModel(ggufs["f32"], n_ctx=1024, n_threads=1, f32_cache=True) as llm:
         f32 = evaluate_model(llm, tok, evaluation, show_progress=False)
-    with LlamaCppModel(ggufs["q8_0"], n_ctx=1024, n_threads=2) as llm:
+    with LlamaCppModel(ggufs["q8_0"], n_ctx=1024, n_threads=1) as llm:
         q8 = evaluate_model(llm, tok, evaluation, show_progress=False)
     assert [s["extracted"] for s in f32.samples] == [s["extracted"] for s in hf.samples]
     assert f32.summary["accuracy"] == hf.summary["accuracy"]
