@@ -239,6 +239,23 @@ def test_refusals_before_anything_is_written(tmp_path, monkeypatch):
     (uneven / "config.json").write_text(json.dumps(config))
     refused(tmp_path, uneven, "layer 1 has 6 query heads over 4 KV heads")
 
+    headless = per_layer_folder(tmp_path, tied=True)
+    config = json.loads((headless / "config.json").read_text())
+    config["per_layer_config"]["2"]["num_attention_heads"] = 0  # a layer with no query head
+    (headless / "config.json").write_text(json.dumps(config))
+    refused(tmp_path, headless, r"openelm graph: layer 2 keeps no query heads.*protect it")
+
+    resized = per_layer_folder(tmp_path, "llama", tied=False)
+    config = json.loads((resized / "config.json").read_text())
+    config["per_layer_config"]["1"]["intermediate_size"] += 1  # sizes the weights do not have
+    (resized / "config.json").write_text(json.dumps(config))
+    refused(
+        tmp_path, resized, r"deci graph: its weights do not have the sizes its config.json gives them \(model"
+    )
+
+    (resized / "config.json").write_text('{"model_type": "no-such-model"}')
+    refused(tmp_path, resized, "does not load as a transformers config")
+
     tied = per_layer_folder(tmp_path, tied=True)  # everything fits: only the converter is missing
     (tmp_path / "a-file").write_text("")
     with pytest.raises(GGUFExportError, match="a-file is not a folder"):

@@ -7,7 +7,7 @@ the writer raises `GGUFExportError` with every problem found, so one run lists t
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from transformers import PretrainedConfig
@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 from ...architectures import ArchitectureSpec, LayerSizes
 from .graphs import GGUFGraph
 
-__all__ = ["GGUFExportError", "checkpoint_problems", "layer_problems", "output_problem"]
+__all__ = ["GGUFExportError", "checkpoint_problems", "layer_problems", "output_problem", "shape_problems"]
 
 UNIFORM_ROUTE = (
     "the nearest export that loads in llama.cpp is the uniform one: prune with `--export uniform` (Python "
@@ -55,6 +55,60 @@ def layer_problems(layers: Sequence[LayerSizes], graph: GGUFGraph) -> list[str]:
                 "same number of query heads in each kept KV group"
             )
     return problems
+
+
+def expected_shapes(
+    spec: ArchitectureSpec, config: PretrainedConfig, layers: Sequence[LayerSizes]
+) -> dict[str, tuple[int, ...]]:
+    """The shape config.json gives every checkpoint tensor the graph reads (biases and lm_head where present)."""
+    hidden, head_dim = config.hidden_size, spec.head_dim(config)
+    shapes = {
+        "model.embed_tokens.weight": (config.vocab_size, hidden),
+        "lm_head.weight": (config.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+    }
+    for i, s in enumerate(layers):
+        p = f"{spec.layers_path}.{i}"
+        q, kv, ff = s.num_attention_heads * head_dim, s.num_key_value_heads * head_dim, s.intermediate_size
+        for module, rows, cols in (
+            (spec.q_proj, q, hidden),
+            (spec.k_proj, kv, hidden),
+            (spec.v_proj, kv, hidden),
+            (spec.o_proj, hidden, q),
+            (spec.gate_proj, ff, hidden),
+            (spec.up_proj, ff, hidden),
+            (spec.down_proj, hidden, ff),
+        ):
+            shapes[f"{p}.{module}.weight"] = (rows, cols)
+            shapes[f"{p}.{module}.bias"] = (rows,)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            shapes[f"{p}.{norm}.weight"] = (hidden,)
+        for norm in spec.head_norms:
+            shapes[f"{p}.{norm}.weight"] = (head_dim,)
+    return shapes
+
+
+def shape_problems(
+    spec: ArchitectureSpec,
+    config: PretrainedConfig,
+    layers: Sequence[LayerSizes],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> list[str]:
+    """Checkpoint tensors whose shape is not the one config.json gives them (llama.cpp builds each layer from the
+    sizes in the GGUF's metadata, which come from config.json, and refuses a tensor of another shape)."""
+    expected = expected_shapes(spec, config, layers)
+    wrong = [
+        f"{name} is {list(shape)}, not {list(expected[name])}"
+        for name, shape in shapes.items()
+        if name in expected and tuple(shape) != expected[name]
+    ]
+    if not wrong:
+        return []
+    listed = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+    return [
+        f"its weights do not have the sizes its config.json gives them ({listed}): the folder was edited or only "
+        "partly saved; save the pruned model again (`save_pretrained`, or prune again)"
+    ]
 
 
 def _bias_reasons(

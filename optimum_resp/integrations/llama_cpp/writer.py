@@ -22,7 +22,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ...architectures import ARCHITECTURES, ArchitectureSpec, get_architecture, layer_sizes
 from ...files import atomic_write
-from .checks import GGUFExportError, checkpoint_problems, layer_problems, output_problem
+from .checks import GGUFExportError, checkpoint_problems, layer_problems, output_problem, shape_problems
 from .converter import converter_package, per_layer_keys, stock_converter
 from .graphs import GRAPHS, GGUFGraph
 from .tensors import OUTTYPES, TensorRecipe, encode, stored_shape, tensor_recipes, tensor_type
@@ -61,7 +61,13 @@ def read_export(folder: Path) -> tuple[PretrainedConfig, ArchitectureSpec]:
     """The config and architecture of a per_layer export; a refusal for anything else."""
     if not (folder / "config.json").is_file():
         raise GGUFExportError(f"{folder} has no config.json: pass the folder a per_layer prune was saved to")
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise GGUFExportError(
+            f"{folder / 'config.json'} does not load as a transformers config ({type(err).__name__}: {err}): pass "
+            "the folder a per_layer prune was saved to"
+        ) from err
     model_type = config.model_type
     per_layer_types = sorted(spec.per_layer_model_type for spec in ARCHITECTURES.values())
     if model_type in ARCHITECTURES and ARCHITECTURES[model_type].model_type == model_type:
@@ -139,9 +145,8 @@ def plan_gguf(
     layers = layer_sizes(config)
     checkpoint = Checkpoint(folder)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    problems = layer_problems(layers, graph) + checkpoint_problems(
-        spec, graph, config, checkpoint.shapes, tied
-    )
+    problems = layer_problems(layers, graph) or shape_problems(spec, config, layers, checkpoint.shapes)
+    problems += checkpoint_problems(spec, graph, config, checkpoint.shapes, tied)
     if problems:
         raise GGUFExportError(
             f"{folder} cannot be written as llama.cpp's {graph.arch} graph: " + "; ".join(problems)
