@@ -186,11 +186,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def recipe(export: str) -> dict:
+    """How the quality benchmark's RESP run of this export differs from its keyed reference (today's defaults
+    included, as benchmarks/bench_quality.py keys its runs), so both benchmarks prune the same model."""
+    from bench_quality import UNIFORM, canonical_overrides
+
+    return canonical_overrides("resp", dict(UNIFORM) if export == "uniform" else {})
+
+
 def record_path(args: argparse.Namespace, export: str, sparsity: float, seed: int) -> Path:
     """Where one --quality run's record is kept: named by everything that decides it (weights and data by hash)."""
     model = testbed_model_path()
     key = {
         "export": export,
+        "recipe": recipe(export),
         "sparsity": sparsity,
         "seed": seed,
         "model": [_sha256(f) for f in sorted(model.glob("*.safetensors")) + [model / "config.json"]],
@@ -216,7 +225,7 @@ def _scored(result) -> dict:
 def quality_run(args: argparse.Namespace, export: str, sparsity: float, seed: int) -> dict:
     """Prune the testbed reasoner (RESP, the quality benchmark's recipe), write its GGUF, score it in transformers
     and in llama.cpp on the same problems."""
-    from bench_quality import UNIFORM, keyed_config
+    from bench_quality import keyed_config
     from transformers import AutoModelForCausalLM
 
     from optimum_resp import RESPPruner
@@ -230,7 +239,7 @@ def quality_run(args: argparse.Namespace, export: str, sparsity: float, seed: in
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dense = AutoModelForCausalLM.from_pretrained(model_path).eval()
     overrides = dict(
-        UNIFORM if export == "uniform" else {},
+        recipe(export),
         target_sparsity=sparsity,
         num_calibration_prompts=args.num_prompts,
         generation={"max_new_tokens": args.max_new_tokens, "batch_size": 64},
@@ -266,6 +275,22 @@ def quality_run(args: argparse.Namespace, export: str, sparsity: float, seed: in
         llama_cpp=_scored(lc),
         seconds=time.perf_counter() - start,
     )
+
+
+def quality_benchmark_agrees(args: argparse.Namespace, record: dict) -> bool | None:
+    """Whether benchmarks/bench_quality.py's records of the same prune (recipe, sparsity, seed, settings) score
+    every problem of the split as this run's transformers evaluation does; None when it has no such record."""
+    found = []
+    for path in (HERE / "quality_runs").glob(f"resp-{record['target']:.2f}-s{record['seed']}-*.json"):
+        theirs = json.loads(path.read_text())
+        split = theirs.get("splits", {}).get(args.split)
+        if (
+            theirs.get("overrides") == recipe(record["export"])
+            and split
+            and split["n"] == record["transformers"]["n"]
+        ):
+            found.append(split["correct"] == record["transformers"]["correct"])
+    return all(found) if found else None
 
 
 def quality(args: argparse.Namespace, command: str) -> str | None:
@@ -341,6 +366,14 @@ def quality(args: argparse.Namespace, command: str) -> str | None:
                 f"{summary(runs, 'llama_cpp')} | {summary(runs, 'transformers')} | {agree:.3f} | "
                 f"{statistics.fmean(r['gguf_mib'] for r in runs):.1f} |"
             )
+    same = [quality_benchmark_agrees(args, r) for r in records.values()]
+    if any(v is not None for v in same):
+        lines += [
+            "",
+            f"The transformers column reproduces benchmarks/bench_quality.py: {sum(v is True for v in same)} of "
+            f"{sum(v is not None for v in same)} runs with a record there give the same verdict on every problem "
+            "(the same prune, evaluated again).",
+        ]
     missing = len(args.quality_sparsities) * len(EXPORTS) * len(args.seeds) - len(records)
     if missing:
         lines += ["", f"{missing} run(s) of this setting not run yet (resume with the same command)."]

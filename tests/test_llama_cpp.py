@@ -10,6 +10,7 @@ Logits are compared in float32 (f32 GGUF, f32 KV cache).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -278,6 +279,29 @@ def test_llama_cpp_quality_benchmark_runs_in_pieces_and_resumes(tmp_path, monkey
         "| 40.0% | per_layer | 2 | 0.600 ± 0.000 [" in text
         and "| 30.0% | uniform | 2 | 0.400 ± 0.000 [" in text
     )
+
+
+def test_llama_cpp_quality_table_checks_its_transformers_column_against_the_quality_benchmark(
+    tmp_path, monkeypatch
+):
+    module, _ = load_benchmark(monkeypatch, tmp_path)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    (tmp_path / "quality_runs").mkdir()
+    args = module.argparse.Namespace(split="held_out_frames")
+    ours = dict(export="uniform", target=0.4, seed=1, transformers=dict(n=3, correct="101"))
+    assert module.quality_benchmark_agrees(args, ours) is None  # no record of that prune there
+
+    def theirs(name, correct, export="uniform"):
+        record = dict(overrides=module.recipe(export), splits={"held_out_frames": dict(n=3, correct=correct)})
+        (tmp_path / "quality_runs" / name).write_text(json.dumps(record))
+
+    theirs("resp-0.40-s1-a.json", "100", export="per_layer")  # another recipe: not the same prune
+    theirs("resp-0.40-s2-b.json", "100")  # another seed
+    assert module.quality_benchmark_agrees(args, ours) is None
+    theirs("resp-0.40-s1-c.json", "101")
+    assert module.quality_benchmark_agrees(args, ours) is True
+    theirs("resp-0.40-s1-d.json", "100")
+    assert module.quality_benchmark_agrees(args, ours) is False
 
 
 def test_llama_cpp_quality_run_scores_one_gguf_in_llama_cpp_and_transformers(tmp_path, monkeypatch):
