@@ -77,6 +77,26 @@ def convert(model, tokenizer, folder: Path, converter: str, outtype: str, export
     return out
 
 
+def matrix_types(gguf_path: Path) -> dict[str, int]:
+    """How many of the GGUF's matrices (2-D tensors) are stored in each GGML type, e.g. {"Q8_0": 38, "F16": 5}."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(gguf_path).tensors:
+        if len(tensor.shape) == 2:
+            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def other_matrices(types: dict[str, int], outtype: str) -> str:
+    """ "5 of 43 in F16": the matrices a GGUF could not store in its file type (rows not whole blocks)."""
+    if not types:
+        return "-"  # not recorded
+    other = {t: n for t, n in types.items() if t != outtype.upper()}
+    total = sum(types.values())
+    return ", ".join(f"{n} of {total} in {t}" for t, n in other.items()) or "none"
+
+
 def load(gguf: Path, threads: int, n_ctx: int):
     import llama_cpp
 
@@ -120,6 +140,7 @@ def speed_row(dense, dense_llm, dense_gguf: Path, pruned, gguf: Path, args, gen)
         dense_prompt=statistics.median(d[1] for d in dense_m),
         pruned_prompt=statistics.median(p[1] for p in pruned_m),
         file_ratio=gguf.stat().st_size / dense_gguf.stat().st_size,
+        matrix_types=matrix_types(gguf),
     )
 
 
@@ -137,7 +158,14 @@ def speed(args: argparse.Namespace, command: str) -> str:
         dense_llm = load(dense_gguf, args.threads, args.n_ctx)
         for sparsity in args.sparsities:
             for export in args.exports:
-                plan = random_plan(dense.config, sparsity, per_layer=export == "per_layer", seed=0)
+                per_layer = export == "per_layer"
+                plan = random_plan(
+                    dense.config,
+                    sparsity,
+                    per_layer=per_layer,
+                    seed=0,
+                    channel_multiple=args.channel_multiple,
+                )
                 pruned = prune_model(dense, plan, export=export)
                 folder = Path(tmp, f"{export}-{sparsity}")
                 gguf = convert(pruned, tokenizer, folder, args.converter, args.outtype, export)
@@ -158,23 +186,26 @@ def speed(args: argparse.Namespace, command: str) -> str:
         f"Shape: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} query / "
         f"{cfg.num_key_value_heads} KV heads, intermediate {cfg.intermediate_size}. Dense and uniform exports "
         f"converted by llama.cpp's convert_hf_to_gguf.py, per_layer exports written by `optimum-resp export-gguf` "
-        f"(llama.cpp's openelm graph), all to {args.outtype} (a row whose length is not a multiple of 32, here "
-        f"ffn_down's, stays f16 in both); dense and pruned loaded side by side, measurements alternating after one "
+        f"(llama.cpp's openelm graph), all to {args.outtype} (a matrix whose rows are not whole blocks of the type "
+        f"stays f16, as llama.cpp's converter keeps it: the last column counts them); dense and pruned loaded side "
+        f"by side, measurements alternating after one "
         f"warm-up each, {args.repeats} repeats, speedup = median of per-pair ratios. Batch-1 decode: "
         f"{args.decode_tokens} single-token steps after a 16-token prompt. Prompt: one {args.prompt_tokens}-token "
         "prompt. Ideal = linear weights read per token, dense / pruned (the embedding and LM head, unpruned, are not "
-        "in it). Random keep-sets (whole KV groups with their query heads, then MLP channels); per_layer: layer "
-        "sparsity ramping from half to 1.5x the target across the layers.",
+        "in it). Random keep-sets (whole KV groups with their query heads, then MLP channels, every MLP width a "
+        f"multiple of {args.channel_multiple}, as `--channel-multiple {args.channel_multiple}` prunes); per_layer: "
+        "layer sparsity ramping from half to 1.5x the target across the layers.",
         "",
         "| export | sparsity | ideal | batch-1 decode speedup | of ideal | prompt speedup | decode tok/s dense -> "
-        "pruned | prompt tok/s dense -> pruned | GGUF size (of dense) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"pruned | prompt tok/s dense -> pruned | GGUF size (of dense) | matrices not {args.outtype} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['export']} | {r['sparsity']:.1%} | {r['ideal']:.2f}x | {r['decode']:.2f}x | "
             f"{r['decode'] / r['ideal']:.2f} | {r['prompt']:.2f}x | {r['dense_decode']:.1f} -> "
-            f"{r['pruned_decode']:.1f} | {r['dense_prompt']:.1f} -> {r['pruned_prompt']:.1f} | {r['file_ratio']:.2f} |"
+            f"{r['pruned_decode']:.1f} | {r['dense_prompt']:.1f} -> {r['pruned_prompt']:.1f} | {r['file_ratio']:.2f} | "
+            f"{other_matrices(r['matrix_types'], args.outtype)} |"
         )
     return "\n".join(lines)
 
@@ -261,6 +292,7 @@ def quality_run(args: argparse.Namespace, export: str, sparsity: float, seed: in
         result.model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         gguf = to_gguf(folder, export, args.converter, args.quality_outtype)
+        types = matrix_types(gguf)
         hf = evaluate_model(result.model, tokenizer, evaluation, show_progress=False)
         with LlamaCppModel(gguf, n_ctx=1024, n_threads=1) as llm:  # one thread: the model is 5.9M parameters
             lc = evaluate_model(llm, tokenizer, evaluation, show_progress=False)
@@ -271,6 +303,7 @@ def quality_run(args: argparse.Namespace, export: str, sparsity: float, seed: in
         seed=seed,
         sparsity=result.report.sparsity,
         gguf_mib=size / 2**20,
+        matrix_types=types,
         transformers=_scored(hf),
         llama_cpp=_scored(lc),
         seconds=time.perf_counter() - start,
@@ -347,8 +380,9 @@ def quality(args: argparse.Namespace, command: str) -> str | None:
         "KV cache); transformers: the same pruned model, float32. Mean ± sd over the calibration seeds, 95% Wilson "
         "interval over the pooled problems; agreement = problems whose extracted answer is the same in both.",
         "",
-        "| sparsity | export | seeds | accuracy in llama.cpp | accuracy in transformers | answers agree | GGUF MiB |",
-        "|---:|---|---:|---|---|---:|---:|",
+        "| sparsity | export | seeds | accuracy in llama.cpp | accuracy in transformers | answers agree | GGUF MiB | "
+        f"matrices not {args.quality_outtype} (per GGUF) |",
+        "|---:|---|---:|---|---|---:|---:|---|",
     ]
     for sparsity in args.quality_sparsities:
         for export in EXPORTS:
@@ -364,7 +398,8 @@ def quality(args: argparse.Namespace, command: str) -> str | None:
             lines.append(
                 f"| {statistics.fmean(r['sparsity'] for r in runs):.1%} | {export} | {len(runs)} | "
                 f"{summary(runs, 'llama_cpp')} | {summary(runs, 'transformers')} | {agree:.3f} | "
-                f"{statistics.fmean(r['gguf_mib'] for r in runs):.1f} |"
+                f"{statistics.fmean(r['gguf_mib'] for r in runs):.1f} | "
+                f"{'; '.join(sorted({other_matrices(r.get('matrix_types', {}), args.quality_outtype) for r in runs}))} |"
             )
     same = [quality_benchmark_agrees(args, r) for r in records.values()]
     if any(v is not None for v in same):
@@ -391,6 +426,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=32,
+        help="every pruned MLP width a multiple of this (32: whole q8_0 blocks, so no matrix falls back to f16)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--converter", default=os.environ.get("RESP_LLAMA_CPP_CONVERTER"))
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")

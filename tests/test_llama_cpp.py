@@ -242,8 +242,9 @@ def test_llama_cpp_benchmark_measures_dense_uniform_and_per_layer_side_by_side(t
     }
     assert set(rows) == {"uniform", "per_layer"}
     for row in rows.values():  # the 40% rows
-        ideal, size = float(row.split("|")[3].strip().rstrip("x")), float(row.split("|")[-2])
+        ideal, size = float(row.split("|")[3].strip().rstrip("x")), float(row.split("|")[-3])
         assert ideal > 1.3 and 0.3 < size < 1.0  # a smaller file, measured from the written GGUFs
+        assert row.split("|")[-2].strip() == "none"  # f32: every matrix in the file's type
 
 
 def test_llama_cpp_quality_benchmark_runs_in_pieces_and_resumes(tmp_path, monkeypatch):
@@ -262,6 +263,7 @@ def test_llama_cpp_quality_benchmark_runs_in_pieces_and_resumes(tmp_path, monkey
             seed=seed,
             sparsity=sparsity,
             gguf_mib=1.5,
+            matrix_types={"Q8_0": 30, "F16": 6} if export == "per_layer" else {"Q8_0": 36},
             transformers=scored,
             llama_cpp=scored,
             seconds=1.0,
@@ -279,6 +281,7 @@ def test_llama_cpp_quality_benchmark_runs_in_pieces_and_resumes(tmp_path, monkey
         "| 40.0% | per_layer | 2 | 0.600 ± 0.000 [" in text
         and "| 30.0% | uniform | 2 | 0.400 ± 0.000 [" in text
     )
+    assert "| 1.5 | 6 of 36 in F16 |" in text and "| 1.5 | none |" in text
 
 
 def test_llama_cpp_quality_table_checks_its_transformers_column_against_the_quality_benchmark(
@@ -320,3 +323,5 @@ def test_llama_cpp_quality_run_scores_one_gguf_in_llama_cpp_and_transformers(tmp
     assert record["sparsity"] >= 0.29 and 0 < record["gguf_mib"] < 25
     for where in ("transformers", "llama_cpp"):
         assert record[where]["n"] == 4 and len(record[where]["correct"]) == 4
+    # the testbed reasoner's 6 layers of 5 matrices (openelm's fused qkv, o, gate, up, down) and the embedding
+    assert sum(record["matrix_types"].values()) == 6 * 5 + 1 and "Q8_0" in record["matrix_types"]
