@@ -187,6 +187,11 @@ def test_checkpoint_problems_of_each_graph():
         qwen3, GRAPHS["qwen3"], tied, ["model.layers.0.self_attn.o_proj.bias"], True
     )
     assert "bias compensation (FLAP)" in biases and "not FLAP" in biases
+    own = tiny_config("qwen3", tie_word_embeddings=True, attention_bias=True)  # Qwen3's own q/k/v/o biases
+    (biases,) = checkpoint_problems(
+        qwen3, GRAPHS["qwen3"], own, ["model.layers.0.self_attn.q_proj.bias"], True
+    )
+    assert "qwen3's own biases" in biases and "openelm graph" in biases
     config = tiny_config("llama")  # every bias, untied: deci takes both
     assert checkpoint_problems(llama, GRAPHS["llama"], config, ["x.bias"], tied=False) == []
 
