@@ -335,9 +335,9 @@ def quality(args: argparse.Namespace, command: str) -> str | None:
     args.train_data = testbed_data_path("gsm8k", "train")
     args.eval_data = testbed_data_path("gsm8k", args.split)
     records, new = {}, 0
-    for sparsity in args.quality_sparsities:
-        for export in EXPORTS:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: a benchmark stopped part-way has every row for its first seeds
+        for sparsity in args.quality_sparsities:
+            for export in EXPORTS:
                 path = record_path(args, export, sparsity, seed)
                 if path.exists():
                     records[export, sparsity, seed] = json.loads(path.read_text())
