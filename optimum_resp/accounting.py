@@ -7,6 +7,7 @@ biases of q/k/v/o and gate/up/down; embeddings, norms and lm_head excluded): wha
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,26 @@ class SizeReport:
 
     def layer_sparsity(self, i: int) -> float:
         return 1.0 - self.pruned_layer_params[i] / self.dense_layer_params[i]
+
+    def with_pruned(self, config: PretrainedConfig, total_params: int | None = None) -> SizeReport:
+        """This report with the pruned side read from `config`: what a saved model loads as, whatever the report
+        recorded (a hand-edited or damaged config.json makes them differ)."""
+        return dataclasses.replace(
+            self,
+            pruned_layers=tuple(layer_sizes(config)),
+            pruned_layer_params=tuple(decoder_linear_params(config)),
+            pruned_total_params=total_params,
+        )
+
+    def with_dense(self, origin: SizeReport) -> SizeReport:
+        """This report with `origin`'s dense side: when this report's dense model was itself a prune (`origin`
+        its report), sizes and sparsity count against the original dense model."""
+        return dataclasses.replace(
+            self,
+            dense_layers=origin.dense_layers,
+            dense_layer_params=origin.dense_layer_params,
+            dense_total_params=origin.dense_total_params,
+        )
 
     def to_dict(self) -> dict:
         return {

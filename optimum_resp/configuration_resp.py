@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -298,9 +299,12 @@ class RESPConfig:
 
     # ------------------------------------------------------------------ schedule helpers
 
-    def stage_sparsities(self) -> list[float]:
-        """Target sparsity after each stage: a linear ramp ending at target_sparsity."""
-        return [self.target_sparsity * (k + 1) / self.num_stages for k in range(self.num_stages)]
+    def stage_sparsities(self, start: float = 0.0) -> list[float]:
+        """Target sparsity after each stage: a linear ramp from `start` (the sparsity of a model that is already a
+        prune, pruned further) to target_sparsity."""
+        return [
+            start + (self.target_sparsity - start) * (k + 1) / self.num_stages for k in range(self.num_stages)
+        ]
 
     def protected_for(self, num_layers: int) -> list[int]:
         """The protected layer indices for a model with `num_layers` layers."""
@@ -317,6 +321,22 @@ class RESPConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def coerce(cls, value: RESPConfig | Mapping[str, Any] | str | os.PathLike | None) -> RESPConfig:
+        """A config from itself, a dict of its fields (`from_dict`), a resp_config.json file or folder or Hub id
+        (`from_pretrained`), or None (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        if isinstance(value, str | os.PathLike):
+            return cls.from_pretrained(value)
+        raise ValueError(
+            f"config must be a RESPConfig, a dict of its fields or a resp_config.json path; got {type(value).__name__}."
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RESPConfig:
@@ -361,6 +381,16 @@ class RESPConfig:
         elif not path.is_file():
             from huggingface_hub import hf_hub_download
 
+            from .hub import offline_mode
+            from .loading import looks_local
+
+            local = path.suffix == ".json" or looks_local(path_or_repo_id)
+            if local or offline_mode():  # at once: not a minute of Hub retries before the same answer
+                why = "that is a local path" if local else "HF_HUB_OFFLINE is set"
+                raise FileNotFoundError(
+                    f"{path_or_repo_id} does not exist, and {why}, so it is not looked up on the Hub. Pass the "
+                    f"path of a {CONFIG_NAME} file or of a folder holding one."
+                )
             try:
                 path = Path(hf_hub_download(str(path_or_repo_id), CONFIG_NAME, **hub_kwargs))
             except Exception as err:

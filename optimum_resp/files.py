@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "default_mode", "read_json", "umask_permissions", "write_json"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "check_writable",
+    "default_mode",
+    "read_json",
+    "umask_permissions",
+    "write_json",
+]
 
 TMP_SUFFIX = ".tmp"
 
@@ -81,3 +89,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); remove it or restore it from a backup.") from err
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Prove that files can be written in `folder` (or, when it does not exist yet, in the nearest folder above
+    it that does), without creating anything: a clear ValueError otherwise (a file in the way, a read-only disk,
+    no permission)."""
+    path = Path(folder).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it is a file" if existing == path else f"{existing} is a file"
+        raise ValueError(f"Cannot write to {path}: {where}, not a folder. Choose a folder you can write to.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".resp-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write to {path} ({err.strerror or err}). Choose a folder you can write to."
+        ) from err
+    return path

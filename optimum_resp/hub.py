@@ -13,14 +13,19 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub.utils import (
+    HFValidationError,
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+    validate_repo_id,
+)
 
 from .accounting import SPARSITY_DEFINITION
 from .configuration_resp import RESPConfig
@@ -36,7 +41,10 @@ __all__ = [
     "MODEL_CARD_TEMPLATE",
     "base_model_license",
     "build_eval_results",
+    "check_can_push",
     "check_folder",
+    "check_hub_reachable",
+    "offline_mode",
     "export_mode",
     "push_to_hub",
     "render_model_card",
@@ -337,7 +345,8 @@ def write_model_card(
     return directory / "README.md"
 
 
-def _offline() -> bool:
+def offline_mode() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, read now (not at import)."""
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return env.upper() in _TRUE or constants.is_offline_mode()
 
@@ -356,7 +365,7 @@ def base_model_license(
         except Exception as err:  # a malformed card: treat the license as unknown
             logger.warning("Could not read the license from %s: %s", readme, err)
             return None
-    if _offline() or _hub_model_id(base_model) is None:
+    if offline_mode() or _hub_model_id(base_model) is None:
         return None
     try:
         info = HfApi(endpoint=endpoint).model_info(base_model, token=token, timeout=timeout)
@@ -409,20 +418,6 @@ def check_folder(folder: str | os.PathLike) -> Path:
     return path
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Create `folder` if needed and prove a file can be written in it; a clear error otherwise."""
-    path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".resp-write-check-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"Cannot write to {path} ({err.strerror or err}). Choose a folder you can write to."
-        ) from err
-    return path
-
-
 def check_repo_id(repo_id: str) -> None:
     """Refuse a string that cannot name a Hub repo, before any work (ValueError: bad input)."""
     try:
@@ -437,7 +432,7 @@ def check_can_push(repo_id: str, token: str | None = None, what: str = "the mode
     """Refuse to push an invalid repo id, or while offline or without a token, before any work; returns
     the token to use."""
     check_repo_id(repo_id)
-    if _offline():
+    if offline_mode():
         raise HubPushError(
             f"HF_HUB_OFFLINE is set, so {what} cannot be pushed to {repo_id}. Unset HF_HUB_OFFLINE (and "
             "TRANSFORMERS_OFFLINE) on a machine with network access and push again."
@@ -449,6 +444,20 @@ def check_can_push(repo_id: str, token: str | None = None, what: str = "the mode
             "set the HF_TOKEN environment variable, or pass token=... (a token with write access)."
         )
     return token
+
+
+def check_hub_reachable(token: str, endpoint: str | None = None, timeout: float = 10.0) -> None:
+    """Ask the Hub who `token` belongs to (one request, `timeout` seconds, no retries): refuse a push before any
+    work when the Hub cannot be reached or refuses the token, instead of after the whole prune."""
+    url = f"{endpoint or constants.ENDPOINT}/api/whoami-v2"
+    try:
+        hf_raise_for_status(get_session().get(url, headers=build_hf_headers(token=token), timeout=timeout))
+    except _NETWORK_ERRORS as err:
+        raise HubPushError(
+            f"Cannot push: the Hugging Face Hub at {endpoint or constants.ENDPOINT} cannot be reached or refuses "
+            f"the token ({type(err).__name__}: {err}). Check the network (HF_ENDPOINT, proxies) and the token (`hf "
+            "auth whoami`); nothing was written or sent."
+        ) from None
 
 
 def push_to_hub(

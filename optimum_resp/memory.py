@@ -172,7 +172,7 @@ def estimate_scoring_memory(
     loss) is kept as measured. The backward's transient tensors are added from the shapes. Every position is
     assumed scored (an upper bound for decode-only loss, whose prompt logits are never computed).
     """
-    from .architectures import get_architecture
+    from .architectures import get_architecture, layer_sizes
     from .importance.base import prunable_linears
 
     linears = prunable_linears(model)
@@ -200,7 +200,9 @@ def estimate_scoring_memory(
     logits_element = 2 if bf16_autocast else element
     tokens = batch_size * sequence_length
     vocab = model.get_output_embeddings().weight.shape[0]
-    widest = max(config.intermediate_size, config.hidden_size)
+    widest = max(
+        *(s.intermediate_size for s in layer_sizes(config)), config.hidden_size
+    )  # per_layer: the widest
     largest_weight = max(lin.module.weight.numel() for lin in linears)
     transient = (
         tokens

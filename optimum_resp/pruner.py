@@ -28,16 +28,17 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
-from .accounting import decoder_linear_params, size_report
+from .accounting import SizeReport, decoder_linear_params, size_report
 from .allocation import allocate, max_removable_params
-from .architectures import get_architecture, layer_sizes
+from .architectures import LayerSizes, get_architecture, layer_sizes
 from .calibration import (
     CalibrationPrompt,
     Trace,
@@ -54,7 +55,7 @@ from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .importance import Scorer, build_examples, scorer_class
 from .importance.taylor import bf16_autocast_supported
-from .loading import load_model, load_tokenizer
+from .loading import load_model, load_model_config, load_tokenizer
 from .memory import ScoringMemoryEstimate, check_scoring_memory, release_heap
 from .profiling import PhaseClock
 from .recovery import recover_with_lora
@@ -65,13 +66,22 @@ from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PruneResult", "RESPPruner", "compose_plans"]
+__all__ = ["MANY_STAGES", "PruneResult", "RESPPruner", "compose_plans"]
+
+MANY_STAGES = 128
+"""Above this many stages a prune is warned about: each stage is a scoring pass over every trace, and in
+benchmarks/RESULTS.md the default 8 came within the 95% interval of the best count, 16 (the reference uses 112)."""
 
 
 def _correct_fraction(traces: list[Trace]) -> float | None:
     """Fraction of the judged traces that answer correctly (None when none could be judged)."""
     judged = [t.correct for t in traces if t.correct is not None]
     return sum(judged) / len(judged) if judged else None
+
+
+def _reason(err: BaseException) -> str:
+    """Why a run stopped, in a line for its record."""
+    return "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
 
 
 def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
@@ -111,6 +121,131 @@ class _State:
     regenerated: list[float] = field(default_factory=list)  # milestones already crossed
 
 
+def _fit_config(model_config: PretrainedConfig, config: RESPConfig) -> RESPConfig:
+    """`config` with max_length clamped to the model's positions (a longer example cannot be scored) and without the
+    structure kinds its runtimes' loaders cannot take for this architecture (each change logged once: a fitted
+    config fits unchanged); an export that no prune of this model makes load in one of its runtimes is refused."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions and config.max_length > positions:
+        logger.warning(
+            "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
+            config.max_length,
+            positions,
+            positions,
+        )
+        config = dataclasses.replace(config, max_length=positions)
+    spec = get_architecture(model_config)
+    for support in export_support(spec.model_type, config.export, False, checkpoint_traits(model_config)):
+        if support.runtime in config.runtimes and not support.loads:
+            raise ValueError(
+                f"runtimes includes {support.runtime!r}, where this model's {config.export} export will not load: "
+                f"{support.how}."
+            )
+    kept = kept_structures(spec, config.runtimes, config.export)
+    structures = [s for s in config.structures if s not in kept]
+    if structures == config.structures:
+        return config
+    why = "; ".join(dict.fromkeys(kept.values()))
+    if not structures:
+        raise ValueError(
+            f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
+            "Add 'channels' to structures, or export per_layer for a runtime that loads it."
+        )
+    logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
+    return dataclasses.replace(config, structures=structures)
+
+
+def _read_origin(
+    source: str | os.PathLike, model_config: PretrainedConfig
+) -> tuple[SizeReport | None, tuple[int, str] | None]:
+    """The sizes of the original dense model, when the source folder's resp_report.json records the prune this
+    model is (its pruned sizes are the model's): a prune of a prune counts sparsity against that model. With it,
+    what to log about it (a level and a line), for the pruner to say once."""
+    folder = Path(source).expanduser()
+    if not (folder / RunFolder.REPORT).is_file():
+        return None, None
+    try:
+        size = RunFolder(folder).load_report().size
+    except (ValueError, KeyError, TypeError) as err:
+        return None, (
+            logging.WARNING,
+            f"Ignoring {folder} ({err}): sparsity counts against the model as loaded.",
+        )
+    same_type = size.model_type == get_architecture(model_config).model_type
+    if not same_type or size.pruned_layers != tuple(layer_sizes(model_config)):
+        return None, (
+            logging.WARNING,
+            f"{folder}/{RunFolder.REPORT} describes other layer sizes than the model: sparsity counts against the "
+            "model as loaded.",
+        )
+    return size, (
+        logging.INFO,
+        f"{folder} is a prune (sparsity {size.sparsity:.1%}) of a dense model recorded in its {RunFolder.REPORT}: "
+        "sparsity counts against that model, so target_sparsity is the sparsity this prune ends at.",
+    )
+
+
+def _dense_and_start(model_config: PretrainedConfig, origin: SizeReport | None) -> tuple[int, float]:
+    """The dense model's decoder-linear parameters (the original one's when the model is a prune of it), and the
+    sparsity the model already has against it (0 for a dense model)."""
+    dense = sum(origin.dense_layer_params if origin is not None else decoder_linear_params(model_config))
+    return dense, 1 - sum(decoder_linear_params(model_config)) / dense
+
+
+def _check_recipe(
+    model_config: PretrainedConfig,
+    c: RESPConfig,
+    origin: SizeReport | None,
+    scorer: Scorer,
+    task: str | None,
+    tokenizer=None,
+) -> None:
+    """Refuse, from the model's config alone (no weight needed), a recipe this model cannot take: see
+    `RESPPruner.check_recipe`."""
+    if tokenizer is not None and len(tokenizer) > model_config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's embedding has {model_config.vocab_size} rows: "
+            "they do not belong together. Load the tokenizer saved with this model."
+        )
+    sizes = layer_sizes(model_config)
+    widths = [s.intermediate_size for s in sizes]
+    if "channels" in c.structures and c.channel_multiple >= min(widths):
+        raise ValueError(
+            f"channel_multiple={c.channel_multiple} is not below this model's narrowest MLP "
+            f"({min(widths)} channels), so no channel of it could ever be removed (widths stay multiples of "
+            f"it, and never reach zero). Use a multiple below {min(widths)} (64 or 128 suit real models), or "
+            "leave 'channels' out of structures."
+        )
+    if c.export == "uniform" and len(set(sizes)) > 1:
+        raise ValueError(
+            "export='uniform' needs every layer alike, but this model's layers already differ (it is a "
+            "per_layer prune), and uniform allocation removes the same from each layer. Use export='per_layer'."
+        )
+    protected = c.protected_for(model_config.num_hidden_layers)
+    dense, start = _dense_and_start(model_config, origin)
+    if origin is not None and c.target_sparsity <= start + 1e-9:
+        raise ValueError(
+            f"This model is already a prune at sparsity {start:.2%} of its original dense model (its "
+            f"{RunFolder.REPORT}), and sparsity counts against that model: target_sparsity={c.target_sparsity} "
+            f"would remove nothing. Set a target above {start:.2%}."
+        )
+    needed = math.ceil(c.target_sparsity * dense) - (dense - sum(decoder_linear_params(model_config)))
+    limit = max_removable_params(model_config, protected, c.structures, c.channel_multiple)
+    if needed > limit:
+        more = " more" if origin is not None else ""
+        raise ValueError(
+            f"target_sparsity={c.target_sparsity} asks to remove {needed:,}{more} of {dense:,} decoder-linear "
+            f"parameters, but with protected layers {protected}, structures {c.structures} and "
+            f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
+            "target_sparsity, protect fewer layers or lower channel_multiple."
+        )
+    scorer.check(model_config, c)
+    if (c.filter_correct or c.selection_difficulty_samples) and task is None:
+        raise ValueError(
+            "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
+        )
+
+
 class RESPPruner:
     """Prunes a reasoning model with RESP; `prune` returns the physically smaller model and a report."""
 
@@ -118,7 +253,7 @@ class RESPPruner:
         self,
         model: PreTrainedModel,
         tokenizer,
-        config: RESPConfig | None = None,
+        config: RESPConfig | dict[str, Any] | str | os.PathLike | None = None,
         task: str | None = None,
         generator: str | TraceGenerator = "auto",
         scorer: Scorer | None = None,
@@ -126,7 +261,7 @@ class RESPPruner:
     ) -> None:
         self.spec = get_architecture(model)  # unsupported architectures fail here, before any work
         self.model = model
-        self.config = self._fit_runtimes(self._fit_max_length(config or RESPConfig()))
+        self.config = _fit_config(model.config, RESPConfig.coerce(config))
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
@@ -134,7 +269,15 @@ class RESPPruner:
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
-        self._dense_params = sum(decoder_linear_params(model.config))
+        # A model that is itself a prune (its folder's resp_report.json says of what) is pruned further: sparsity
+        # counts against the original dense model, and the stages ramp from where the model already is.
+        self.origin, note = _read_origin(self.source, model.config)
+        if note is not None:
+            logger.log(*note)
+        self._dense_params, self._start = _dense_and_start(model.config, self.origin)
+        # The run folder of the last prune (save_pretrained writes there freely), and every folder it wrote.
+        self._run: RunFolder | None = None
+        self._saved_to: set[Path] = set()
         # A pruner that loaded its model (from_pretrained) frees the dense weights once the first stage has cut
         # its smaller copy: a resume rebuilds from a fresh load, so keeping them would only double the memory.
         self._owns_model = False
@@ -147,24 +290,35 @@ class RESPPruner:
     def from_pretrained(
         cls,
         model_id_or_path: str | os.PathLike,
-        config: RESPConfig | str | os.PathLike | None = None,
+        config: RESPConfig | dict[str, Any] | str | os.PathLike | None = None,
         tokenizer=None,
         **kwargs: Any,
     ) -> RESPPruner:
-        """Load the model (Hub id or local folder) and its tokenizer; `config` may be a resp_config.json path.
+        """Load the model (Hub id or local folder) and its tokenizer; `config` is a RESPConfig, a dict of its
+        fields, or a resp_config.json path (checked before the model loads).
 
         `task`, `generator` and `scorer` are taken from kwargs; the rest goes to `from_pretrained`. The pruner
         owns the model it loads: `prune` frees its dense weights after the first stage (they move to the meta
         device), so no dense copy sits beside the pruned one; a model passed to `RESPPruner(...)` is never freed.
         """
         own = {k: kwargs.pop(k) for k in ("task", "generator", "scorer") if k in kwargs}
-        if config is not None and not isinstance(config, RESPConfig):
-            config = RESPConfig.from_pretrained(config)
-        # A missing local folder fails at once (not after Hub retries); a damaged one names its file.
-        model = load_model(model_id_or_path, **kwargs)
+        source = str(model_id_or_path)
+        # Everything that needs no weights first: a missing local folder at once (not after Hub retries), a
+        # damaged one naming its file, its weights against its config, then the recipe against the model's config
+        # and the tokenizer (a channel multiple or a target this model cannot take) before the weights load.
+        model_config = load_model_config(model_id_or_path, **kwargs)
         if tokenizer is None:
             tokenizer = load_tokenizer(model_id_or_path)
-        pruner = cls(model, tokenizer, config, source=str(model_id_or_path), **own)
+        config = cls.check_recipe(
+            model_config,
+            config,
+            source=source,
+            task=own.get("task"),
+            scorer=own.get("scorer"),
+            tokenizer=tokenizer,
+        )
+        model = load_model(model_id_or_path, **kwargs)
+        pruner = cls(model, tokenizer, config, source=source, **own)
         pruner._owns_model = True
         return pruner
 
@@ -172,78 +326,36 @@ class RESPPruner:
     # Checks that run before any expensive work.
     # ------------------------------------------------------------------------------------------
 
-    def _fit_max_length(self, config: RESPConfig) -> RESPConfig:
-        """`config` with max_length clamped to the model's positions (a longer example cannot be scored)."""
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if not positions or config.max_length <= positions:
-            return config
-        logger.warning(
-            "max_length=%d is above the model's %d positions (max_position_embeddings): using %d.",
-            config.max_length,
-            positions,
-            positions,
-        )
-        return dataclasses.replace(config, max_length=positions)
-
-    def _fit_runtimes(self, config: RESPConfig) -> RESPConfig:
-        """`config` without the structure kinds its runtimes' loaders cannot take for this architecture; an export
-        that no prune of this model can make load in one of its runtimes is refused."""
-        traits = checkpoint_traits(self.model.config)
-        for support in export_support(self.spec.model_type, config.export, False, traits):
-            if support.runtime in config.runtimes and not support.loads:
-                raise ValueError(
-                    f"runtimes includes {support.runtime!r}, where this model's {config.export} export will not "
-                    f"load: {support.how}."
-                )
-        kept = kept_structures(self.spec, config.runtimes, config.export)
-        structures = [s for s in config.structures if s not in kept]
-        if structures == config.structures:
-            return config
-        why = "; ".join(dict.fromkeys(kept.values()))
-        if not structures:
-            raise ValueError(
-                f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
-                "Add 'channels' to structures, or export per_layer for a runtime that loads it."
-            )
-        logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
-        return dataclasses.replace(config, structures=structures)
+    @classmethod
+    def check_recipe(
+        cls,
+        model_config: PretrainedConfig,
+        config: RESPConfig | dict[str, Any] | str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
+        task: str | None = None,
+        scorer: Scorer | None = None,
+        tokenizer=None,
+    ) -> RESPConfig:
+        """`config` fitted to the model (max_length to its positions, structures to what its runtimes load) and
+        checked against the model's config alone, as a pruner of it would check it: an architecture, channel
+        multiple, target or criterion this model cannot take is refused before any weight loads (`from_pretrained`
+        and `optimum-resp prune` call this first). `source` is the model's folder (a prune's own says what it was
+        pruned from); with `tokenizer`, that it belongs to the model. Returns the fitted config."""
+        get_architecture(model_config)
+        fitted = _fit_config(model_config, RESPConfig.coerce(config))
+        origin = _read_origin(source, model_config)[0] if source is not None else None
+        scorer = scorer or scorer_class(fitted.importance).from_config(fitted)
+        _check_recipe(model_config, fitted, origin, scorer, task, tokenizer)
+        return fitted
 
     def _check_inputs(self) -> None:
-        c, config = self.config, self.model.config
-        vocab = len(self.tokenizer)
-        if vocab > config.vocab_size:
-            raise ValueError(
-                f"The tokenizer has {vocab} tokens but the model's embedding has {config.vocab_size} rows: they "
-                "do not belong together. Load the tokenizer saved with this model."
-            )
+        c = self.config
         if not getattr(self.tokenizer, "chat_template", None) and c.calibration_source != "text":
             logger.warning(
                 "The tokenizer has no chat template: calibration prompts fall back to a plain 'Question: ... "
                 "Answer:' format, and thinking mode cannot be switched on."
             )
-        widths = [s.intermediate_size for s in layer_sizes(config)]
-        if "channels" in c.structures and c.channel_multiple > min(widths):
-            raise ValueError(
-                f"channel_multiple={c.channel_multiple} is larger than this model's narrowest MLP "
-                f"({min(widths)} channels), so no channel of it could ever be removed. Use a multiple of at "
-                f"most {min(widths)} (64 or 128 suit real models), or leave 'channels' out of structures."
-            )
-        protected = c.protected_for(config.num_hidden_layers)
-        dense = sum(decoder_linear_params(config))
-        needed = math.ceil(c.target_sparsity * dense)
-        limit = max_removable_params(config, protected, c.structures, c.channel_multiple)
-        if needed > limit:
-            raise ValueError(
-                f"target_sparsity={c.target_sparsity} asks to remove {needed:,} of {dense:,} decoder-linear "
-                f"parameters, but with protected layers {protected}, structures {c.structures} and "
-                f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
-                "target_sparsity, protect fewer layers or lower channel_multiple."
-            )
-        self.scorer.check(config, c)
-        if (c.filter_correct or c.selection_difficulty_samples) and self.task is None:
-            raise ValueError(
-                "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
-            )
+        _check_recipe(self.model.config, c, self.origin, self.scorer, self.task, self.tokenizer)
 
     def _check_prompt_lengths(self, prompts: list[CalibrationPrompt]) -> int | None:
         """Refuse prompts that leave no trace token to score under max_length; warn when a full-length trace
@@ -286,7 +398,7 @@ class RESPPruner:
         reserve = 0
         if not self._owns_model:  # from stage 2 on, the dense model stays beside the copy being scored
             weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            reserve = int(weights * (1 - c.stage_sparsities()[0]))
+            reserve = int(weights * (1 - c.stage_sparsities(self._start)[0]) / (1 - self._start))
         autocast = getattr(self.scorer, "bf16_autocast", False)
         if (
             autocast is None
@@ -302,8 +414,11 @@ class RESPPruner:
     # The algorithm.
     # ------------------------------------------------------------------------------------------
 
-    def prune(self, prompts, output_dir: str | os.PathLike | None = None) -> PruneResult:
-        """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume."""
+    def prune(self, prompts, output_dir: str | os.PathLike | RunFolder | None = None) -> PruneResult:
+        """Run RESP on the calibration prompts; with `output_dir`, checkpoint every stage and resume.
+
+        A run that stops (refused, failed or interrupted) records why in the folder, keeps what it finished
+        (the dense traces, the last stage) and resumes from there when run again, corrected."""
         if self._dense_released:
             raise RuntimeError(
                 "This pruner freed its dense weights after its first prune (it loaded the model itself, so it "
@@ -311,49 +426,82 @@ class RESPPruner:
                 "prune again; with the same output_dir, a finished run is reused."
             )
         prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        if self.config.num_stages > MANY_STAGES:  # said once per prune, before any work
+            logger.warning(
+                "num_stages=%d: every stage is one scoring pass over all traces, so this prune costs %d of them "
+                "(in benchmarks/RESULTS.md the default 8 came within the 95%% interval of the best count, 16; the "
+                "RESP reference uses 112). Only the last stage's checkpoint is kept.",
+                self.config.num_stages,
+                self.config.num_stages,
+            )
+        run = output_dir if isinstance(output_dir, RunFolder | None) else RunFolder(output_dir)
+        # Not the model's own folder, writable, empty or a run of this recipe: checked first, writing nothing.
+        if run is not None:
+            run.check_can_start(self.config, self.source)
         # Phases are measured where the model is now (the CLI moves it after building the pruner).
         self._clock = PhaseClock(next(self.model.parameters()).device)
         # Before any generation, and before a run folder is written:
         self.scoring_memory = None
         self._check_scoring_memory(self._check_prompt_lengths(prompts))
-        run = RunFolder(output_dir) if output_dir is not None else None
         # A second prune into the same folder is refused while this one runs.
         with run.lock() if run is not None else contextlib.nullcontext():
-            state = self._start_or_resume(prompts, run)
-            for k, target in enumerate(self.config.stage_sparsities()):
-                if k >= len(state.history):
-                    state = self._stage(state, k, target, run)
-            model, recovery = self._recover(state)
-            self.result = self._export(model, state, recovery)
+            resumed = self._open_run(prompts, run)
+            try:
+                state = self._start_or_resume(prompts, run, resumed)
+                for k, target in enumerate(self.config.stage_sparsities(self._start)):
+                    if k >= len(state.history):
+                        state = self._stage(state, k, target, run)
+                model, recovery = self._recover(state)
+                self.result = self._export(model, state, recovery)
+            except BaseException as err:
+                if run is not None:
+                    with contextlib.suppress(Exception):  # the error itself matters more than its record
+                        run.mark_stopped(_reason(err))
+                raise
         return self.result
 
-    def _start_or_resume(self, prompts: list[CalibrationPrompt], run: RunFolder | None) -> _State:
+    def _open_run(self, prompts: list[CalibrationPrompt], run: RunFolder | None) -> bool:
+        """Start the run in its folder, or take it up again when it holds this run (another recipe, model or
+        calibration set is refused); True when it resumes."""
+        if run is None:
+            return False
+        seen = fingerprint(self.model, prompts, self.source)
+        resumed = run.is_run
+        if resumed:
+            run.check_resume(self.config, seen)
+            run.clean()
+            run.resume(self.config, seen)
+        else:
+            run.start(self.config, seen)
+        self._run = run
+        self._saved_to.add(run.path.resolve())
+        return resumed
+
+    def _start_or_resume(
+        self, prompts: list[CalibrationPrompt], run: RunFolder | None, resumed: bool
+    ) -> _State:
         """The state before the next stage: after the last checkpointed stage, or the dense model and its
-        traces (those a killed run saved, when there are)."""
+        traces (those a stopped run saved, when there are)."""
         selected = dense_traces = None
-        if run is not None:
-            seen = fingerprint(self.model, prompts, self.source)
-            if run.is_run:
-                run.check_resume(self.config, seen)
-                run.clean()
-                selected, dense_traces = run.load_selected(prompts), run.load_dense_traces()
-                checkpoint = run.last_stage()
-                if checkpoint is not None:
-                    return self._resume(checkpoint, selected or prompts, dense_traces)
-            else:
-                run.start(self.config, seen)
+        if resumed:
+            selected, dense_traces = run.load_selected(prompts), run.load_dense_traces()
+            checkpoint = run.last_stage()
+            if checkpoint is not None:
+                return self._resume(checkpoint, selected or prompts, dense_traces)
         if selected is not None:
             prompts = selected
         elif self.config.selection_difficulty_samples:
             prompts = self._select(prompts, run)
         if dense_traces is None:
-            dense_traces = self._calibrate(self.model, prompts, stage=0)
-            if run is not None:
-                run.save_dense_traces(dense_traces)
+            dense_traces = self._calibrate(self.model, prompts, stage=0, run=run)
         else:
             logger.info("Reusing the %d dense traces saved in %s", len(dense_traces), run.path)
+            check_traces(dense_traces, self.config, dense=True)  # saved by a run that may have refused them
         plan = PruningPlan.full(self.model.config)
-        return _State(prompts, self.model, plan, traces=dense_traces, dense_traces=dense_traces)
+        crossed = [m for m in self.config.regeneration_milestones if m <= self._start + 1e-9]
+        return _State(
+            prompts, self.model, plan, traces=dense_traces, dense_traces=dense_traces, regenerated=crossed
+        )
 
     def _stage(self, state: _State, k: int, target: float, run: RunFolder | None) -> _State:
         """One stage: regenerate if a milestone is due, score, allocate, cut, checkpoint."""
@@ -442,9 +590,13 @@ class RESPPruner:
             protected=c.protected_for(self.model.config.num_hidden_layers),
             structures=c.structures,
             normalization=c.normalization,
-            dense_intermediate_size=layer_sizes(self.model.config)[0].intermediate_size,
+            dense_intermediate_size=self._dense_sizes()[0].intermediate_size,
             channel_multiple=c.channel_multiple,
         )
+
+    def _dense_sizes(self) -> Sequence[LayerSizes]:
+        """Per-layer sizes of the dense model: the original one when this model is a prune of it."""
+        return self.origin.dense_layers if self.origin is not None else layer_sizes(self.model.config)
 
     def _recover(self, state: _State) -> tuple[PreTrainedModel, RecoveryRecord | None]:
         """LoRA self-distillation on the dense model's traces, merged into the weights (when configured)."""
@@ -476,8 +628,9 @@ class RESPPruner:
         )
         final.config._name_or_path = self.source
         final.config.use_cache = self._use_cache
+        size = size_report(self.model, final)
         report = PruneReport(
-            size=size_report(self.model, final),
+            size=size.with_dense(self.origin) if self.origin is not None else size,
             stages=state.history,
             source=self.source,
             resp_config=c,
@@ -521,9 +674,12 @@ class RESPPruner:
         kept = [t for t in traces if t.question not in redo]
         return kept + [fresh[q] for q in (prompts[i].question for i in chosen) if q in fresh]
 
-    def _calibrate(self, model, prompts: list[CalibrationPrompt], stage: int) -> list[Trace]:
+    def _calibrate(
+        self, model, prompts: list[CalibrationPrompt], stage: int, run: RunFolder | None = None
+    ) -> list[Trace]:
         """Traces for the prompts from the current model (checked: see `check_traces`); each stage draws from
-        its own seed."""
+        its own seed. The dense model's are saved in `run` before the check: a run refused for them resumes
+        with them once corrected (e.g. with allow_unfinished_traces), instead of generating them again."""
         dense = model is self.model
         with self._clock("dense generation" if dense else "regeneration") as cost:
             traces = build_traces(
@@ -539,6 +695,8 @@ class RESPPruner:
             # Generation's freed buffers (KV caches, logits) stay in glibc's arenas; the scoring pass that comes
             # next would land beside them instead of in them.
             release_heap()
+        if dense and run is not None:
+            run.save_dense_traces(traces)
         check_traces(traces, self.config, dense=dense)
         return traces
 
@@ -600,35 +758,46 @@ class RESPPruner:
         base_model: str | None = None,
         license: str | None = None,
         model_id: str | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write the pruned model, tokenizer, resp_config.json, the report (resp_report.json) and a model card.
 
         `eval_results` are `evaluate_model(...).summary` dicts (shown in the card and its model-index);
         `command` is the command that reproduces the model; `base_model` the Hub id when the model was
-        loaded from a local folder.
+        loaded from a local folder. The folder the dense model was loaded from is never written to; a folder
+        that holds anything but this prune's own run (its `output_dir`) or an earlier save of it is refused
+        unless `overwrite=True`, which also removes another run's records there (its resume state would no
+        longer describe the folder's model).
         """
         from .hub import write_model_card
 
         if self.result is None:
             raise ValueError("Nothing to save yet: call prune() first.")
-        run = RunFolder(save_directory)
+        own = self._run is not None and Path(save_directory).resolve() == self._run.path.resolve()
+        run = self._run if own else RunFolder(save_directory)
+        run.check_can_save(self.source, overwrite=overwrite or run.path.resolve() in self._saved_to)
+        if run.is_run and run.path.resolve() not in self._saved_to:  # overwriting another run
+            with run.lock():  # not while another prune runs there
+                run.remove_run()
         run.path.mkdir(parents=True, exist_ok=True)
-        with umask_permissions(run.path):
-            self.result.model.save_pretrained(run.path)
-            self.tokenizer.save_pretrained(run.path)
-        self.config.save_pretrained(run.path)
-        run.save_report(self.result.report)
-        write_model_card(
-            run.path,
-            report=self.result.report,
-            base_model=base_model or self.source,
-            eval_results=eval_results,
-            license=license,
-            command=command,
-            model_id=model_id,
-        )
-        if run.is_run:
-            run.mark_finished()
+        with run.lock() if run.is_run else contextlib.nullcontext():
+            with umask_permissions(run.path):
+                self.result.model.save_pretrained(run.path)
+                self.tokenizer.save_pretrained(run.path)
+            self.config.save_pretrained(run.path)
+            run.save_report(self.result.report)
+            write_model_card(
+                run.path,
+                report=self.result.report,
+                base_model=base_model or self.source,
+                eval_results=eval_results,
+                license=license,
+                command=command,
+                model_id=model_id,
+            )
+            if run.is_run:
+                run.mark_finished()
+        self._saved_to.add(run.path.resolve())
         return run.path
 
     def push_to_hub(
@@ -648,9 +817,10 @@ class RESPPruner:
         Without a token or while offline this fails before anything is written or sent; a failed upload
         leaves the saved folder complete, to be pushed again.
         """
-        from .hub import check_can_push, push_to_hub
+        from .hub import check_can_push, check_hub_reachable, push_to_hub
 
         token = check_can_push(repo_id, token)  # offline or no token: refused before anything is written
+        check_hub_reachable(token, endpoint)  # no network, or a token the Hub refuses: the same
         directory = self.save_pretrained(
             save_directory or tempfile.mkdtemp(prefix="resp-push-"), model_id=repo_id, **card_kwargs
         )

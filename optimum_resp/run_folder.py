@@ -1,17 +1,22 @@
 """The folder a prune writes as it goes, so that a killed run resumes and a finished one explains itself.
 
     resp_config.json       the recipe (RESPConfig)
-    resp_run.json          status, source, and the fingerprint of the model and calibration prompts
+    resp_run.json          status (running, stopped with its reason, finished), source, and the fingerprint
+                           of the model and calibration prompts
     selected_prompts.json  the prompts SSGR's difficulty selection kept (only when it is on)
     dense_traces.jsonl     the dense model's traces (LoRA recovery distils them; a resume before stage 1
                            reuses them instead of generating again)
-    stages/stage_NNN/      one finished stage: plan.json (keep-sets against the dense model),
+    stages/stage_NNN/      the last finished stage: plan.json (keep-sets against the dense model),
                            traces.jsonl, record.json (history, milestones crossed), rng.pt, and
-                           added_biases.safetensors when bias compensation added biases
+                           added_biases.safetensors when bias compensation added biases. Earlier stages are
+                           removed once it lands: a resume needs only the last, so 1000 stages take the
+                           room of one (the history in record.json grows by one line per stage)
     resp_report.json       the finished prune's report, beside the exported model
+    .resp.lock             held while a prune (or its save) runs; never removed (see `RunFolder.lock`)
 
 `RunFolder` owns this layout: its save and load methods mirror each other, every file is written
-atomically (`files.atomic_write`) and every stage folder is renamed into place whole.
+atomically (`files.atomic_write`) and every stage folder is renamed into place whole. It also owns the
+checks of an output folder made before any work (`check_output`, `check_can_start`).
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ from safetensors.torch import load_file, save_file
 
 from .calibration import CalibrationPrompt, Trace, load_traces, save_traces
 from .configuration_resp import CONFIG_NAME, RESPConfig
-from .files import TMP_SUFFIX, atomic_write, default_mode, read_json, write_json
+from .files import TMP_SUFFIX, atomic_write, check_writable, default_mode, read_json, write_json
 from .profiling import PhaseClock
 from .report import PruneReport, StageRecord
 from .surgery import PruningPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Fingerprint", "RunFolder", "StageCheckpoint", "fingerprint"]
+__all__ = ["RESUME_NEUTRAL", "Fingerprint", "RunFolder", "StageCheckpoint", "fingerprint"]
+
+RESUME_NEUTRAL = ("allow_unfinished_traces",)
+"""RESPConfig fields a resume may change: they decide whether a prune goes on, not what it computes (a run refused
+for unfinished traces resumes with the flag set, reusing the traces it saved)."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +131,59 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._lock_depth = 0  # lock() is re-entrant on one RunFolder: the CLI holds it across prune and save
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ checks before any work
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the folder does not exist yet or holds nothing but a lock file."""
+        return not self.path.exists() or (
+            self.path.is_dir() and all(p.name == self.LOCK for p in self.path.iterdir())
+        )
+
+    def contents(self) -> str:
+        """What the folder holds, in words (for refusals to write over it)."""
+        if self.is_run:
+            return f"another RESP run ({self.RUN})"
+        if (self.path / "config.json").is_file():
+            return "a model (config.json)"
+        return "files"
+
+    def check_output(self, source: str | os.PathLike | None = None) -> None:
+        """Refuse, before any work and without writing anything, the folder the model was loaded from (never
+        written to, whatever else is allowed), a file, or a folder that cannot be written."""
+        if source is not None and _same_folder(self.path, source):
+            raise ValueError(
+                f"{self.path} is the folder the model is loaded from: writing the pruned model there would replace "
+                "the model it is pruned from. Choose another output folder."
+            )
+        check_writable(self.path)
+
+    def check_can_save(self, source: str | os.PathLike | None = None, overwrite: bool = False) -> None:
+        """What saving a model here checks first: `check_output`, then the folder is empty (or `overwrite`)."""
+        self.check_output(source)
+        if not overwrite and not self.is_empty:
+            raise ValueError(
+                f"{self.path} already holds {self.contents()}, which saving would replace. Choose an empty or new "
+                "folder, or pass overwrite=True to replace it."
+            )
+
+    def check_can_start(self, config: RESPConfig | None, source: str | os.PathLike | None = None) -> None:
+        """What a prune into this folder checks before any work: `check_output`, then the folder is empty, or
+        holds a run of `config` (which it resumes; None: any run, its recipe compared later; the model and
+        prompts are compared once loaded)."""
+        self.check_output(source)
+        if self.is_run:
+            if config is not None:
+                self.check_config(config)
+        elif not self.is_empty:
+            raise ValueError(
+                f"{self.path} is not empty and holds no RESP run; choose an empty or new folder."
+            )
 
     # ------------------------------------------------------------------ the run record
 
@@ -133,9 +192,25 @@ class RunFolder:
         """Whether a RESP run was started here (finished or not)."""
         return (self.path / self.RUN).is_file()
 
+    def _record(self) -> dict[str, Any]:
+        """resp_run.json; a damaged one is refused with the fix that works (not "remove it": without it the
+        folder is no run at all, and a non-empty folder that is no run is refused)."""
+        path = self.path / self.RUN
+        try:
+            record = read_json(path)
+        except ValueError as err:
+            record = err
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path} is damaged (not a JSON object of the run's status and fingerprint). To resume the run "
+                'anyway, replace the file with {"status": "running"} (the model and calibration prompts then go '
+                "unchecked against the run's); to start over, choose another output folder."
+            )
+        return record
+
     def start(self, config: RESPConfig, print_: Fingerprint) -> None:
         """Begin a run in a new or empty folder: the recipe and the fingerprint of what it prunes."""
-        if self.path.exists() and any(p.name != self.LOCK for p in self.path.iterdir()):
+        if not self.is_empty:
             raise ValueError(
                 f"{self.path} is not empty and holds no RESP run; choose an empty or new folder."
             )
@@ -143,17 +218,21 @@ class RunFolder:
         config.save_pretrained(self.path)
         write_json(self.path / self.RUN, {"status": "running", **asdict(print_)})
 
-    def check_resume(self, config: RESPConfig, print_: Fingerprint) -> None:
-        """Refuse to resume a run of another recipe, model or calibration set, saying what differs."""
-        saved = RESPConfig.from_pretrained(self.path)
-        if saved != config:
-            now = config.to_dict()
-            diff = {k: (v, now[k]) for k, v in saved.to_dict().items() if v != now[k]}
+    def check_config(self, config: RESPConfig) -> None:
+        """Refuse to resume a run of another recipe, saying what differs (`RESUME_NEUTRAL` fields may differ)."""
+        saved = RESPConfig.from_pretrained(self.path).to_dict()
+        now = config.to_dict()
+        diff = {k: (v, now[k]) for k, v in saved.items() if v != now[k] and k not in RESUME_NEUTRAL}
+        if diff:
             raise ValueError(
                 f"{self.path} holds a RESP run with a different config (saved vs now: {diff}); use another output "
                 "folder, or the saved config to resume it."
             )
-        record = read_json(self.path / self.RUN)
+
+    def check_resume(self, config: RESPConfig, print_: Fingerprint) -> None:
+        """Refuse to resume a run of another recipe, model or calibration set, saying what differs."""
+        self.check_config(config)
+        record = self._record()
         if "model" not in record:  # a run folder written before fingerprints: nothing to compare
             logger.warning("%s records no fingerprint of its model; resuming without checking it.", self.path)
             return
@@ -165,14 +244,37 @@ class RunFolder:
                 "differ from this prune's. Use another output folder (or the same model and prompts to resume)."
             )
 
+    def resume(self, config: RESPConfig, print_: Fingerprint) -> None:
+        """Take up the run again (after `check_resume`): the recipe as it now is (a `RESUME_NEUTRAL` field may
+        have changed) and status running, with the fingerprint of a record that had none."""
+        config.save_pretrained(self.path)
+        record = {k: v for k, v in self._record().items() if k != "reason"}
+        write_json(self.path / self.RUN, {**asdict(print_), **record, "status": "running"})
+
     @property
     def status(self) -> str | None:
-        """`running` or `finished`; None when no run was started here."""
-        return read_json(self.path / self.RUN).get("status") if self.is_run else None
+        """`running`, `stopped` (see `reason`) or `finished`; None when no run was started here."""
+        return self._record().get("status") if self.is_run else None
+
+    @property
+    def reason(self) -> str | None:
+        """Why a stopped run stopped (the error it was refused or interrupted with)."""
+        return self._record().get("reason") if self.is_run else None
+
+    def mark_stopped(self, reason: str) -> None:
+        """Record that the run stopped before its end, and why: running the same command (corrected) resumes."""
+        write_json(self.path / self.RUN, {**self._record(), "status": "stopped", "reason": reason})
 
     def mark_finished(self) -> None:
-        record = read_json(self.path / self.RUN)
+        record = {k: v for k, v in self._record().items() if k != "reason"}
         write_json(self.path / self.RUN, {**record, "status": "finished"})
+
+    def remove_run(self) -> None:
+        """Remove what a run keeps besides its model (record, traces, stages), so an overwritten folder does not
+        pass for the run it held."""
+        for name in (self.RUN, self.SELECTED, self.DENSE_TRACES):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / self.STAGES, ignore_errors=True)
 
     def clean(self) -> list[Path]:
         """Remove what interrupted writes left behind (temp files, unfinished stage folders)."""
@@ -186,15 +288,26 @@ class RunFolder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the folder (`.resp.lock`, released by the OS if the process dies)."""
+        """Hold an exclusive lock on the folder (`.resp.lock`, released by the OS if the process dies).
+
+        Re-entrant on this RunFolder (another RunFolder of the same folder, in this process or another, is
+        refused). The lock file is never removed: a process that opened it just before a removal would lock
+        the removed file while a third process locked a new one, and both would prune into the folder.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
         except ImportError:  # not POSIX (Windows): no lock
             yield
             return
-        lock = self.path / self.LOCK
-        with open(lock, "a+") as handle:
+        with open(self.path / self.LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -208,10 +321,14 @@ class RunFolder:
             handle.truncate()
             handle.write(f"pid {os.getpid()}")
             handle.flush()
+            self._lock_depth = 1
             try:
                 yield
             finally:
-                lock.unlink(missing_ok=True)
+                self._lock_depth = 0
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ calibration
@@ -261,6 +378,9 @@ class RunFolder:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        for earlier in self.stage_dirs():  # a resume needs only the last stage
+            if earlier != final:
+                shutil.rmtree(earlier)
         return final
 
     def load_history(self) -> list[StageRecord]:
@@ -271,20 +391,31 @@ class RunFolder:
         return [StageRecord.from_dict(h) for h in read_json(dirs[-1] / "record.json")["history"]]
 
     def last_stage(self) -> StageCheckpoint | None:
-        """The state after the last finished stage, or None before stage 1."""
+        """The state after the last finished stage, or None before stage 1; a stage folder with a file missing
+        or damaged is refused, naming the file and the fix."""
         dirs = self.stage_dirs()
         if not dirs:
             return None
         last = dirs[-1]
-        record = read_json(last / "record.json")
-        biases = last / self.BIASES
-        return StageCheckpoint(
-            plan=PruningPlan.from_dict(read_json(last / "plan.json")),
-            history=[StageRecord.from_dict(h) for h in record["history"]],
-            regenerated=list(record["regenerated"]),
-            traces=load_traces(last / "traces.jsonl"),
-            rng_state=torch.load(last / "rng.pt", weights_only=True),
-            added_biases=load_file(biases) if biases.is_file() else {},
+        try:
+            record = read_json(last / "record.json")
+            biases = last / self.BIASES
+            return StageCheckpoint(
+                plan=PruningPlan.from_dict(read_json(last / "plan.json")),
+                history=[StageRecord.from_dict(h) for h in record["history"]],
+                regenerated=list(record["regenerated"]),
+                traces=load_traces(last / "traces.jsonl"),
+                rng_state=torch.load(last / "rng.pt", weights_only=True),
+                added_biases=load_file(biases) if biases.is_file() else {},
+            )
+        except FileNotFoundError as err:
+            problem = f"it has no {Path(err.filename).name}" if err.filename else str(err)
+        except Exception as err:  # noqa: BLE001 - JSON, pickle, safetensors and schema errors alike
+            problem = f"{type(err).__name__}: {err}"
+        raise ValueError(
+            f"The checkpoint {last} is incomplete or damaged ({problem}). Delete that folder and run the same "
+            "command again: the run then resumes from what is left (an earlier stage, or its dense traces), or choose "
+            "another output folder."
         )
 
     # ------------------------------------------------------------------ the result
@@ -295,3 +426,12 @@ class RunFolder:
     def load_report(self) -> PruneReport | None:
         path = self.path / self.REPORT
         return PruneReport.from_dict(read_json(path)) if path.is_file() else None
+
+
+def _same_folder(path: Path, other: str | os.PathLike) -> bool:
+    """Whether `path` and `other` are one existing folder (through symlinks and relative paths alike)."""
+    other_path = Path(os.fspath(other)).expanduser()
+    try:
+        return path.is_dir() and other_path.is_dir() and os.path.samefile(path, other_path)
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,94 @@ def test_testbed_benchmark_lists_every_split_a_training_run_checked(monkeypatch)
         },
     }
     assert module.after(v2_run) == "test 94.0% (n=200), held_out_frames 1.5% (n=200)"
+
+
+@pytest.fixture
+def bench_real(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESP_BENCH_REAL_CACHE", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("bench_real", REPO / "benchmarks" / "bench_real.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_real", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_model_benchmark_runs_every_phase_resumes_and_measures_fidelity(bench_real, tmp_path, capsys):
+    """The whole pipeline of bench_real.py on the testbed reasoner (`--quick`): each phase in its own process,
+    a record per row, nothing left to do after, and a deleted phase is the only one planned again."""
+    records = tmp_path / "records"
+    assert bench_real.main(["--quick", "--records", str(records)]) == 0
+    out = capsys.readouterr().out
+    data = {p.name: json.loads(p.read_text()) for p in records.glob("*.json")}
+    assert len(data) == 3  # dense, resp, wanda-sp
+    by_method = {d["row"]["method"]: d for d in data.values()}
+    dense = by_method["dense"]
+    # The dense model scores its own greedy answers: every token is its top-1 choice (fp32, same padding), so the
+    # reference answers and the scored positions line up.
+    assert dense["fidelity"]["top1_agreement"] > 0.99
+    for name in ("resp", "wanda-sp"):
+        record = by_method[name]
+        assert 0.15 < record["prune"]["sparsity"] < 0.25
+        assert record["fidelity"]["tokens"] == dense["fidelity"]["tokens"]  # the same reference answers
+        assert record["fidelity"]["nll_per_token"] != dense["fidelity"]["nll_per_token"]  # the pruned model's
+        assert record["prune"]["cpu_seconds"] > 0
+        assert sum(c["n"] for c in record["chunks"].values()) == 4
+    assert "| resp | 0." in out and "| dense | 0 |" in out
+
+    assert bench_real.main(["--quick", "--records", str(records), "--plan"]) == 0
+    assert "0 phases left" in capsys.readouterr().out
+    path = next(p for p in records.glob("*.json") if json.loads(p.read_text())["row"]["method"] == "wanda-sp")
+    record = json.loads(path.read_text())
+    del record["chunks"]["0"]
+    path.write_text(json.dumps(record))
+    assert bench_real.main(["--quick", "--records", str(records), "--plan"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert plan[0].split() == ["wanda-sp-0.20-s0", "0"] and plan[-1].startswith("1 phases left")
+
+
+def test_real_model_records_are_keyed_by_what_decides_the_result(bench_real):
+    """Label, group and problem count do not re-key a record (more problems extend it); recipe and settings do."""
+    row = bench_real._row("resp", 0.2)
+    key = bench_real.row_key(row, "sha", {"train": "a", "test": "b"})
+    same = bench_real._row("resp", 0.2, label="other", problems=100, group="extra")
+    assert (
+        bench_real.record_path(same, bench_real.row_key(same, "sha", {"train": "a", "test": "b"})).name.split(
+            "-"
+        )[-1]
+        == bench_real.record_path(row, key).name.split("-")[-1]
+    )
+    for other in (
+        bench_real._row("resp", 0.3),
+        bench_real._row("resp", 0.2, seed=1),
+        bench_real._row("resp", 0.2, num_stages=4),
+    ):
+        assert bench_real.row_key(other, "sha", {"train": "a", "test": "b"}) != key
+    assert bench_real.row_key(row, "sha2", {"train": "a", "test": "b"}) != key
+    assert bench_real.row_key(row, "sha", {"train": "a", "test": "c"}) != key
+
+
+def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real):
+    """Dense references first, then each row's prune, fidelity and first accuracy chunk together, then the other
+    chunks across rows: an interrupted run leaves whole comparisons on the same problems, not prunes alone."""
+    rows = [
+        bench_real.Row("dense", problems=200),
+        bench_real._row("resp", 0.2, problems=200),
+        bench_real._row("wanda-sp", 0.2, problems=100),
+    ]
+    records = {row: bench_real.Record(bench_real.asdict(row), {}) for row in rows}
+    plan = [(row.method, phase) for row, phase in bench_real.pending(records)]
+    assert plan == [
+        ("dense", "0"),
+        ("dense", "1"),
+        ("dense", "fidelity"),
+        ("resp", "prune"),
+        ("resp", "fidelity"),
+        ("resp", "0"),
+        ("wanda-sp", "prune"),
+        ("wanda-sp", "fidelity"),
+        ("wanda-sp", "0"),
+        ("resp", "1"),
+    ]
+    records[rows[1]].chunks["0"] = {"n": 100}
+    records[rows[1]].prune = {"seconds": 1.0}
+    assert ("resp", "0") not in [(r.method, p) for r, p in bench_real.pending(records)]

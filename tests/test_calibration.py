@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,22 @@ def test_as_prompts_accepts_strings_dicts_and_objects():
     assert prompts[1].gold == "3" and prompts[1].solution == "s"
     with pytest.raises(ValueError, match="Calibration prompt 0 is a int"):
         as_prompts([3])
+    # A question that is not text is refused, never turned into the prompt "None" or "7".
+    for bad in (None, 7):
+        with pytest.raises(ValueError, match=rf"prompts \[1\] are empty or not text \(1: {bad!r}\)"):
+            as_prompts(["a", {"question": bad}])
+        with pytest.raises(ValueError, match=r"prompts \[0\] are empty or not text"):
+            as_prompts([CalibrationPrompt(bad), "b"])
+
+
+def test_calibration_rows_without_question_text_are_refused_or_skipped(tmp_path):
+    path = tmp_path / "calib.jsonl"
+    rows = [{"question": q, "answer": "#### 1"} for q in ("What is 1+1?", None, "", "What is 3+3?")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"{path}, line 2: field 'question' is null; 2 of 4 rows"):
+        prompts_from_task("gsm8k", str(path))
+    prompts = prompts_from_task("gsm8k", str(path), skip_invalid_rows=True)
+    assert sorted(p.question.split("\n")[0] for p in prompts) == ["What is 1+1?", "What is 3+3?"]
     with pytest.raises(ValueError, match="No calibration prompts"):
         as_prompts([])
 

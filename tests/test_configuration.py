@@ -106,8 +106,11 @@ def test_unknown_keys_and_missing_files(tmp_path, monkeypatch):
         RESPConfig.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="protected_layers \\[30\\] do not exist: the model has 28 layers"):
         RESPConfig(protected_layers=[30]).protected_for(28)
+    # A local path that does not exist, or a Hub id while offline: refused at once, never a minute of retries.
+    with pytest.raises(FileNotFoundError, match=r"nosuch\.json does not exist, and that is a local path"):
+        RESPConfig.from_pretrained("nosuch.json")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="Pass a local path when offline"):
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set, so it is not looked up on the Hub"):
         RESPConfig.from_pretrained("someone/some-resp-recipe")
 
 

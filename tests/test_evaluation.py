@@ -33,6 +33,7 @@ SUMMARY_KEYS = {
     "mean_generated_tokens",
     "truncated_fraction",
     "tokens_per_second",
+    "engine",
     "config",
 }
 SAMPLE_KEYS = {
@@ -130,6 +131,53 @@ def test_unreadable_and_missing_files_are_clear_errors(tmp_path):
         load_task_dataset("gsm8k", empty_dir)
     with pytest.raises(ValueError, match="Unknown task"):
         load_task_dataset("svamp", GSM8K_FILE)
+
+
+def _rows_file(tmp_path, questions, field="question", blank_after=1, **other):
+    """A .jsonl of rows with these questions (and a blank line after row `blank_after`, as files have)."""
+    lines = [json.dumps({field: q, **(other or {"answer": "#### 1"})}) for q in questions]
+    lines.insert(blank_after, "")
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("question", "why"),
+    [
+        (None, "is null"),
+        ("", "is empty"),
+        ("  \n ", "is only whitespace"),
+        (42, r"is a int \(42\), not text"),
+    ],
+)
+def test_rows_without_question_text_are_refused_naming_the_line_or_skipped(tmp_path, caplog, question, why):
+    path = _rows_file(tmp_path, ["What is 1+1?", "What is 2+2?", question, "What is 3+3?"])
+    # Line 4: a blank line 2 sits before it, so the row index (2) is not the line number.
+    with pytest.raises(
+        TaskDataError, match=rf"{path}, line 4: field 'question' {why}; 1 of 4 rows .*skip-invalid"
+    ):
+        load_task_dataset("gsm8k", path)
+    ds = load_task_dataset("gsm8k", path, skip_invalid_rows=True)
+    assert ds["question"] == ["What is 1+1?", "What is 2+2?", "What is 3+3?"]
+    assert "Skipped 1 of 4 rows whose 'question' is missing, null, empty or not text" in caplog.text
+    # MathQA's problem text lives in `Problem`; a file whose every row is bad leaves nothing to skip to.
+    path = _rows_file(tmp_path, [question], field="Problem", options="a ) 1 , b ) 2", correct="a")
+    with pytest.raises(TaskDataError, match=rf"line 1: field 'Problem' {why}"):
+        load_task_dataset("mathqa", path)
+    with pytest.raises(TaskDataError, match="and so is every row's: nothing is left"):
+        load_task_dataset("mathqa", path, skip_invalid_rows=True)
+
+
+def test_eval_refuses_or_skips_rows_without_question_text(tokenizer, tmp_path):
+    path = _rows_file(tmp_path, ["What is 1+1?", None, "What is 3+3?"])
+    model = ScriptedModel(tokenizer, lambda prompt: "\\boxed{1}")
+    with pytest.raises(TaskDataError, match=r"line 3: field 'question' is null"):
+        evaluate_model(model, tokenizer, EvalConfig(data=str(path)), show_progress=False)
+    assert model.calls == []  # refused before any generation
+    config = EvalConfig(data=str(path), skip_invalid_rows=True, generation={"max_new_tokens": 8})
+    result = evaluate_model(model, tokenizer, config, show_progress=False)
+    assert result.summary["n"] == 2 and "None" not in "".join(s["prompt"] for s in result.samples)
 
 
 def test_offline_hub_id_explains_to_pass_a_local_file(monkeypatch):
@@ -273,6 +321,7 @@ def test_gsm8k_harness_scores_scripted_answers_exactly(tokenizer, tmp_path):
     assert summary["truncated_fraction"] == 0.2
     assert summary["mean_generated_tokens"] == sum(s["generated_tokens"] for s in result.samples) / 10
     assert summary["tokens_per_second"] > 0
+    assert summary["engine"] == "hf"
     assert summary["config"] == config.to_dict()
 
     lines = read_jsonl(out_dir / "samples.jsonl")

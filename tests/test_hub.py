@@ -410,6 +410,16 @@ def test_pruner_push_to_hub_saves_and_uploads_the_folder(tmp_path, monkeypatch):
     with pytest.raises(HubPushError, match="No Hugging Face token"):
         pruner.push_to_hub(REPO, save_directory=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+    # A token, but no Hub to answer (or one that refuses it): refused before anything is written, too.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(HubPushError, match=rf"Hub at {dead} cannot be reached or refuses the token"):
+        pruner.push_to_hub(REPO, save_directory=tmp_path / "never", token="hf_anything", endpoint=dead)
+    with FakeHub() as hub:
+        with pytest.raises(HubPushError, match="401"):
+            pruner.push_to_hub(REPO, save_directory=tmp_path / "never", token="hf_wrong", endpoint=hub.url)
+    assert not (tmp_path / "never").exists()
     with FakeHub() as hub:
         url = pruner.push_to_hub(
             REPO, save_directory=tmp_path / "out", token=hub.token, endpoint=hub.url, license="apache-2.0"

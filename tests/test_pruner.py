@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.pruner import RESPPruner, compose_plans
@@ -23,6 +23,7 @@ from optimum_resp.run_folder import RunFolder
 from optimum_resp.surgery import PruningPlan, prune_model
 from optimum_resp.testing_utils import random_plan, tiny_config
 
+REPO = str(Path(__file__).resolve().parent.parent)  # subprocesses import this checkout, not an installed copy
 PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]]
 
 
@@ -74,7 +75,7 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
         assert torch.equal(direct(dense_logits_input).logits, result.model(dense_logits_input).logits)
 
     run = tmp_path / "run"
-    assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage_001", "stage_002", "stage_003"]
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage_003"]  # a resume needs only the last
     for stage in (run / "stages").iterdir():
         assert {p.name for p in stage.iterdir()} == {
             "plan.json",
@@ -206,7 +207,7 @@ def _prune_in_subprocess(out: Path, run_dir: Path | None) -> dict:
     script = out.with_suffix(".py")
     script.write_text(PRUNE.format(tests=tests_dir))
     cmd = [sys.executable, str(script), str(out)] + ([str(run_dir)] if run_dir else [])
-    env = {**os.environ, "PYTHONPATH": tests_dir, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, REPO]), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     with open(out, "rb") as f:
@@ -219,7 +220,7 @@ def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
     script.write_text(WORKER.format(tests=tests_dir))
     marker = tmp_path / "ready"
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": tests_dir, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, REPO]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(script), str(run_dir), str(marker)],
         env=env,
@@ -247,7 +248,7 @@ def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
     )
     assert resumed["plan"] == fresh["plan"]
     assert resumed["sparsities"] == fresh["sparsities"]
-    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["stage_001", "stage_002", "stage_003"]
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["stage_003"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,16 +301,33 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"prompts \[0\] are \d+ tokens or more .* max_length=256"):
         clamped.prune([long * 2])
     # A channel multiple wider than the MLP (96 here) could never remove a channel: refused, not ignored.
-    with pytest.raises(
-        ValueError, match=r"channel_multiple=128 is larger than this model's narrowest MLP \(96"
-    ):
-        RESPPruner(model, tokenizer, small_config(channel_multiple=128))
+    for multiple in (128, 96):  # equal to the width: widths stay multiples of it, so none can shrink either
+        with pytest.raises(
+            ValueError, match=rf"channel_multiple={multiple} is not below this model's narrowest MLP \(96"
+        ):
+            RESPPruner(model, tokenizer, small_config(channel_multiple=multiple))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something.txt").write_text("x")
     with pytest.raises(ValueError, match="is not empty and holds no RESP run"):
         pruner.prune(PROMPTS, tmp_path / "busy")
     with pytest.raises(ValueError, match="Nothing to save yet"):
         pruner.save_pretrained(tmp_path / "out")
+
+
+def test_the_output_folder_is_checked_before_the_memory_probes(tmp_path, monkeypatch):
+    """The scoring-memory estimate runs three probe passes of the model: an unusable output_dir is refused first."""
+    tokenizer = build_tiny_tokenizer()
+    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator=_NoGeneration())
+    monkeypatch.setattr(
+        "optimum_resp.pruner.check_scoring_memory",
+        lambda *a, **k: pytest.fail("probed before the folder check"),
+    )
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("a file")
+    for folder, message in (("busy", "is not empty and holds no RESP run"), ("file", "it is a file")):
+        with pytest.raises(ValueError, match=message):
+            pruner.prune(PROMPTS, tmp_path / folder)
 
 
 def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
@@ -323,7 +341,7 @@ def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
     # A lock file left by a killed prune holds no lock (the OS dropped it): the next prune runs.
     (out / RunFolder.LOCK).write_text("pid 999999")
     result = pruner.prune(PROMPTS, out)
-    assert result.report.sparsity > 0 and not (out / RunFolder.LOCK).exists()
+    assert result.report.sparsity > 0 and (out / RunFolder.LOCK).read_text() == ""  # kept, released
 
 
 def test_a_run_folder_with_another_config_is_refused(tmp_path):
@@ -468,7 +486,8 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
 
     stage2 = tmp_path / "stages" / "stage_002"
     assert [t.question for t in load_traces(stage2 / "traces.jsonl")] == selected
-    # Resume from stage 1: stage 2 regenerates its traces, for the selected prompts only (no new selection).
+    # Resume without the last stage (only the last is kept): the saved selection and dense traces are reused, and
+    # stage 2 regenerates its traces, for the selected prompts only (no new selection, no dense generation).
     import shutil
 
     shutil.rmtree(stage2)
@@ -750,3 +769,107 @@ def test_gold_traces_are_checked_at_their_real_length_before_the_first_scoring(m
     pruner.prune(prompts)
     assert len(lengths) == 1 and lengths[0] < 100  # the longest prompt + gold solution, not max_length
     assert pruner.scoring_memory is not None and pruner.scoring_memory.sequence_length == lengths[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# A prune pruned further: "20% today, 40% tomorrow", sparsity against the original dense model.
+# ------------------------------------------------------------------------------------------------
+
+
+def _testbed_prompts(n: int = 4):
+    from optimum_resp.calibration import prompts_from_task
+    from optimum_resp.testbed import testbed_data_path
+
+    return prompts_from_task("gsm8k", str(testbed_data_path("gsm8k", "train")), limit=n)
+
+
+TESTBED_RECIPE = {  # a dict, as RESPPruner.from_pretrained now takes one
+    "num_stages": 2,
+    "regeneration_milestones": [0.1, 0.3],
+    "num_calibration_prompts": 4,
+    "generation": {"max_new_tokens": 12, "batch_size": 4},
+    "batch_size": 2,
+    "allow_unfinished_traces": True,
+}
+UNIFORM = {"export": "uniform", "allocation": "uniform", "protected_layers": []}
+
+
+@pytest.mark.parametrize("export", ["per_layer", "uniform"])
+def test_a_prune_is_pruned_further_against_the_original_dense_model(tmp_path, export):
+    from optimum_resp.accounting import decoder_linear_params
+    from optimum_resp.testbed import testbed_model_path
+
+    prompts = _testbed_prompts()
+    recipe = {**TESTBED_RECIPE, **(UNIFORM if export == "uniform" else {})}
+    first = RESPPruner.from_pretrained(
+        testbed_model_path(), config={**recipe, "target_sparsity": 0.2}, generator="hf"
+    )
+    dense_params = sum(decoder_linear_params(first.model.config))
+    first.prune(prompts)
+    first.save_pretrained(tmp_path / "p20")
+
+    again = RESPPruner.from_pretrained(
+        tmp_path / "p20", config={**recipe, "target_sparsity": 0.4}, generator="hf"
+    )
+    assert again.origin is not None and again.origin.dense_decoder_linear_params == dense_params
+    result = again.prune(prompts, tmp_path / "run40")
+    report = result.report
+    assert (
+        report.size.dense_decoder_linear_params == dense_params
+    )  # the original dense model, not the 20% one
+    assert 0.4 <= report.sparsity < 0.43 and report.size.dense_layers == first.result.report.size.dense_layers
+    # The stages ramp from where the model was (20%), and the milestone it had passed is not regenerated again.
+    assert [s.target_sparsity for s in result.stages] == pytest.approx([0.3, 0.4], abs=1e-3)
+    assert [s.regenerated for s in result.stages] == [False, True]
+    again.save_pretrained(tmp_path / "run40")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run40")
+    assert reloaded.num_parameters() == report.pruned_total_params
+    saved = json.loads((tmp_path / "run40" / "resp_report.json").read_text())
+    assert saved["dense_decoder_linear_params"] == dense_params and saved["sparsity"] == report.sparsity
+
+    # A target at or below where the model already is removes nothing: refused before any work.
+    with pytest.raises(ValueError, match=r"already a prune at sparsity 20\.\d+% .* Set a target above 20"):
+        RESPPruner.from_pretrained(tmp_path / "p20", config={**recipe, "target_sparsity": 0.15})
+    if export == "per_layer":  # its layers differ: no uniform allocation makes them alike again
+        with pytest.raises(
+            ValueError, match="export='uniform' needs every layer alike, but this model's layers"
+        ):
+            RESPPruner.from_pretrained(tmp_path / "p20", config={**recipe, **UNIFORM, "target_sparsity": 0.4})
+
+
+def test_config_may_be_a_dict_a_config_or_a_path(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    assert RESPPruner(model, tokenizer, {"target_sparsity": 0.25}).config.target_sparsity == 0.25
+    small_config(num_stages=2).save_pretrained(tmp_path / "cfg")
+    assert RESPPruner(model, tokenizer, tmp_path / "cfg").config.num_stages == 2
+    with pytest.raises(ValueError, match=r"Unknown RESPConfig keys \['sparsity'\]"):
+        RESPPruner(model, tokenizer, {"sparsity": 0.4})
+    with pytest.raises(ValueError, match="config must be a RESPConfig, a dict of its fields"):
+        RESPPruner(model, tokenizer, 0.4)
+
+
+def test_from_pretrained_checks_the_recipe_before_the_weights_load(tmp_path, monkeypatch):
+    """A recipe the model cannot take is refused from config.json alone: no minutes of loading an 8B model first."""
+    tokenizer = build_tiny_tokenizer()
+    folder = tmp_path / "dense"
+    tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setattr(
+        "optimum_resp.pruner.load_model", lambda *a, **k: pytest.fail("the weights loaded before the check")
+    )
+    for config, message in (
+        ({"channel_multiple": 96}, r"channel_multiple=96 is not below this model's narrowest MLP \(96"),
+        ({"target_sparsity": 0.99}, r"target_sparsity=0\.99 asks to remove .* at most"),
+        (
+            {"importance": "flap", "export": "uniform", "allocation": "uniform", "protected_layers": []},
+            r"FLAP bias compensation needs a bias on .*export=.uniform. cannot",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RESPPruner.from_pretrained(folder, config=config)
+    # What it returns is the recipe as the model fits it (max_length clamped to its positions), checked.
+    model_config = AutoConfig.from_pretrained(folder)
+    fitted = RESPPruner.check_recipe(model_config, {"max_length": 10**6})
+    assert fitted.max_length == model_config.max_position_embeddings
+    assert RESPPruner.check_recipe(model_config, fitted) == fitted

@@ -13,6 +13,7 @@ from test_pruner import PROMPTS, small_config
 
 from optimum_resp.accounting import SizeReport
 from optimum_resp.calibration import HFGenerator, Trace, as_prompts, load_traces, save_traces
+from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.files import atomic_write, write_json
 from optimum_resp.importance import TaylorScorer
 from optimum_resp.pruner import RESPPruner
@@ -117,7 +118,7 @@ def test_leftovers_of_interrupted_writes_are_removed_on_resume(tmp_path):
     (stray_stage / "plan.json").write_text("{")
     RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, run)
     assert not stray_file.exists() and not stray_stage.exists()
-    assert [p.name for p in RunFolder(run).stage_dirs()] == ["stage_001", "stage_002"]
+    assert [p.name for p in RunFolder(run).stage_dirs()] == ["stage_002"]  # only the last stage is kept
 
 
 def test_files_get_the_users_umask_not_0600(tmp_path):
@@ -197,3 +198,194 @@ def test_a_damaged_trace_file_names_the_file_and_line(tmp_path):
         f.write('{"question": "cut off in the mi\n')
     with pytest.raises(ValueError, match=r"traces.jsonl, line 2: not a saved trace"):
         load_traces(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Never destroy a folder; a stopped run leaves a folder its corrected re-run takes up again.
+# ------------------------------------------------------------------------------------------------
+
+
+def _one_stage(tokenizer, generator="hf", **overrides):
+    config = small_config(**{"num_stages": 1, "regeneration_milestones": [], **overrides})
+    return RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator=generator)
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_save_pretrained_never_writes_over_the_source_folder_or_another_run(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    source = tmp_path / "dense"
+    build_tiny_model(tokenizer).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    dense = _files(source)
+    pruner = RESPPruner.from_pretrained(
+        source, config=small_config(num_stages=1, regeneration_milestones=[]), generator="hf"
+    )
+    pruner.prune(PROMPTS)
+    for overwrite in (False, True):  # the dense weights are never replaced, whatever the caller says
+        with pytest.raises(ValueError, match=rf"{source} is the folder the model is loaded from"):
+            pruner.save_pretrained(source, overwrite=overwrite)
+    assert _files(source) == dense
+
+    # Another run's folder, and a folder holding another model: refused unless overwrite=True.
+    other = tmp_path / "other-run"
+    _one_stage(tokenizer, target_sparsity=0.2).prune(PROMPTS, other)
+    before = _files(other)
+    with pytest.raises(ValueError, match=rf"{other} already holds another RESP run .*overwrite=True"):
+        pruner.save_pretrained(other)
+    assert _files(other) == before
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"already holds a model \(config.json\)"):
+        pruner.save_pretrained(tmp_path / "model")
+    # Overwritten, the other run's records go with its model: nothing there passes for that run any more.
+    pruner.save_pretrained(other, overwrite=True)
+    assert not RunFolder(other).is_run and not (other / RunFolder.STAGES).exists()
+    assert RESPConfig.from_pretrained(other) == pruner.config
+    assert json.loads((other / "resp_report.json").read_text())["sparsity"] == pruner.result.report.sparsity
+    # Its own saves and its own run folder stay writable (the normal flow).
+    pruner.save_pretrained(tmp_path / "saved")
+    pruner.save_pretrained(tmp_path / "saved")
+
+
+def test_the_lock_file_stays_so_a_late_opener_locks_the_same_file(tmp_path):
+    """Removing the lock file on release let a process that had opened it lock the removed file while a third
+    locked a new one: both would prune into the folder. The file stays; every locker meets the same file."""
+    import fcntl
+
+    run = RunFolder(tmp_path / "run")
+    with run.lock():
+        late = open(run.path / RunFolder.LOCK)  # another process opened the file while the lock was held
+        with run.lock():  # re-entrant on the same RunFolder (the CLI holds it across prune and save)
+            pass
+        with pytest.raises(ValueError, match="in use by another prune"):
+            with RunFolder(run.path).lock():
+                pass
+    with late:
+        fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the lock once released...
+        with pytest.raises(ValueError, match="in use by another prune"):  # ...and then nobody else does
+            with RunFolder(run.path).lock():
+                pass
+
+
+class _Unfinished:
+    """The dense model never ends its answers (a tokenizer or chat template that does not fit it)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, model, tokenizer, prompts, settings, seed=0):
+        from optimum_resp.generation import Completion
+
+        self.calls += 1
+        ids = tokenizer("<think>\nstill thinking", add_special_tokens=False)["input_ids"]
+        return [Completion(p, "<think>\nstill thinking", ids, len(ids), True) for p in prompts]
+
+
+def test_a_run_refused_for_unfinished_traces_keeps_them_and_resumes_once_allowed(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    run = RunFolder(tmp_path / "run")
+    generator = _Unfinished()
+    refused = RESPPruner(
+        build_tiny_model(tokenizer),
+        tokenizer,
+        small_config(num_stages=1, regeneration_milestones=[], allow_unfinished_traces=False),
+        generator=generator,
+    )
+    with pytest.raises(ValueError, match="None of the dense model's 6 calibration traces finished"):
+        refused.prune(PROMPTS, run.path)
+    assert generator.calls == 1 and len(run.load_dense_traces()) == 6  # kept: hours on a real model
+    assert run.status == "stopped" and "allow_unfinished_traces" in run.reason  # not "running" forever
+    # The same command again is refused again, from the saved traces, without generating them again.
+    with pytest.raises(ValueError, match="None of the dense model's 6 calibration traces finished"):
+        refused.prune(PROMPTS, run.path)
+    assert generator.calls == 1
+    # Corrected (the flag changes whether a prune goes on, not what it computes): the run resumes on them.
+    allowed = _one_stage(tokenizer, generator=generator, allow_unfinished_traces=True)
+    allowed.prune(PROMPTS, run.path)
+    assert generator.calls == 1 and run.status == "running" and run.reason is None
+    assert RESPConfig.from_pretrained(run.path).allow_unfinished_traces  # the folder records what ran
+    allowed.save_pretrained(run.path)
+    assert run.status == "finished"
+
+
+def test_a_damaged_run_record_names_a_fix_that_works(tmp_path, caplog):
+    tokenizer = build_tiny_tokenizer()
+    run = tmp_path / "run"
+    config = small_config(num_stages=2, regeneration_milestones=[])
+    with pytest.raises(Interrupted):
+        RESPPruner(
+            build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
+        ).prune(PROMPTS, run)
+    (run / RunFolder.RUN).write_text('{"status": "runn')  # a damaged record
+    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf")
+    with pytest.raises(
+        ValueError, match=r'resp_run.json is damaged.*replace the file with \{"status": "running"\}'
+    ):
+        pruner.prune(PROMPTS, run)
+    (run / RunFolder.RUN).write_text('{"status": "running"}')  # the fix, as the message words it
+    result = pruner.prune(PROMPTS, run)
+    assert "records no fingerprint" in caplog.text and [s.stage for s in result.stages] == [1, 2]
+    assert "model" in json.loads((run / RunFolder.RUN).read_text())  # fingerprinted again
+
+
+class _DiesAtStage(TaylorScorer):
+    """Stands for a prune killed while scoring stage `stage`, after the stages before it were saved."""
+
+    def __init__(self, stage: int) -> None:
+        super().__init__()
+        self.stage, self.calls = stage, 0
+
+    def score(self, model, examples=None):
+        self.calls += 1
+        if self.calls == self.stage:
+            raise Interrupted
+        return super().score(model, examples)
+
+
+def test_a_stage_checkpoint_missing_a_file_names_it_and_the_fix(tmp_path):
+    import shutil
+
+    tokenizer = build_tiny_tokenizer()
+    run = tmp_path / "run"
+    config = small_config(num_stages=2, regeneration_milestones=[])
+    with pytest.raises(Interrupted):
+        RESPPruner(
+            build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
+        ).prune(PROMPTS, run)
+    stage = run / RunFolder.STAGES / "stage_001"
+    (stage / "rng.pt").unlink()
+    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf")
+    with pytest.raises(
+        ValueError, match=rf"{stage} is incomplete or damaged \(it has no rng.pt\)\. Delete that"
+    ):
+        pruner.prune(PROMPTS, run)
+    shutil.rmtree(stage)  # the fix it names: the run resumes from its dense traces
+    assert [s.stage for s in pruner.prune(PROMPTS, run).stages] == [1, 2]
+
+
+def test_many_stages_are_warned_about_and_keep_one_checkpoint(tmp_path, caplog):
+    from optimum_resp.pruner import MANY_STAGES
+
+    tokenizer = build_tiny_tokenizer()
+    caplog.set_level("WARNING", logger="optimum_resp")
+    many = RESPPruner(
+        build_tiny_model(tokenizer),
+        tokenizer,
+        small_config(num_stages=MANY_STAGES + 1),
+        scorer=DiesWhenScoring(),
+    )
+    assert "every stage" not in caplog.text  # said by the prune, once, not by every check of the recipe
+    with pytest.raises(Interrupted):
+        many.prune(PROMPTS)
+    assert caplog.text.count(f"num_stages={MANY_STAGES + 1}: every stage is one scoring pass") == 1
+    caplog.clear()
+    run = RunFolder(tmp_path / "run")
+    pruner = _one_stage(tokenizer, num_stages=4)
+    pruner.prune(PROMPTS, run.path)
+    assert "every stage" not in caplog.text
+    # Only the last stage is on disk, its record holding each stage's once: growth is linear, not quadratic.
+    assert [p.name for p in run.stage_dirs()] == ["stage_004"]
+    assert len(json.loads((run.stage_dirs()[0] / "record.json").read_text())["history"]) == 4

@@ -1,7 +1,7 @@
 """Calibration data: prompts, the model's own traces (or gold / plain text), and their selection."""
 
+from ..generators import GENERATORS, AutoGenerator, HFGenerator, TraceGenerator, VLLMGenerator, get_generator
 from .build import build_traces, check_traces, prompts_from_task, select_by_difficulty, select_traces
-from .generators import GENERATORS, AutoGenerator, HFGenerator, TraceGenerator, VLLMGenerator, get_generator
 from .traces import CalibrationPrompt, Trace, as_prompts, load_traces, save_traces
 
 __all__ = [

@@ -17,7 +17,7 @@ import torch
 from ..configuration_resp import RESPConfig
 from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
 from ..generation import build_prompt, end_token_ids
-from .generators import TraceGenerator
+from ..generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,15 @@ def prompts_from_task(
     split: str = "train",
     limit: int | None = None,
     seed: int = 0,
+    skip_invalid_rows: bool = False,
 ) -> list[CalibrationPrompt]:
-    """Calibration prompts from a GSM8K / MathQA-format dataset (Hub id or local file), shuffled with `seed`."""
+    """Calibration prompts from a GSM8K / MathQA-format dataset (Hub id or local file), shuffled with `seed`.
+
+    A row whose question is null, empty or not text is refused, naming its line, unless `skip_invalid_rows`."""
     spec = get_task(task)
-    dataset = load_task_dataset(spec, data, split=split).shuffle(seed=seed)
+    dataset = load_task_dataset(spec, data, split=split, skip_invalid_rows=skip_invalid_rows).shuffle(
+        seed=seed
+    )
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     solution_field = {"gsm8k": "answer", "mathqa": "Rationale"}.get(spec.name)

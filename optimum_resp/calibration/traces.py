@@ -56,19 +56,19 @@ def as_prompts(prompts: Iterable[str | Mapping[str, Any] | CalibrationPrompt]) -
         elif isinstance(p, str):
             out.append(CalibrationPrompt(p))
         elif isinstance(p, Mapping) and "question" in p:
-            out.append(
-                CalibrationPrompt(str(p["question"]), p.get("gold"), p.get("solution"), p.get("example"))
-            )
+            out.append(CalibrationPrompt(p["question"], p.get("gold"), p.get("solution"), p.get("example")))
         else:
             raise ValueError(
                 f"Calibration prompt {i} is a {type(p).__name__}; pass strings, CalibrationPrompt objects, or "
                 "dicts with a 'question' key (and optionally 'gold' and 'solution')."
             )
-    empty = [i for i, p in enumerate(out) if not p.question.strip()]
+    # A question that is not text would become a prompt such as "None" (str(None)): refused, not converted.
+    empty = [i for i, p in enumerate(out) if not isinstance(p.question, str) or not p.question.strip()]
     if not out or len(empty) == len(out):
         raise ValueError("No calibration prompts: pass at least one non-empty question.")
     if empty:
-        raise ValueError(f"Calibration prompts {empty[:10]} are empty strings; remove them.")
+        shown = ", ".join(f"{i}: {out[i].question!r}" for i in empty[:10])
+        raise ValueError(f"Calibration prompts {empty[:10]} are empty or not text ({shown}); remove them.")
     return out
 
 

@@ -68,6 +68,10 @@ def run_testbed(args: argparse.Namespace) -> int:
     from ..testbed import testbed_data_path, testbed_model_path
 
     path = testbed_model_path()
+    if args.output:  # refused now, not after the prune: never over another model, never into the testbed
+        from ..run_folder import RunFolder
+
+        RunFolder(args.output).check_can_save(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     # problems held out of training in its own frames (`test`) and in frames it never saw (`held_out_frames`)

@@ -23,8 +23,24 @@ def add_generation_arguments(
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.update(type=type(default), metavar=type(default).__name__.upper())
+            kwargs.update(type=_checked(f.name, type(default)), metavar=type(default).__name__.upper())
         group.add_argument(*flags, **kwargs)
+
+
+def _checked(name: str, cast: type) -> Any:
+    """An argparse type reading one GenerationSettings field and checking it as the settings do, so a bad value
+    is refused naming its flag ("argument --generation-batch-size: batch_size must be ...", exit 2)."""
+
+    def parse(text: str) -> Any:
+        value = cast(text)  # not a number: argparse's own "invalid int value"
+        try:
+            GenerationSettings.from_dict({name: value})
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = cast.__name__
+    return parse
 
 
 def generation_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 
@@ -16,6 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..loading import check_model_folder
     from ..run_folder import RunFolder
 
     run = RunFolder(args.directory)
@@ -26,17 +28,29 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{run.path} holds no RESP output (no {RunFolder.REPORT} or {RunFolder.RUN}).")
     if report is None:
         history = run.load_history()
-        print(f"{run.path}: unfinished RESP run, {len(history)} stage(s) done.")
+        stopped = f": {run.reason}" if run.status == "stopped" else ""
+        print(f"{run.path}: unfinished RESP run ({run.status}{stopped}), {len(history)} stage(s) done.")
         for h in history:
             print(
                 f"  stage {h.stage}: sparsity {h.sparsity:.3f}, loss {h.calibration_loss}, {h.seconds:.1f}s"
             )
         return 0
+    # What loads, not what the report says: config.json checked in itself and against the weights (a
+    # ModelLoadError names the layer, field or tensors), its sizes shown.
+    recorded = report.size
+    checked = check_model_folder(run.path) if (run.path / "config.json").is_file() else None
+    if checked is not None:
+        report = dataclasses.replace(report, size=recorded.with_pruned(*checked))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     print(f"{run.path}: {report.model_type} pruned from {report.source}")
     print(report.size.format_table())
+    if report.size.pruned_layers != recorded.pruned_layers:
+        print(
+            f"\nNote: {RunFolder.REPORT} records other layer sizes than config.json; shown are config.json's, which "
+            "is what loads."
+        )
     print(f"\nWhere it runs ({report.export} export):")
     for support in report.runtime_support():
         print(f"  {support.runtime}: {'yes' if support.loads else 'no'} - {support.how}")

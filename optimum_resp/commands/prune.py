@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from .generation_args import add_generation_arguments, generation_overrides
 
@@ -42,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--task", choices=sorted(TASKS), default="gsm8k", help="format of the calibration data")
     p.add_argument("--split", default="train", help="split of the calibration data (default: train)")
     p.add_argument(
+        "--skip-invalid-rows",
+        action="store_true",
+        help="skip calibration rows whose question is null, empty or not text (default: refuse the file)",
+    )
+    p.add_argument(
         "--sparsity", type=float, default=None, help="fraction of decoder-linear parameters to remove"
     )
     p.add_argument("--method", choices=list(METHOD_PRESETS), default="resp")
@@ -70,7 +74,12 @@ def register(subparsers) -> None:
         default=None,
         help="prune even when none of the dense model's traces finishes (e.g. a random-weight model)",
     )
-    p.add_argument("--stages", type=int, default=None, help="number of progressive stages")
+    p.add_argument(
+        "--stages",
+        type=int,
+        default=None,
+        help="number of progressive stages (default 8; each is a scoring pass; only the last is kept on disk)",
+    )
     p.add_argument(
         "--batch-size", type=int, default=None, help="sequences per scoring backward pass (default 4)"
     )
@@ -138,36 +147,54 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration import get_generator, prompts_from_task
-    from ..loading import check_device
+    from ..loading import check_device, check_dtype, check_model_source, load_model_config
     from ..pruner import RESPPruner
+    from ..run_folder import RunFolder
 
-    config = build_config(args)  # bad flags fail here, before the model is loaded
-    device = check_device(args.device)  # --device cuda:3 on a CPU machine: refused here too
-    generator = get_generator(args.generator)  # --generator vllm without vLLM: refused here too
+    # Every check that needs no model comes first, cheapest first: a typo is reported in a second, not after
+    # minutes of loading an 8B model.
+    config = build_config(args)  # flags and --config (a missing local file: at once, no Hub retries)
+    device = check_device(args.device)  # --device cuda:3 on a CPU machine
+    dtype = check_dtype(args.dtype)  # --dtype float13
+    generator = get_generator(args.generator)  # --generator vllm without vLLM
+    check_model_source(args.model)  # a local model path that does not exist
+    output = RunFolder(args.output)
+    output.check_can_start(None, source=args.model)  # not the model's folder, writable, empty or a run
+    prompts = prompts_from_task(  # every calibration row checked
+        args.task,
+        args.calibration,
+        split=args.split,
+        limit=config.num_calibration_prompts,
+        seed=config.seed,
+        skip_invalid_rows=args.skip_invalid_rows,
+    )
     if args.push_to_hub:
-        from ..hub import check_can_push
+        from ..hub import check_can_push, check_hub_reachable
 
-        check_can_push(args.push_to_hub)  # no token / offline: refused before the prune, not after
+        token = check_can_push(args.push_to_hub)  # no token, offline, a bad repo id
+        check_hub_reachable(token)  # no network, or a token the Hub refuses
+    # The model's config.json (a local folder: checked in itself and against its weights' headers), and the recipe
+    # against it: a channel multiple or target this model cannot take, or an output folder holding a run of another
+    # recipe (compared as fitted to the model: max_length to its positions, structures to its runtimes).
+    config = RESPPruner.check_recipe(load_model_config(args.model), config, source=args.model, task=args.task)
+    output.check_can_start(config, source=args.model)
     pruner = RESPPruner.from_pretrained(
-        args.model, config=config, task=args.task, generator=generator, dtype=args.dtype
+        args.model, config=config, task=args.task, generator=generator, dtype=dtype
     )
     pruner.model.to(device)
-    prompts = prompts_from_task(
-        args.task, args.calibration, split=args.split, limit=config.num_calibration_prompts, seed=config.seed
-    )
-    output = Path(args.output)
-    result = pruner.prune(prompts, output_dir=output)
     card = {"command": args.command_line, "base_model": args.base_model}
-    if args.push_to_hub:
-        url = pruner.push_to_hub(
-            args.push_to_hub, save_directory=output, private=args.private or None, **card
-        )
-        print(f"Pushed to {args.push_to_hub}: {url}")
-    else:
-        pruner.save_pretrained(output, **card)
+    with output.lock():  # held from the first stage to the saved model: no other prune writes in between
+        result = pruner.prune(prompts, output_dir=output)
+        if args.push_to_hub:
+            url = pruner.push_to_hub(
+                args.push_to_hub, save_directory=output.path, private=args.private or None, **card
+            )
+            print(f"Pushed to {args.push_to_hub}: {url}")
+        else:
+            pruner.save_pretrained(output.path, **card)
     print(
         f"Pruned {args.model} with {args.method}: sparsity {result.report.sparsity:.2%} "
         f"({result.report.dense_total_params:,} -> {result.report.pruned_total_params:,} parameters). "
-        f"Saved to {output}."
+        f"Saved to {output.path}."
     )
     return 0

@@ -10,7 +10,8 @@ from .extraction import (
     parse_mathqa_options,
     split_thinking,
 )
-from .harness import EvalConfig, EvalResult, evaluate_model, wilson_interval
+from .fidelity import FidelityResult, answer_fidelity
+from .harness import EvalConfig, EvalResult, evaluate_model, load_eval_rows, wilson_interval
 from .metrics import metric_path
 from .tasks import TASKS, TaskDataError, TaskSpec, get_task, load_task_dataset
 
@@ -19,13 +20,16 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "Extraction",
+    "FidelityResult",
     "TaskDataError",
     "TaskSpec",
+    "answer_fidelity",
     "evaluate_model",
     "extract_choice_answer",
     "extract_gsm8k_gold",
     "extract_numeric_answer",
     "get_task",
+    "load_eval_rows",
     "load_task_dataset",
     "metric_path",
     "normalize_number",

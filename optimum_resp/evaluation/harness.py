@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..generation import GenerationSettings, build_prompt, generate
+from ..generation import Completion, GenerationSettings, build_prompt
+from ..generators import TraceGenerator, get_generator
 from ..validation import check_int
 from .extraction import THINK_CLOSE, THINK_OPEN
 from .tasks import TASKS, TaskDataError, get_task, load_task_dataset, local_split_files
@@ -45,6 +46,8 @@ class EvalConfig:
     up to 2048 new tokens, batches of 8)."""
     seed: int = 0
     """Seed of sampled decoding."""
+    skip_invalid_rows: bool = False
+    """Skip rows whose question is null, empty or not text (logged with a count) instead of refusing the data."""
 
     def __post_init__(self) -> None:
         """Validate fields early so a bad run fails before loading any model or data."""
@@ -59,6 +62,8 @@ class EvalConfig:
             raise ValueError(f"fewshot_split must differ from split ({self.split!r}) or be None")
         self.generation = GenerationSettings.coerce(self.generation, GenerationSettings())
         check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.skip_invalid_rows, bool):
+            raise ValueError(f"skip_invalid_rows must be True or False; got {self.skip_invalid_rows!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (stored in summary.json)."""
@@ -80,6 +85,8 @@ class EvalResult:
 
     summary: dict[str, Any]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list, repr=False)
+    """The generated answers with their token ids, in sample order (kept in memory, not saved)."""
 
     @property
     def accuracy(self) -> float:
@@ -113,11 +120,15 @@ def prompt_opens_think(prompt: str) -> bool:
     return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
 
 
-def _fewshot_and_eval_rows(
-    config: EvalConfig,
-) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any]]]]:
-    """Split the data into few-shot exemplars and (dataset index, row) pairs to score (see module docs)."""
+EvalRows = tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any]]]]
+"""Few-shot exemplars, and the (dataset index, row) pairs to score."""
+
+
+def load_eval_rows(config: EvalConfig) -> EvalRows:
+    """Split the data into few-shot exemplars and (dataset index, row) pairs to score (see module docs); every
+    row checked (`load_task_dataset`), so a command can do this before it loads a model."""
     spec = get_task(config.task)
+    skip = config.skip_invalid_rows
     k = config.num_fewshot
     if config.fewshot_split is not None and k > 0:
         if config.data is not None and Path(config.data).expanduser().exists():
@@ -126,15 +137,17 @@ def _fewshot_and_eval_rows(
                     f"fewshot_split={config.fewshot_split!r} needs a folder with files named after that split; "
                     f"{config.data} has none (use fewshot_split=None to take exemplars from the head of the data)"
                 )
-        shots_ds = load_task_dataset(spec, config.data, config.fewshot_split, limit=k)
+        shots_ds = load_task_dataset(spec, config.data, config.fewshot_split, limit=k, skip_invalid_rows=skip)
         if len(shots_ds) < k:
             raise TaskDataError(
                 f"Split {config.fewshot_split!r} has only {len(shots_ds)} rows, need {k} exemplars"
             )
-        eval_ds = load_task_dataset(spec, config.data, config.split, limit=config.limit)
+        eval_ds = load_task_dataset(
+            spec, config.data, config.split, limit=config.limit, skip_invalid_rows=skip
+        )
         return [dict(r) for r in shots_ds], [(i, dict(r)) for i, r in enumerate(eval_ds)]
     total = None if config.limit is None else config.limit + k
-    ds = load_task_dataset(spec, config.data, config.split, limit=total)
+    ds = load_task_dataset(spec, config.data, config.split, limit=total, skip_invalid_rows=skip)
     if len(ds) <= k:
         raise TaskDataError(f"Only {len(ds)} rows: nothing left to score after {k} few-shot exemplars")
     rows = [dict(r) for r in ds]
@@ -147,10 +160,18 @@ def evaluate_model(
     config: EvalConfig,
     output_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
+    generator: str | TraceGenerator = "hf",
+    rows: EvalRows | None = None,
 ) -> EvalResult:
-    """Generate answers for a task, score them, and optionally write samples.jsonl / summary.json."""
+    """Generate answers for a task, score them, and optionally write samples.jsonl / summary.json.
+
+    `generator` is the backend (`"hf"`, `"vllm"`, `"auto"` or a `TraceGenerator`): greedy answers are the same
+    tokens through either; vLLM is faster where it is installed (CPU included), `auto` measures which. `rows`:
+    `load_eval_rows(config)` when the caller loaded them already.
+    """
     spec = TASKS[config.task]
-    shots, items = _fewshot_and_eval_rows(config)
+    backend = get_generator(generator) if isinstance(generator, str) else generator
+    shots, items = rows if rows is not None else load_eval_rows(config)
     fewshot = [(spec.build_user_text(r), spec.fewshot_answer(r)) for r in shots]
     golds = []
     for index, row in items:
@@ -172,8 +193,8 @@ def evaluate_model(
         config.generation.thinking,
     )
 
-    completions = generate(
-        model, tokenizer, prompts, config.generation, show_progress=show_progress, seed=config.seed
+    completions = backend.generate(
+        model, tokenizer, prompts, config.generation, seed=config.seed, show_progress=show_progress
     )
 
     samples: list[dict[str, Any]] = []
@@ -205,6 +226,7 @@ def evaluate_model(
         "mean_generated_tokens": sum(s["generated_tokens"] for s in samples) / n,
         "truncated_fraction": sum(s["truncated"] for s in samples) / n,
         "tokens_per_second": completions.stats.tokens_per_second,
+        "engine": backend.used,
         "config": config.to_dict(),
     }
     logger.info(
@@ -217,11 +239,19 @@ def evaluate_model(
         summary["mean_generated_tokens"],
         100 * summary["truncated_fraction"],
     )
-    result = EvalResult(summary=summary, samples=samples)
+    result = EvalResult(summary=summary, samples=samples, completions=list(completions))
     if output_dir is not None:
         result.save(output_dir)
         logger.info("Wrote %s and %s to %s", SAMPLES_FILE, SUMMARY_FILE, output_dir)
     return result
 
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate_model", "prompt_opens_think", "wilson_interval"]
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "EvalRows",
+    "evaluate_model",
+    "load_eval_rows",
+    "prompt_opens_think",
+    "wilson_interval",
+]

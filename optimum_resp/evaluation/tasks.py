@@ -48,6 +48,8 @@ class TaskSpec:
     extract: Callable[[str, Mapping[str, Any] | None, bool], Extraction]
     is_correct: Callable[[str | None, str], bool]
     fewshot_answer: Callable[[Mapping[str, Any]], str]
+    question_field: str = "question"
+    """The field holding the problem's text: every row must have it as non-empty text."""
     default_split: str = "test"
     description: str = ""
 
@@ -164,6 +166,7 @@ for _spec in (
         extract=_mathqa_extract,
         is_correct=_letters_equal,
         fewshot_answer=_mathqa_fewshot_answer,
+        question_field="Problem",
         description="Multiple-choice math word problems (options a-e).",
     ),
 ):
@@ -214,10 +217,10 @@ def local_split_files(data: str | os.PathLike[str], split: str) -> list[Path]:
     return _split_named(sorted(p for p in path.iterdir() if p.suffix.lower() in LOCAL_BUILDERS), split)
 
 
-def _check_jsonl(path: Path) -> None:
+def _check_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """Refuse a .jsonl file that is empty, not UTF-8, or has a line that is not a JSON object, naming the line
-    (datasets would fail later with a parser trace that names neither)."""
-    rows = 0
+    (datasets would fail later with a parser trace that names neither). Returns each row with its line number."""
+    rows = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -241,20 +244,74 @@ def _check_jsonl(path: Path) -> None:
                     f"{path}, line {number}: a JSON {type(row).__name__}, not an object: each line of a .jsonl "
                     'file must be one object such as {"question": ..., "answer": ...}.'
                 )
-            rows += 1
-    if rows == 0:
+            rows.append((number, row))
+    if not rows:
         raise TaskDataError(f"{path} is empty: it has no JSON lines.")
+    return rows
 
 
-def _load_local(path: Path, split: str) -> datasets.Dataset:
-    """Read local json/jsonl/parquet data into a `datasets.Dataset`."""
+_MISSING = object()
+
+
+def _not_text(value: Any) -> str | None:
+    """Why `value` cannot be a problem's text (None when it can)."""
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    if not isinstance(value, str):
+        return f"a {type(value).__name__} ({value!r}), not text"
+    if not value.strip():
+        return "empty" if not value else "only whitespace"
+    return None
+
+
+def _usable_rows(field: str, values: list[Any], where: Callable[[int], str], skip: bool) -> list[int] | None:
+    """Refuse rows whose question is missing, null, empty, whitespace or not text (they would become the prompt
+    "None", or the instruction alone), naming the first (`where(i)`); with `skip`, the indices of the rows to keep
+    (None: every row is usable), the rest counted in a warning."""
+    bad = [(i, why) for i, value in enumerate(values) if (why := _not_text(value)) is not None]
+    if not bad:
+        return None
+    i, why = bad[0]
+    if not skip:
+        raise TaskDataError(
+            f"{where(i)}: field {field!r} is {why}; {len(bad)} of {len(values)} rows have no usable {field!r}. Fix "
+            "those rows, or skip them (CLI --skip-invalid-rows, API skip_invalid_rows=True)."
+        )
+    if len(bad) == len(values):
+        raise TaskDataError(
+            f"{where(i)}: field {field!r} is {why}, and so is every row's: nothing is left to use."
+        )
+    logger.warning(
+        "Skipped %d of %d rows whose %r is missing, null, empty or not text (the first: %s, %s).",
+        len(bad),
+        len(values),
+        field,
+        where(i),
+        why,
+    )
+    dropped = {i for i, _ in bad}
+    return [i for i in range(len(values)) if i not in dropped]
+
+
+def _load_local(path: Path, split: str, field: str, skip: bool) -> datasets.Dataset:
+    """Read local json/jsonl/parquet data into a `datasets.Dataset`. The questions of .jsonl rows are checked as
+    read, naming the file and line (`_usable_rows`); rows skipped there are left out of the dataset."""
     files = _local_files(path, split)
-    for file in files:
-        if file.suffix.lower() == ".jsonl":
-            _check_jsonl(file)
     builders = {LOCAL_BUILDERS[p.suffix.lower()] for p in files}
     if len(builders) > 1:
         raise TaskDataError(f"Mixed json and parquet files in {path}; keep one format per folder")
+    rows = [
+        (f"{file}, line {n}", row)
+        for file in files
+        if file.suffix.lower() == ".jsonl"
+        for n, row in _check_jsonl(file)
+    ]
+    if rows and all(f.suffix.lower() == ".jsonl" for f in files) and any(field in r for _, r in rows):
+        keep = _usable_rows(field, [r.get(field, _MISSING) for _, r in rows], lambda i: rows[i][0], skip)
+        if keep is not None:  # as read: datasets' reader may choke on the types of the rows left out
+            return datasets.Dataset.from_list([rows[i][1] for i in keep])
     shown = ", ".join(str(p) for p in files)
     try:
         ds = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
@@ -269,11 +326,14 @@ def load_task_dataset(
     data: str | os.PathLike[str] | None = None,
     split: str = "test",
     limit: int | None = None,
+    skip_invalid_rows: bool = False,
 ) -> datasets.Dataset:
     """Load a task's examples from the Hub (default id) or a local .jsonl/.json/.parquet file or folder.
 
     A folder uses its files named after ``split`` (``test.jsonl``, ``test-00000-of-00001.parquet``) when
     there are any, else all its data files; a single local file is used whole whatever ``split`` says.
+    A row whose question is null, empty, whitespace or not text is refused, naming its file and line (or
+    index), unless ``skip_invalid_rows``, which drops such rows and logs how many.
     """
     spec = get_task(task)
     if limit is not None and limit < 1:
@@ -281,7 +341,7 @@ def load_task_dataset(
     source = str(data) if data is not None else spec.hub_id
     path = Path(source).expanduser()
     if path.exists():
-        ds = _load_local(path, split)
+        ds = _load_local(path, split, spec.question_field, skip_invalid_rows)
     elif _looks_like_path(source):
         raise TaskDataError(f"Data file or folder {source} does not exist")
     else:
@@ -301,6 +361,11 @@ def load_task_dataset(
         )
     if len(ds) == 0:
         raise TaskDataError(f"{source}: no examples for task {spec.name!r} (split {split!r})")
+    keep = _usable_rows(
+        spec.question_field, list(ds[spec.question_field]), lambda i: f"{source}, row {i}", skip_invalid_rows
+    )
+    if keep is not None:
+        ds = ds.select(keep)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, modeling_utils
 
+from ..loading import cpu_has_bf16_matmuls
 from .base import (
     LayerScores,
     PrunableLinear,
@@ -292,7 +293,7 @@ def bf16_autocast_supported(model: nn.Module) -> bool:
     if param.device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if param.device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_has_bf16_matmuls()
     return False
 
 

@@ -28,7 +28,14 @@ from . import check_vllm_compatible
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineStats", "kv_cache_bytes_per_token", "require_vllm", "vllm_engine", "vllm_installed"]
+__all__ = [
+    "EngineStats",
+    "VLLMNotInstalledError",
+    "kv_cache_bytes_per_token",
+    "require_vllm",
+    "vllm_engine",
+    "vllm_installed",
+]
 
 INSTALL_HINT = (
     "vLLM is not installed. Install the extra: pip install 'optimum-resp[vllm]' (CUDA), or on a CPU-only "
@@ -49,10 +56,14 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+class VLLMNotInstalledError(ImportError, ValueError):
+    """vLLM was asked for but is not installed: bad input (the fix is an install or another generator)."""
+
+
 def require_vllm() -> None:
-    """Raise an ImportError naming the extra to install when vLLM is missing."""
+    """Raise an ImportError (a VLLMNotInstalledError) naming the extra to install when vLLM is missing."""
     if not vllm_installed():
-        raise ImportError(INSTALL_HINT)
+        raise VLLMNotInstalledError(INSTALL_HINT)
 
 
 def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:

@@ -1,4 +1,7 @@
-"""Trace generators behind one interface: transformers `generate` everywhere, vLLM where it runs."""
+"""Generation backends behind one interface: transformers `generate` everywhere, vLLM where it runs.
+
+Calibration (the model's own traces) and evaluation (its answers) both generate through them, so a backend that is
+faster or exact for one is so for the other."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ..generation import (
+from .generation import (
     Completion,
     CompletionList,
     GenerationSettings,
@@ -20,8 +23,8 @@ from ..generation import (
     generate,
     strip_ids,
 )
-from ..integrations.vllm.engine import EngineStats, require_vllm, vllm_engine, vllm_installed
-from ..registry import Registry
+from .integrations.vllm.engine import EngineStats, require_vllm, vllm_engine, vllm_installed
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +38,21 @@ class TraceGenerator(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, seed: int = 0
+        self,
+        model,
+        tokenizer,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        seed: int = 0,
+        show_progress: bool = True,
     ) -> list[Completion]:
         """One completion per prompt, in input order, cut after the first end-of-turn token; `seed` makes
         sampled runs reproducible."""
+
+    @property
+    def used(self) -> str:
+        """The backend the last call ran on (what a report should name)."""
+        return self.name
 
 
 GENERATORS: Registry[type[TraceGenerator]] = Registry("generator", name_attr="name")
@@ -63,11 +77,15 @@ class AutoGenerator(TraceGenerator):
         self.choice: str | None = None if self.vllm is not None else "hf"
         self.measurement: dict[str, float] = {}
 
-    def generate(self, model, tokenizer, prompts, settings, seed=0):
+    @property
+    def used(self) -> str:
+        return self.choice or "hf"
+
+    def generate(self, model, tokenizer, prompts, settings, seed=0, show_progress=True):
         if self.choice == "hf" or not prompts:
-            return self.hf.generate(model, tokenizer, prompts, settings, seed)
+            return self.hf.generate(model, tokenizer, prompts, settings, seed, show_progress)
         if self.choice == "vllm":
-            return self.vllm.generate(model, tokenizer, prompts, settings, seed)
+            return self.vllm.generate(model, tokenizer, prompts, settings, seed, show_progress)
         probe_settings = dataclasses.replace(
             settings, max_new_tokens=min(settings.max_new_tokens, self.PROBE_TOKENS)
         )
@@ -75,7 +93,7 @@ class AutoGenerator(TraceGenerator):
             model, tokenizer, list(prompts)[: settings.batch_size], probe_settings, False, seed=seed
         )
         try:
-            completions = self.vllm.generate(model, tokenizer, prompts, settings, seed)
+            completions = self.vllm.generate(model, tokenizer, prompts, settings, seed, show_progress)
         except Exception as err:  # auto promises a result: fall back, loudly, and stop trying vLLM
             logger.warning(
                 "vLLM generation failed (%s: %s); generator='auto' uses transformers from now on.",
@@ -83,7 +101,7 @@ class AutoGenerator(TraceGenerator):
                 err,
             )
             self.choice = "hf"
-            return self.hf.generate(model, tokenizer, prompts, settings, seed)
+            return self.hf.generate(model, tokenizer, prompts, settings, seed, show_progress)
         engine = self.vllm.last_engine
         wall = completions.stats.elapsed_s + engine.startup_s + engine.shutdown_s
         self.measurement = {
@@ -108,8 +126,8 @@ class AutoGenerator(TraceGenerator):
 class HFGenerator(TraceGenerator):
     """Batched transformers `generate` with left padding and KV cache (works for every model we build)."""
 
-    def generate(self, model, tokenizer, prompts, settings, seed=0):
-        return generate(model, tokenizer, prompts, settings, seed=seed)
+    def generate(self, model, tokenizer, prompts, settings, seed=0, show_progress=True):
+        return generate(model, tokenizer, prompts, settings, show_progress, seed=seed)
 
 
 @GENERATORS.register("vllm")
@@ -132,7 +150,7 @@ class VLLMGenerator(TraceGenerator):
     def available() -> bool:
         return vllm_installed()
 
-    def generate(self, model, tokenizer, prompts, settings, seed=0):
+    def generate(self, model, tokenizer, prompts, settings, seed=0, show_progress=True):
         prompts = list(prompts)
         stats = GenerationStats(num_prompts=len(prompts))
         if not prompts:
@@ -167,7 +185,7 @@ class VLLMGenerator(TraceGenerator):
         ) as llm:
             start = time.perf_counter()
             outputs = llm.generate(
-                [TokensPrompt(prompt_token_ids=list(i)) for i in ids], params, use_tqdm=True
+                [TokensPrompt(prompt_token_ids=list(i)) for i in ids], params, use_tqdm=show_progress
             )
             stats.elapsed_s = time.perf_counter() - start
         hidden, ends = strip_ids(tokenizer), set(end_ids)
