@@ -11,13 +11,14 @@ it only where the architecture has those biases natively (Llama with `attention_
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .architectures import get_architecture
+from .runtimes import RUNTIMES
 from .surgery import PruningPlan, PruningPlanError, structure_index
 
 __all__ = ["FeatureMeans", "add_biases", "check_bias_compensation", "compensate_bias"]
@@ -36,9 +37,18 @@ def _input_structure(spec, path: str) -> str:
     raise ValueError(f"{path} is no structure's input side in {spec.model_type}.")
 
 
-def check_bias_compensation(config: PretrainedConfig, export: str) -> None:
-    """Refuse, before any work, an export whose model class cannot hold the compensation biases."""
+def check_bias_compensation(config: PretrainedConfig, export: str, runtimes: Sequence[str] = ()) -> None:
+    """Refuse, before any work, an export whose model class (or one of `runtimes`) cannot hold the compensation
+    biases."""
     if export != "uniform":
+        spec = get_architecture(config)
+        for name in runtimes:
+            route = RUNTIMES.lookup(name).per_layer_route(spec.model_type)
+            if route is not None and "biases" in route.cannot_take:
+                raise ValueError(
+                    f"FLAP bias compensation adds biases, and runtimes includes {name!r}: "
+                    f"{route.cannot_take['biases']}."
+                )
         return
     spec = get_architecture(config)
     missing = [path.rsplit(".", 1)[-1] for path, has in spec.native_biases(config).items() if not has]

@@ -162,8 +162,9 @@ class RESPConfig:
 
     # Output and machinery.
     export: Literal["uniform", "per_layer"] = "per_layer"
-    """`per_layer`: sizes per layer (transformers, lm-evaluation-harness, vLLM with optimum-resp); `uniform`: a
-    stock checkpoint (needs allocation='uniform'), which llama.cpp loads too."""
+    """`per_layer`: sizes per layer (transformers, lm-evaluation-harness, vLLM with optimum-resp, llama.cpp through
+    `optimum-resp export-gguf` for Qwen2, Llama and tied Qwen3); `uniform`: a stock checkpoint (needs
+    allocation='uniform') that llama.cpp's own converter takes."""
     runtimes: list[str] = field(default_factory=list)
     """Runtimes the export must load in (`optimum_resp.runtimes.RUNTIMES`: transformers, lm-evaluation-harness,
     vllm, llama.cpp). The prune then keeps what their loaders fix (a uniform Qwen2 for llama.cpp or vLLM
@@ -278,8 +279,13 @@ class RESPConfig:
                 f"runtimes must be a list of runtime names from {list(RUNTIMES)}; got {self.runtimes!r}."
             )
         self.runtimes = list(dict.fromkeys(RUNTIMES.lookup(r).name for r in self.runtimes))
-        for name in self.runtimes:
-            if self.export == "per_layer" and RUNTIMES[name].per_layer is None:
+        for name in self.runtimes:  # per architecture, the pruner checks again (runtimes.export_support)
+            runtime = RUNTIMES[name]
+            if (
+                self.export == "per_layer"
+                and runtime.per_layer is None
+                and not runtime.per_layer_by_architecture
+            ):
                 raise ValueError(
                     f"runtimes includes {name!r}, which loads only stock checkpoints, but export='per_layer' writes "
                     "sizes per layer. Use export='uniform' with allocation='uniform' and protected_layers=[] "

@@ -61,7 +61,7 @@ from .profiling import PhaseClock
 from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
-from .runtimes import kept_structures
+from .runtimes import checkpoint_traits, export_support, kept_structures
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class _State:
 def _fit_config(model_config: PretrainedConfig, config: RESPConfig) -> RESPConfig:
     """`config` with max_length clamped to the model's positions (a longer example cannot be scored) and without the
     structure kinds its runtimes' loaders cannot take for this architecture (each change logged once: a fitted
-    config fits unchanged)."""
+    config fits unchanged); an export that no prune of this model makes load in one of its runtimes is refused."""
     positions = getattr(model_config, "max_position_embeddings", None)
     if positions and config.max_length > positions:
         logger.warning(
@@ -134,7 +134,14 @@ def _fit_config(model_config: PretrainedConfig, config: RESPConfig) -> RESPConfi
             positions,
         )
         config = dataclasses.replace(config, max_length=positions)
-    kept = kept_structures(get_architecture(model_config), config.runtimes, config.export)
+    spec = get_architecture(model_config)
+    for support in export_support(spec.model_type, config.export, False, checkpoint_traits(model_config)):
+        if support.runtime in config.runtimes and not support.loads:
+            raise ValueError(
+                f"runtimes includes {support.runtime!r}, where this model's {config.export} export will not load: "
+                f"{support.how}."
+            )
+    kept = kept_structures(spec, config.runtimes, config.export)
     structures = [s for s in config.structures if s not in kept]
     if structures == config.structures:
         return config
@@ -628,6 +635,7 @@ class RESPPruner:
             source=self.source,
             resp_config=c,
             recovery=recovery,
+            checkpoint_traits=sorted(checkpoint_traits(final.config)),
         )
         if c.export == "uniform":  # a stock checkpoint some runtime refuses is a surprise worth a warning
             for support in report.runtime_support():

@@ -2,7 +2,7 @@
 
 The model card, `optimum-resp info`, the demo and the benchmarks all read these classes; the JSON form
 (`to_dict` / `from_dict`) is the file format, flat as it has always been: the size report's keys, then
-`stages`, `source`, `resp_config` and `recovery`.
+`stages`, `source`, `resp_config`, `recovery` and `checkpoint_traits`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class PruneReport:
     source: str | None = None
     resp_config: RESPConfig | None = None
     recovery: RecoveryRecord | None = None
+    checkpoint_traits: list[str] | None = None
+    """The pruned checkpoint's `runtimes.TRAITS` (untied embeddings, biases) some runtime cannot take; None in
+    reports written before they were recorded."""
 
     @property
     def sparsity(self) -> float:
@@ -116,7 +119,7 @@ class PruneReport:
 
     def runtime_support(self) -> list[RuntimeSupport]:
         """Where the pruned model loads (transformers, lm-evaluation-harness, vLLM, llama.cpp), and how."""
-        return export_support(self.model_type, self.export, self.query_heads_lost)
+        return export_support(self.model_type, self.export, self.query_heads_lost, self.checkpoint_traits)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,11 +129,12 @@ class PruneReport:
             "source": self.source,
             "resp_config": self.resp_config.to_dict() if self.resp_config is not None else None,
             "recovery": self.recovery.to_dict() if self.recovery is not None else None,
+            "checkpoint_traits": self.checkpoint_traits,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PruneReport:
-        """Inverse of `to_dict`; `stages`, `source`, `resp_config` and `recovery` may be absent."""
+        """Inverse of `to_dict`; `stages`, `source`, `resp_config`, `recovery` and `checkpoint_traits` may be absent."""
         config, recovery = d.get("resp_config"), d.get("recovery")
         return cls(
             size=SizeReport.from_dict(d),
@@ -138,6 +142,7 @@ class PruneReport:
             source=d.get("source"),
             resp_config=RESPConfig.from_dict(config) if config else None,
             recovery=RecoveryRecord.from_dict(recovery) if recovery else None,
+            checkpoint_traits=d.get("checkpoint_traits"),
         )
 
     @classmethod

@@ -10,6 +10,7 @@ Logits are compared in float32 (f32 GGUF, f32 KV cache).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -201,8 +202,9 @@ def test_runtime_compatible_qwen2_prune_keeps_query_heads_and_loads(tmp_path, ca
     )
 
 
-def test_per_layer_exports_are_not_for_llama_cpp(tmp_path):
-    """llama.cpp's converter knows stock architectures only: a per_layer export is refused there, as the card says."""
+def test_llama_cpps_converter_refuses_per_layer_exports(tmp_path):
+    """llama.cpp's converter knows stock architectures only: a per_layer export is refused there (`optimum-resp
+    export-gguf` writes it instead, tests/test_llama_cpp_per_layer.py)."""
     tokenizer = reasoner_tokenizer()
     dense = build_tiny_model(tokenizer, "qwen3")
     pruned = prune_model(dense, random_plan(dense.config, 0.4, per_layer=True, seed=2), export="per_layer")
@@ -210,7 +212,8 @@ def test_per_layer_exports_are_not_for_llama_cpp(tmp_path):
         convert(save(pruned, tokenizer, tmp_path / "per_layer"))
 
 
-def test_llama_cpp_benchmark_measures_dense_and_pruned_side_by_side(tmp_path, monkeypatch):
+def load_benchmark(monkeypatch, tmp_path):
+    """benchmarks/bench_llama_cpp.py as a module, writing its RESULTS.md block and run records into tmp_path."""
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.syspath_prepend(str(repo / "benchmarks"))
     spec = importlib.util.spec_from_file_location(
@@ -222,10 +225,103 @@ def test_llama_cpp_benchmark_measures_dense_and_pruned_side_by_side(tmp_path, mo
     monkeypatch.setattr(
         module, "write_results", lambda section, text: results.write_text(f"{section}\n{text}")
     )
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+    return module, results
+
+
+def test_llama_cpp_benchmark_measures_dense_uniform_and_per_layer_side_by_side(tmp_path, monkeypatch):
+    module, results = load_benchmark(monkeypatch, tmp_path)
     args = ["--shape", "tiny", "--sparsities", "0.4", "--decode-tokens", "4", "--prompt-tokens", "8"]
     module.main([*args, "--repeats", "1", "--threads", "1", "--outtype", "f32"])
     text = results.read_text()
-    assert text.startswith("llama-cpp-f32\n") and "uniform export, f32 GGUF" in text
-    row = next(line for line in text.splitlines() if line.startswith("| 4"))  # the 40% row
-    ideal, size = float(row.split("|")[2].strip().rstrip("x")), float(row.split("|")[-2])
-    assert ideal > 1.3 and 0.3 < size < 1.0  # a smaller file, measured from the converted GGUFs
+    assert text.startswith("llama-cpp-f32\n") and "uniform and per_layer exports, f32 GGUF" in text
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith(("| uniform", "| per_layer"))
+    }
+    assert set(rows) == {"uniform", "per_layer"}
+    for row in rows.values():  # the 40% rows
+        ideal, size = float(row.split("|")[3].strip().rstrip("x")), float(row.split("|")[-3])
+        assert ideal > 1.3 and 0.3 < size < 1.0  # a smaller file, measured from the written GGUFs
+        assert row.split("|")[-2].strip() == "none"  # f32: every matrix in the file's type
+
+
+def test_llama_cpp_quality_benchmark_runs_in_pieces_and_resumes(tmp_path, monkeypatch):
+    module, results = load_benchmark(monkeypatch, tmp_path)
+    ran = []
+
+    def fake_run(args, export, sparsity, seed):
+        ran.append((export, sparsity, seed))
+        right = "11100" if export == "per_layer" else "11000"
+        scored = dict(
+            accuracy=right.count("1") / 5, n=5, mean_generated_tokens=9.0, correct=right, answers=list(right)
+        )
+        return dict(
+            export=export,
+            target=sparsity,
+            seed=seed,
+            sparsity=sparsity,
+            gguf_mib=1.5,
+            matrix_types={"Q8_0": 30, "F16": 6} if export == "per_layer" else {"Q8_0": 36},
+            transformers=scored,
+            llama_cpp=scored,
+            seconds=1.0,
+        )
+
+    monkeypatch.setattr(module, "quality_run", fake_run)
+    args = ["--quality", "--seeds", "0", "1", "--eval-limit", "5"]
+    module.main([*args, "--max-runs", "3"])
+    assert len(ran) == 3 and "5 run(s) of this setting not run yet" in results.read_text()
+    module.main(args)
+    assert len(ran) == 8 and len(set(ran)) == 8  # the three kept runs are not run again
+    text = results.read_text()
+    assert text.startswith("llama-cpp-quality\n") and "not run yet" not in text
+    assert (
+        "| 40.0% | per_layer | 2 | 0.600 ± 0.000 [" in text
+        and "| 30.0% | uniform | 2 | 0.400 ± 0.000 [" in text
+    )
+    assert "| 1.5 | 6 of 36 in F16 |" in text and "| 1.5 | none |" in text
+
+
+def test_llama_cpp_quality_table_checks_its_transformers_column_against_the_quality_benchmark(
+    tmp_path, monkeypatch
+):
+    module, _ = load_benchmark(monkeypatch, tmp_path)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    (tmp_path / "quality_runs").mkdir()
+    args = module.argparse.Namespace(split="held_out_frames")
+    ours = dict(export="uniform", target=0.4, seed=1, transformers=dict(n=3, correct="101"))
+    assert module.quality_benchmark_agrees(args, ours) is None  # no record of that prune there
+
+    def theirs(name, correct, export="uniform"):
+        record = dict(overrides=module.recipe(export), splits={"held_out_frames": dict(n=3, correct=correct)})
+        (tmp_path / "quality_runs" / name).write_text(json.dumps(record))
+
+    theirs("resp-0.40-s1-a.json", "100", export="per_layer")  # another recipe: not the same prune
+    theirs("resp-0.40-s2-b.json", "100")  # another seed
+    assert module.quality_benchmark_agrees(args, ours) is None
+    theirs("resp-0.40-s1-c.json", "101")
+    assert module.quality_benchmark_agrees(args, ours) is True
+    theirs("resp-0.40-s1-d.json", "100")
+    assert module.quality_benchmark_agrees(args, ours) is False
+
+
+def test_llama_cpp_quality_run_scores_one_gguf_in_llama_cpp_and_transformers(tmp_path, monkeypatch):
+    module, _ = load_benchmark(monkeypatch, tmp_path)
+    args = module.argparse.Namespace(
+        converter=_CONVERTER,
+        threads=1,
+        num_prompts=4,
+        eval_limit=4,
+        max_new_tokens=256,
+        quality_outtype="q8_0",
+        train_data=module.testbed_data_path("gsm8k", "train"),
+        eval_data=module.testbed_data_path("gsm8k", "held_out_frames"),
+    )
+    record = module.quality_run(args, "per_layer", 0.3, 0)
+    assert record["sparsity"] >= 0.29 and 0 < record["gguf_mib"] < 25
+    for where in ("transformers", "llama_cpp"):
+        assert record[where]["n"] == 4 and len(record[where]["correct"]) == 4
+    # the testbed reasoner's 6 layers of 5 matrices (openelm's fused qkv, o, gate, up, down) and the embedding
+    assert sum(record["matrix_types"].values()) == 6 * 5 + 1 and "Q8_0" in record["matrix_types"]

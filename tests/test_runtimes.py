@@ -15,7 +15,8 @@ from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from optimum_resp import RESPConfig, RESPPruner
 from optimum_resp.architectures import ARCHITECTURES
 from optimum_resp.commands.cli import main
-from optimum_resp.runtimes import RUNTIMES, export_support, kept_structures
+from optimum_resp.runtimes import RUNTIMES, Runtime, checkpoint_traits, export_support, kept_structures
+from optimum_resp.testing_utils import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,10 +53,17 @@ def test_runtime_config_refusals():
         RESPConfig(runtimes=["ollama"])
     with pytest.raises(ValueError, match="runtimes must be a list"):
         RESPConfig(runtimes="llama.cpp")
-    with pytest.raises(
-        ValueError, match=r"'llama.cpp', which loads only stock checkpoints.*export='uniform'"
-    ):
-        RESPConfig(runtimes=["llama.cpp"])  # per_layer by default
+    # llama.cpp loads per_layer exports of some architectures (export-gguf): the pruner checks the model's.
+    assert RESPConfig(runtimes=["llama.cpp"]).runtimes == ["llama.cpp"]
+    stock_only = Runtime("stock-only", uniform="its converter", per_layer=None)
+    RUNTIMES.register(stock_only.name, stock_only)
+    try:
+        with pytest.raises(
+            ValueError, match=r"'stock-only', which loads only stock checkpoints.*export='uniform'"
+        ):
+            RESPConfig(runtimes=["stock-only"])  # per_layer by default
+    finally:
+        RUNTIMES.unregister(stock_only.name)
     config = RESPConfig(runtimes=["vllm"])  # vLLM loads per_layer exports (optimum-resp's plugin)
     assert RESPConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
@@ -76,25 +84,78 @@ def test_kept_structures(model_type, runtimes, export, kept):
 
 
 @pytest.mark.parametrize(
-    "model_type, export, lost, refused",
+    "model_type, export, lost, traits, refused",
     [
-        ("qwen3", "per_layer", True, {"llama.cpp"}),
-        ("qwen2", "per_layer", True, {"llama.cpp"}),
-        ("qwen3", "uniform", True, set()),
-        ("llama", "uniform", True, set()),
-        ("qwen2", "uniform", True, {"llama.cpp", "vllm"}),
-        ("qwen2", "uniform", False, set()),
+        ("qwen3", "per_layer", True, [], set()),  # tied, no biases: llama.cpp's openelm graph
+        ("qwen3", "per_layer", True, ["untied_embeddings"], {"llama.cpp"}),
+        ("qwen3", "per_layer", True, ["biases"], {"llama.cpp"}),
+        ("qwen3", "per_layer", True, None, set()),  # an older report: the conditions are named
+        ("qwen2", "per_layer", True, ["biases", "untied_embeddings"], set()),  # llama.cpp's deci graph
+        ("llama", "per_layer", True, ["biases", "untied_embeddings"], set()),
+        ("qwen3", "uniform", True, ["untied_embeddings"], set()),
+        ("llama", "uniform", True, [], set()),
+        ("qwen2", "uniform", True, [], {"llama.cpp", "vllm"}),
+        ("qwen2", "uniform", False, [], set()),
     ],
 )
-def test_export_support(model_type, export, lost, refused):
-    support = export_support(model_type, export, lost)
+def test_export_support(model_type, export, lost, traits, refused):
+    support = export_support(model_type, export, lost, traits)
     assert [s.runtime for s in support] == list(RUNTIMES)
     assert {s.runtime for s in support if not s.loads} == refused
     for s in support:
         assert s.how  # how to load it, or why not and what to do
+    llama_cpp = next(s.how for s in support if s.runtime == "llama.cpp")
     if "llama.cpp" in refused:
         fix = "--export uniform" if export == "per_layer" else "--runtime llama.cpp"
-        assert fix in next(s.how for s in support if s.runtime == "llama.cpp")
+        assert fix in llama_cpp
+    elif export == "per_layer":
+        assert "optimum-resp export-gguf" in llama_cpp
+        assert ("not for a checkpoint with untied embeddings" in llama_cpp) == (traits is None)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
+def test_llama_cpp_facts_agree_with_the_gguf_writer(model_type):
+    """runtimes.py says which traits llama.cpp's per_layer route cannot take; the writer's graph refuses the same."""
+    from optimum_resp.integrations.llama_cpp import GRAPHS
+
+    graph = GRAPHS[model_type]
+    route = RUNTIMES["llama.cpp"].per_layer_route(model_type)
+    assert f"`{graph.arch}` graph" in route.how
+    assert ("untied_embeddings" in route.cannot_take) == (not graph.untied_output)
+    assert ("biases" in route.cannot_take) == (not graph.takes_biases)
+
+
+def test_checkpoint_traits():
+    assert checkpoint_traits(tiny_config("qwen3", tie_word_embeddings=True)) == frozenset()
+    assert checkpoint_traits(tiny_config("qwen3")) == {"untied_embeddings"}
+    assert checkpoint_traits(tiny_config("qwen2", tie_word_embeddings=True)) == {"biases"}  # q/k/v biases
+    assert (
+        checkpoint_traits(
+            tiny_config("llama", tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
+        )
+        == set()
+    )
+    compensated = tiny_config("qwen3", tie_word_embeddings=True)
+    compensated.o_proj_bias = True  # FLAP's bias compensation
+    assert checkpoint_traits(compensated) == {"biases"}
+
+
+def test_per_layer_prunes_for_llama_cpp_are_refused_only_where_its_graph_cannot_take_the_model():
+    tokenizer = build_tiny_tokenizer()
+    per_layer = dict(export="per_layer", allocation="global", protected_layers=None, runtimes=["llama.cpp"])
+    with pytest.raises(
+        ValueError, match=r"'llama.cpp', where this model's per_layer export will not load.*openelm"
+    ):
+        RESPPruner(build_tiny_model(tokenizer), tokenizer, quick(**per_layer), generator="hf")  # untied Qwen3
+    tied = build_tiny_model(tokenizer, tie_word_embeddings=True)
+    pruner = RESPPruner(tied, tokenizer, quick(**per_layer), generator="hf")
+    assert pruner.config.structures == ["query_heads", "kv_heads", "channels"]  # nothing forced, nothing kept
+    for model_type in ("qwen2", "llama"):  # llama.cpp's deci graph: biases and an untied output load
+        RESPPruner(build_tiny_model(tokenizer, model_type), tokenizer, quick(**per_layer), generator="hf")
+    with pytest.raises(
+        ValueError, match="FLAP bias compensation adds biases, and runtimes includes 'llama.cpp'"
+    ):
+        RESPPruner(tied, tokenizer, quick(importance="flap", **per_layer), generator="hf")
 
 
 def test_runtimes_narrow_the_structures_of_a_uniform_qwen2_prune(caplog):
@@ -132,19 +193,24 @@ def test_uniform_qwen2_that_loses_query_heads_warns_and_its_card_says_where_it_r
     assert "vLLM does not serve this uniform export" in card
 
 
-def test_per_layer_card_and_info_say_where_it_runs(tmp_path, capsys):
+@pytest.mark.parametrize("tied", [False, True])
+def test_per_layer_card_and_info_say_where_it_runs(tmp_path, capsys, tied):
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer)
+    model = build_tiny_model(tokenizer, tie_word_embeddings=tied)
     pruner = RESPPruner(model, tokenizer, quick(export="per_layer", allocation="global"), generator="hf")
-    pruner.prune(PROMPTS)
+    result = pruner.prune(PROMPTS)
+    assert result.report.checkpoint_traits == ([] if tied else ["untied_embeddings"])
     folder = pruner.save_pretrained(tmp_path / "out")
     card = (folder / "README.md").read_text()
-    assert "| llama.cpp | no |" in card and "| vllm | yes |" in card
+    assert f"| llama.cpp | {'yes' if tied else 'no'} |" in card and "| vllm | yes |" in card
     assert "trust_remote_code=True" in card.split("### Where it runs")[1]
     assert main(["info", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "Where it runs (per_layer export):" in out
-    assert "llama.cpp: no - per_layer exports do not load there" in out
+    if tied:
+        assert "llama.cpp: yes - `optimum-resp export-gguf DIR" in out and "`openelm` graph" in out
+    else:
+        assert "llama.cpp: no - llama.cpp's `openelm` graph" in out and "--export uniform" in out
     assert "lm-evaluation-harness: yes" in out
 
 
@@ -152,11 +218,13 @@ def test_cli_runtime_flag(tmp_path, capsys):
     data = tmp_path / "c.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
     args = ["prune", "m", "--output", str(tmp_path / "o"), "--calibration", str(data)]
-    assert main([*args, "--runtime", "llama.cpp"]) == 2  # per_layer by default: refused before loading
-    assert "--export uniform" in capsys.readouterr().err
     from optimum_resp.commands.cli import build_parser
     from optimum_resp.commands.prune import build_config
 
+    # per_layer (the default) with llama.cpp: the pruner decides once it knows the model (export-gguf's graphs)
+    assert build_config(build_parser().parse_args([*args, "--runtime", "llama.cpp"])).runtimes == [
+        "llama.cpp"
+    ]
     parsed = build_parser().parse_args(
         [*args, "--runtime", "llama.cpp", "--runtime", "vLLM", "--export", "uniform"]
     )

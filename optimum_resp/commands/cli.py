@@ -10,20 +10,21 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from . import demo, info, prune
+from . import demo, export_gguf, info, prune
 from . import eval as eval_command
 
 EPILOG = """examples:
   optimum-resp prune Qwen/Qwen3-8B --sparsity 0.4 --calibration openai/gsm8k --output qwen3-8b-resp40
   optimum-resp eval qwen3-8b-resp40 --task gsm8k --data openai/gsm8k --limit 200
   optimum-resp info qwen3-8b-resp40
+  optimum-resp export-gguf qwen3-8b-resp40 --outfile qwen3-8b-resp40.gguf --outtype q8_0
   optimum-resp demo
 
 exit codes: 0 success, 1 failure while running, 2 bad usage or bad input, 130 interrupted
 """
 
 # Each command module exposes `register(subparsers)` and sets `func` on its parser.
-COMMANDS = (prune, eval_command, info, demo)
+COMMANDS = (prune, eval_command, info, export_gguf, demo)
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:

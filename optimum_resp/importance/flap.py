@@ -112,7 +112,7 @@ class FLAPScorer(Scorer):
     def check(self, model_config: PretrainedConfig, config: RESPConfig) -> None:
         """The export must be able to hold the compensation biases."""
         if self.bias_compensation:
-            check_bias_compensation(model_config, config.export)
+            check_bias_compensation(model_config, config.export, config.runtimes)
 
     def after_surgery(self, model: nn.Module, pruned: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
         """Bias compensation with the means of the last `score` (nothing when `bias_compensation` is off)."""
