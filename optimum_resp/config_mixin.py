@@ -76,7 +76,9 @@ class ConfigMixin:
         return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
 
     @classmethod
-    def coerce(cls: type[C], value: C | Mapping[str, Any] | None, defaults: C | None = None, name: str = "") -> C:
+    def coerce(
+        cls: type[C], value: C | Mapping[str, Any] | None, defaults: C | None = None, name: str = ""
+    ) -> C:
         """An instance as is, a dict laid over `defaults` (`from_dict`), None as a copy of `defaults`."""
         if isinstance(value, cls):
             return value

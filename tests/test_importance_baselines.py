@@ -239,7 +239,9 @@ def test_scorers_work_on_a_per_layer_pruned_model():
     ):
         scores = scorer.score(pruned, examples)
         assert_scores_equal(scores, brute_scores(pruned, criterion, inputs))
-        plan = allocate(pruned.config, scores, 5000, ExportConfig(protected_layers=[]), normalization="params")
+        plan = allocate(
+            pruned.config, scores, 5000, ExportConfig(protected_layers=[]), normalization="params"
+        )
         prune_model(pruned, plan, export="per_layer")
 
 
