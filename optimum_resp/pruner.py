@@ -284,6 +284,7 @@ class RESPPruner:
         self._owns_model = False
         self._dense_released = False
         self.scoring_memory: ScoringMemoryEstimate | None = None  # what prune checked before any work
+        self._scorer_prepared = False  # for this prune: `Scorer.prepare` ran
         self._check_inputs()
         self.result: PruneResult | None = None
 
@@ -401,6 +402,7 @@ class RESPPruner:
             weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
             reserve = int(weights * (1 - self.config.stage_sparsities(self._start)[0]) / (1 - self._start))
         self.scoring_memory = self.scorer.prepare(self.model, longest, reserve)
+        self._scorer_prepared = True
 
     # ------------------------------------------------------------------------------------------
     # The algorithm.
@@ -433,7 +435,7 @@ class RESPPruner:
         # Phases are measured where the model is now (the CLI moves it after building the pruner).
         self._clock = PhaseClock(next(self.model.parameters()).device)
         # Before any generation, and before a run folder is written:
-        self.scoring_memory = None
+        self.scoring_memory, self._scorer_prepared = None, False
         self._prepare_scorer(self._check_prompt_lengths(prompts))
         # A second prune into the same folder is refused while this one runs.
         with run.lock() if run is not None else contextlib.nullcontext():
@@ -522,7 +524,7 @@ class RESPPruner:
                 c.loss,
                 c.max_length,
             )
-            if self.scoring_memory is None:  # traces from data: checked now, at their real lengths
+            if not self._scorer_prepared:  # traces from data: checked now, at their real lengths
                 self._prepare_scorer(max(len(e["input_ids"]) for e in examples))
             scores = self.scorer.score(state.model, examples)
             cost.tokens = sum(len(e["input_ids"]) for e in examples)

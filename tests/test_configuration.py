@@ -253,3 +253,27 @@ def test_override_changes_only_what_it_names():
     assert (c.export.mode, c.export.runtimes, c.export.protected_layers) == ("uniform", ["vllm"], [])
     assert base.override(recovery="none").recovery is None
     assert base.override() == base and base.recovery.lora.r == 4  # a copy: the original is untouched
+
+
+def test_no_module_imports_back_up_the_package_and_the_criteria_do_not_import_the_recipe():
+    """`__version__` and every other name of `optimum_resp/__init__.py` stay out of the package's own modules (only
+    submodules are imported from it), and the criteria take their sections, so importance -> config is no cycle."""
+    import ast
+
+    import optimum_resp
+
+    root = Path(optimum_resp.__file__).parent
+    submodules = {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir() if p.is_dir()}
+    for path in root.rglob("*.py"):
+        package = path.relative_to(root).parent.parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0 or node.module is not None:
+                continue
+            if node.level - 1 == len(package):  # `from .. import x` that lands on optimum_resp itself
+                names = {alias.name for alias in node.names}
+                assert names <= submodules, (
+                    f"{path.relative_to(root)} imports {names - submodules} from optimum_resp"
+                )
+    for path in (root / "importance").glob("*.py"):
+        assert "configuration_resp" not in path.read_text(), path.name
+    assert optimum_resp.__version__  # from the installed metadata, or the source tree's fallback

@@ -17,6 +17,7 @@ import torch
 from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from optimum_resp.calibration import as_prompts
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.pruner import RESPPruner, compose_plans
 from optimum_resp.run_folder import RunFolder
@@ -525,6 +526,7 @@ def custom_scorer():
     class Custom(MagnitudeScorer):
         built: list = []
         surgeries: list = []
+        prepared: list = []
 
         @classmethod
         def from_config(cls, config, seed=0):
@@ -536,6 +538,9 @@ def custom_scorer():
         def check(self, model_config, export):
             if export.channel_multiple > 1:
                 raise ValueError("test-custom scores single channels only")
+
+        def prepare(self, model, longest_sequence, reserve_bytes=0):
+            Custom.prepared.append((model, longest_sequence, reserve_bytes))
 
         def after_surgery(self, model, pruned, plan):
             Custom.surgeries.append((model, pruned, plan))
@@ -555,10 +560,14 @@ def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_score
             small_config(importance="test-custom", channel_multiple=2),
             generator=_NoGeneration(),
         )
-    result = RESPPruner(
-        model, tokenizer, small_config(importance="test-custom", seed=5), generator="hf"
-    ).prune(PROMPTS)
+    assert custom_scorer.prepared == []  # refused before its resources were looked at
+    pruner = RESPPruner(model, tokenizer, small_config(importance="test-custom", seed=5), generator="hf")
+    result = pruner.prune(PROMPTS)
     assert [s.seed for s in custom_scorer.built] == [0, 5]  # from_config, once per pruner
+    # prepare: once per prune, for the longest prompt plus a full trace, with room for the dense model beside it.
+    longest = pruner._check_prompt_lengths(as_prompts(PROMPTS))
+    assert [(m, n) for m, n, _ in custom_scorer.prepared] == [(model, longest)]
+    assert custom_scorer.prepared[0][2] > 0
     assert len(custom_scorer.surgeries) == 3  # after_surgery after every stage's cut
     first_model, first_pruned, first_step = custom_scorer.surgeries[0]
     assert first_model is model and first_pruned.config.per_layer_config is not None
