@@ -273,8 +273,6 @@ class RESPConfig(ConfigMixin):
                 section, *rest = path.split(".")
                 if classes[section] is not None and rest[0] in classes[section].field_names():
                     out[section] = _set_path(_plain(out.get(section)), rest, value)
-                    if section == "recovery":
-                        out[section]["method"] = classes[section].method
                     landed = True
             if not landed:
                 logger.debug("%s=%r is a setting of no section of this recipe: ignored.", key, value)
