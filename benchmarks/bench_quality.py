@@ -45,8 +45,11 @@ from optimum_resp.evaluation import wilson_interval as wilson  # noqa: E402
 
 METHODS = {name: overrides for name, (overrides, _) in METHOD_PRESETS.items()}
 DESCRIPTIONS = {name: description for name, (_, description) in METHOD_PRESETS.items()}
-UNIFORM = {"allocation": "uniform", "export": "uniform", "protected_layers": []}
-"""The servable stock checkpoint (llama.cpp, stock vLLM): the same sizes in every layer, no layer protected."""
+UNIFORM = {
+    k: RESPConfig(export="uniform").to_flat_dict()[k] for k in ("export", "allocation", "protected_layers")
+}
+"""The servable stock checkpoint (llama.cpp, stock vLLM): what a uniform export fixes (`runtimes.export_target`: the
+same sizes in every layer, no layer protected), under the flat names the records are keyed by."""
 SSGR = {
     "difficulty": {"selection_difficulty_samples": 4, "selection_keep_fraction": 0.5},
     "length": {"selection_length_quantiles": [0.25, 0.75]},
@@ -82,9 +85,10 @@ def canonical_overrides(method: str, overrides: dict) -> dict:
     """How `RESPConfig.for_method(method, **overrides)` (today's defaults) differs from the keyed reference: an
     override equal to the reference is dropped, so the stage sweep's reference point and the main table's row are
     one run, and a changed default appears as an override."""
-    reference, current = keyed_config(method, {}), RESPConfig.for_method(method, **overrides)
-    changed = {k: v for k, v in overrides.items() if getattr(reference, k) != v}
-    changed |= {k: getattr(current, k) for k in KEY_DEFAULTS if getattr(current, k) != getattr(reference, k)}
+    reference = keyed_config(method, {}).to_flat_dict()
+    current = RESPConfig.for_method(method, **overrides).to_flat_dict()
+    changed = {k: v for k, v in overrides.items() if reference.get(k) != v}
+    changed |= {k: current[k] for k in KEY_DEFAULTS if current[k] != reference[k]}
     return dict(sorted(changed.items()))
 
 

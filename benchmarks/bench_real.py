@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 from real_models import DEFAULT_MODEL, REAL_MODELS, build  # noqa: E402
 from results_md import write_results  # noqa: E402
 
+from optimum_resp.config_mixin import ConfigMixin  # noqa: E402
 from optimum_resp.configuration_resp import METHOD_PRESETS, RESPConfig  # noqa: E402
 from optimum_resp.evaluation import wilson_interval  # noqa: E402
 from optimum_resp.files import atomic_write, write_json  # noqa: E402
@@ -183,7 +184,10 @@ def _row(
     return Row(method, sparsity, seed, json.dumps(overrides, sort_keys=True), label, problems, group)
 
 
-UNIFORM = {"allocation": "uniform", "export": "uniform", "protected_layers": []}
+UNIFORM = {
+    k: RESPConfig(export="uniform").to_flat_dict()[k] for k in ("export", "allocation", "protected_layers")
+}
+"""What a uniform export fixes (`runtimes.export_target`), under the flat names the rows are keyed by."""
 ROWS: list[Row] = [
     Row("dense"),
     # The core grid, in the order prunes run: the comparisons the issue asks for first.
@@ -235,8 +239,9 @@ def _sha256(path: Path) -> str:
 
 
 @dataclass
-class Record:
-    """One row's measurements so far (a phase missing is None / empty: it is pending)."""
+class Record(ConfigMixin):
+    """One row's measurements so far (a phase missing is None / empty: it is pending); its JSON form is
+    `to_dict` / `from_dict`, as every config's."""
 
     row: dict
     key: dict
@@ -288,15 +293,12 @@ def record_path(row: Row, key: dict) -> Path:
 def load_record(row: Row, key: dict) -> Record:
     path = record_path(row, key)
     if path.exists():
-        data = json.loads(path.read_text())
-        return Record(
-            data["row"], data["key"], data.get("prune"), data.get("fidelity"), data.get("chunks", {})
-        )
+        return Record.from_dict(json.loads(path.read_text()))
     return Record(asdict(row), key)
 
 
 def save_record(record: Record, path: Path) -> None:
-    write_json(path, asdict(record))
+    write_json(path, record.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- the work

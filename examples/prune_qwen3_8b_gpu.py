@@ -50,16 +50,13 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("This example needs a CUDA GPU (Qwen3-8B in bf16 is 16 GB).")
 
-    uniform = args.export == "uniform"
     config = RESPConfig(
         target_sparsity=args.sparsity,
         num_calibration_prompts=500,
         generation={"max_new_tokens": 2048, "batch_size": 64},
         num_stages=args.stages,
         batch_size=1,
-        export=args.export,
-        allocation="uniform" if uniform else "global",
-        protected_layers=[] if uniform else None,
+        export=args.export,  # uniform: its uniform allocation and no protected layer follow
     )
     pruner = RESPPruner.from_pretrained(
         args.model, config=config, task="gsm8k", dtype=torch.bfloat16, device_map="cuda"

@@ -26,8 +26,7 @@ from .modeling import (
 )
 from .pruner import PruneResult, RESPPruner, compose_plans
 from .surgery import LayerKeep, PruningPlan, PruningPlanError, prune_model, validate_plan
-
-__version__ = "0.1.0.dev0"
+from .version import __version__
 
 __all__ = [
     "SPARSITY_DEFINITION",
@@ -56,4 +55,5 @@ __all__ = [
     "size_report",
     "supported_model_types",
     "validate_plan",
+    "__version__",
 ]

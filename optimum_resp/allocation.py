@@ -25,6 +25,7 @@ from transformers import PretrainedConfig
 
 from .architectures import STRUCTURES, ArchitectureSpec, get_architecture, layer_sizes
 from .importance.base import LayerScores
+from .runtimes import ExportConfig
 from .surgery import LayerKeep, PruningPlan
 
 __all__ = ["Allocation", "Normalization", "allocate", "default_protected_layers", "max_removable_params"]
@@ -174,19 +175,18 @@ def allocate(
     config: PretrainedConfig,
     scores: Sequence[LayerScores],
     params_to_remove: int,
-    allocation: Allocation = "global",
-    protected: Iterable[int] = (),
+    export: ExportConfig,
     structures: Sequence[str] = STRUCTURES,
     normalization: Normalization = "resp",
     dense_intermediate_size: int | None = None,
-    channel_multiple: int = 1,
 ) -> PruningPlan:
     """Keep-sets removing at least `params_to_remove` decoder-linear parameters from the current model.
 
     `scores` has one `LayerScores` per layer of `config`'s (possibly already pruned) model; higher
-    means more important. `dense_intermediate_size` fixes the "resp" normalization constant across
-    progressive stages (default: the current first layer's intermediate size). `channel_multiple`
-    keeps every pruned layer's MLP width a multiple of it (a layer narrower than it is left alone).
+    means more important. `export` gives the allocation (`global` or `uniform`), the protected layers and the
+    channel multiple (every pruned layer's MLP width stays a multiple of it; a layer narrower than it is left
+    alone). `dense_intermediate_size` fixes the "resp" normalization constant across progressive stages
+    (default: the current first layer's intermediate size).
     """
     spec = get_architecture(config)
     sizes = layer_sizes(config)
@@ -199,11 +199,8 @@ def allocate(
     unknown = set(structures) - set(STRUCTURES)
     if unknown or not structures:
         raise ValueError(f"structures must be a non-empty subset of {STRUCTURES}; got {list(structures)}.")
-    if allocation not in ("global", "uniform"):
-        raise ValueError(f"allocation must be 'global' or 'uniform'; got {allocation!r}.")
-    if not isinstance(channel_multiple, int) or channel_multiple < 1:
-        raise ValueError(f"channel_multiple must be an integer >= 1; got {channel_multiple!r}.")
-    protected = set(protected)
+    channel_multiple = export.channel_multiple
+    protected = set(export.protected_for(len(sizes)))
     limit = max_removable_params(config, protected, structures, channel_multiple)
     if params_to_remove > limit:
         raise ValueError(
@@ -219,7 +216,7 @@ def allocate(
     ]
     active = [i for i in range(len(states)) if i not in protected]
     removed = 0
-    if allocation == "global":
+    if export.allocation == "global":
         removed = _greedy_global(states, active, params_to_remove)
     else:
         removed = _greedy_uniform(states, active, params_to_remove)

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .architectures import get_architecture
-from .runtimes import RUNTIMES
+from .runtimes import export_target
 from .surgery import PruningPlan, PruningPlanError, structure_index
 
 __all__ = ["FeatureMeans", "add_biases", "check_bias_compensation", "compensate_bias"]
@@ -41,14 +41,10 @@ def check_bias_compensation(config: PretrainedConfig, export: str, runtimes: Seq
     """Refuse, before any work, an export whose model class (or one of `runtimes`) cannot hold the compensation
     biases."""
     if export != "uniform":
-        spec = get_architecture(config)
-        for name in runtimes:
-            route = RUNTIMES.lookup(name).per_layer_route(spec.model_type)
-            if route is not None and "biases" in route.cannot_take:
-                raise ValueError(
-                    f"FLAP bias compensation adds biases, and runtimes includes {name!r}: "
-                    f"{route.cannot_take['biases']}."
-                )
+        model_type = get_architecture(config).model_type
+        refusals = export_target(export, runtimes, model_type, traits={"biases"}).refusals
+        if refusals:
+            raise ValueError(f"FLAP bias compensation adds biases, and {refusals[0]}")
         return
     spec = get_architecture(config)
     missing = [path.rsplit(".", 1)[-1] for path, has in spec.native_biases(config).items() if not has]

@@ -1,46 +1,48 @@
-"""`RESPConfig`: every knob of a RESP prune, validated on construction, saved as `resp_config.json`.
+"""`RESPConfig`: the recipe of one RESP prune, one section per component, saved as `resp_config.json`.
+
+The top level is the recipe itself (target sparsity, structures, stages and milestones, criterion, loss, seed);
+each component owns the section it reads, the way peft gives each tuner its config: `calibration`
+(`calibration.CalibrationConfig`: source, prompts, generation, selection), `scoring` (the chosen criterion's own
+dataclass, `Scorer.config_class`: Taylor's abs_after, batch, checkpointing, bf16), `recovery` (None, or a
+`recovery.RecoveryConfig` such as LoRA's, holding a peft `LoraConfig`) and `export` (`runtimes.ExportConfig`:
+mode, allocation, protected layers, channel multiple, runtimes). The sections are the stored form; the flat
+names of files written before them (`LEGACY_KEYS`: `batch_size`, `export='uniform'`, `lora_r`, ...) are still
+read, as a file and as keyword arguments, each landing in its section.
 
 A peft-style dataclass rather than optimum's `BaseConfig`: `BaseConfig` is a transformers
 `PretrainedConfig`, which in transformers 5 is a strict model-config dataclass whose serialization
 adds model fields (`output_attentions`, `transformers_version`, ...) and per-layer machinery that mean
-nothing for a pruning recipe. A plain dataclass keeps the file to exactly the recipe, gives typed
-fields the command line can be generated from, and still offers the same `save_pretrained` /
-`from_pretrained` / `push_to_hub` surface and file naming.
+nothing for a pruning recipe. A plain dataclass keeps the file to exactly the recipe and still offers the same
+`save_pretrained` / `from_pretrained` / `push_to_hub` surface and file naming.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .architectures import STRUCTURES
+from .calibration.config import CalibrationConfig
+from .config_mixin import ConfigMixin, check_keys
 from .files import atomic_write
-from .generation import GenerationSettings
+from .importance.base import SCORERS, ScoringConfig
+from .recovery import RECOVERY, RecoveryConfig
 from .registry import Registry
-from .validation import check_bool, check_choice, check_int, check_range
+from .runtimes import ExportConfig
+from .validation import check_choice, check_int, check_range
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_NAME", "METHOD_PRESETS", "RESPConfig"]
+__all__ = ["CONFIG_NAME", "LEGACY_KEYS", "METHOD_PRESETS", "RESPConfig"]
 
 CONFIG_NAME = "resp_config.json"
-
-CALIBRATION_GENERATION = GenerationSettings(do_sample=True, batch_size=32)
-"""The decoding defaults of calibration: Qwen3's thinking-mode sampling, 32 prompts per batch."""
-
-# Flat keys of resp_config.json files written before the settings moved into `generation`.
-_LEGACY_GENERATION_KEYS = {
-    **{k: k for k in ("thinking", "do_sample", "temperature", "top_p", "top_k", "max_new_tokens")},
-    "generation_batch_size": "batch_size",
-}
 
 METHOD_PRESETS: Registry[tuple[dict[str, Any], str]] = Registry(
     "method", hint="Or build a RESPConfig with your own settings."
@@ -79,32 +81,121 @@ for _name, _preset in {
 del _name, _preset
 
 
-@functools.cache
-def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
-    """{field: its Literal's values} for every `Literal[...]` field of a dataclass."""
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: typing.get_args(hints[f.name])
-        for f in dataclasses.fields(cls)
-        if typing.get_origin(hints[f.name]) is Literal
-    }
+_DECODING_KEYS = {
+    **{
+        k: (f"calibration.generation.{k}",)
+        for k in ("thinking", "do_sample", "temperature", "top_p", "top_k")
+    },
+    "max_new_tokens": ("calibration.generation.max_new_tokens",),
+    "generation_batch_size": ("calibration.generation.batch_size",),
+}
+"""Decoding keys of the files written before `generation` existed (read, never written)."""
+
+LEGACY_KEYS: dict[str, tuple[str, ...]] = {
+    "calibration_source": ("calibration.source",),
+    "num_calibration_prompts": ("calibration.num_prompts",),
+    **{
+        k: (f"calibration.{k}",)
+        for k in (
+            "generation",
+            "keep_truncated",
+            "allow_unfinished_traces",
+            "filter_correct",
+            "selection_difficulty_samples",
+            "selection_keep_fraction",
+            "selection_length_quantiles",
+        )
+    },
+    "taylor_abs_after": ("scoring.abs_after",),
+    "batch_size": ("scoring.batch_size", "recovery.batch_size"),
+    "gradient_checkpointing": ("scoring.gradient_checkpointing",),
+    "bf16_autocast": ("scoring.bf16_autocast",),
+    "recovery": ("recovery.method",),
+    "lora_r": ("recovery.lora.r",),
+    "lora_alpha": ("recovery.lora.lora_alpha",),
+    "lora_dropout": ("recovery.lora.lora_dropout",),
+    "recovery_epochs": ("recovery.epochs",),
+    "recovery_learning_rate": ("recovery.learning_rate",),
+    "export": ("export.mode",),
+    **{k: (f"export.{k}",) for k in ("allocation", "protected_layers", "channel_multiple", "runtimes")},
+    **_DECODING_KEYS,
+}
+"""The flat names of resp_config.json files written before the sections, still read from files and taken as
+keyword arguments: name -> the section field(s) it sets. A name whose section this recipe does not have (Taylor's
+settings under another criterion, LoRA's without recovery) is ignored, as it always was."""
+
+_SECTIONS = ("calibration", "scoring", "recovery", "export")
+_BY_TYPE = ("recovery", "export")
+"""Names that are both a section and a flat key: a string given for them is the flat key (`export='uniform'`)."""
 
 
-@dataclass
-class RESPConfig:
-    """The recipe of one RESP prune (the defaults follow the RESP paper unless noted)."""
+def _plain(value: Any) -> dict[str, Any]:
+    """A section (or a nested dataclass such as LoraConfig, or a dict, or None) as a dict of its fields."""
+    if value is None:
+        return {}
+    if isinstance(value, ConfigMixin):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    return dict(value)
+
+
+def _set_path(tree: Mapping[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """`tree` with `value` at `path` (a dict laid over a section or settings already there)."""
+    head, *rest = path
+    out = dict(tree)
+    if rest:
+        out[head] = _set_path(_plain(out.get(head)), rest, value)
+    elif isinstance(value, Mapping) and out.get(head) is not None:
+        out[head] = {**_plain(out[head]), **value}
+    else:
+        out[head] = value
+    return out
+
+
+def _get_path(tree: Any, path: list[str]) -> Any:
+    """The value at `path` in nested dicts (`dataclasses.MISSING` when absent)."""
+    for part in path:
+        if not isinstance(tree, Mapping) or part not in tree:
+            return dataclasses.MISSING
+        tree = tree[part]
+    return tree
+
+
+def _recovery_class(value: Any) -> type[RecoveryConfig] | None:
+    """The recovery section's class for a section value (None: no recovery)."""
+    if value is None:
+        return None
+    if isinstance(value, RecoveryConfig):
+        return type(value)
+    if isinstance(value, Mapping) and "method" in value:
+        return RECOVERY.lookup(value["method"])
+    raise ValueError(
+        f"recovery must be 'none', a method of {list(RECOVERY)}, a RecoveryConfig or a dict with its 'method'; "
+        f"got {value!r}."
+    )
+
+
+def _recovery(value: Any) -> RecoveryConfig | None:
+    cls = _recovery_class(value)
+    if cls is None or isinstance(value, RecoveryConfig):
+        return value
+    return cls.from_dict({k: v for k, v in value.items() if k != "method"})
+
+
+@dataclass(init=False)
+class RESPConfig(ConfigMixin):
+    """The recipe of one RESP prune (the defaults follow the RESP paper unless noted).
+
+    Takes its fields by name, each section as an instance or a dict of its fields, and the flat names of
+    `LEGACY_KEYS` (`RESPConfig(target_sparsity=0.4, batch_size=8, generation={...})`), which land in their
+    sections."""
 
     # What to remove.
     target_sparsity: float = 0.4
     """Fraction of decoder-linear parameters to remove, in (0, 1)."""
     structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
     """Structure kinds that may be removed: query_heads, kv_heads (whole groups), channels."""
-    allocation: Literal["global", "uniform"] = "global"
-    """`global`: one ranking across layers (non-uniform sizes); `uniform`: the same counts per layer."""
-    protected_layers: list[int] | None = None
-    """Layers never pruned. None: the first int(0.1 * num_layers) layers and the last one."""
-    channel_multiple: int = 1
-    """Keep each pruned layer's MLP width a multiple of this (e.g. 64 or 128 for GPU-friendly shapes)."""
 
     # Schedule.
     num_stages: int = 8
@@ -116,88 +207,121 @@ class RESPConfig:
     regeneration_fraction: float = 1.0
     """Fraction of the prompts whose traces are regenerated at a milestone (the rest keep theirs)."""
 
-    # Calibration.
-    calibration_source: Literal["self", "gold", "text"] = "self"
-    """`self`: the model's own traces; `gold`: a dataset's human solutions; `text`: plain text."""
-    num_calibration_prompts: int = 500
-    generation: GenerationSettings = field(
-        default_factory=lambda: dataclasses.replace(CALIBRATION_GENERATION)
-    )
-    """How the model answers the calibration prompts (a GenerationSettings, or a dict of its fields laid
-    over these defaults): Qwen3's thinking-mode sampling (T 0.6, top_p 0.95, top_k 20), up to 2048 new
-    tokens, 32 prompts per batch. Each stage samples from its own seed, derived from `seed`."""
-    keep_truncated: bool = True
-    """Keep traces cut at max_new_tokens (the reference keeps them)."""
-    allow_unfinished_traces: bool = False
-    """Prune even when none of the dense model's traces finished within max_new_tokens (otherwise refused: it
-    means a mismatched tokenizer or chat template, or far too few new tokens). For random-weight models."""
-    filter_correct: bool = False
-    """Keep only traces whose answer is right (needs gold answers; off in RESP, on in SSGR)."""
-    selection_difficulty_samples: int = 0
-    """SSGR: samples per prompt to estimate difficulty (the model's failure rate); 0 = off."""
-    selection_keep_fraction: float = 1.0
-    """SSGR: keep this fraction of prompts, hardest first (needs selection_difficulty_samples > 0)."""
-    selection_length_quantiles: list[float] | None = None
-    """SSGR: keep traces whose token length lies between these two quantiles, e.g. [0.25, 0.75]."""
-
     # Importance.
     importance: str = "taylor"
     """A registered importance criterion: `taylor` (RESP) or a baseline (`optimum_resp.importance.SCORERS`)."""
     loss: Literal["decode", "full"] = "decode"
     """`decode`: loss on generated tokens only (prompt labels -100); `full`: on every token."""
-    taylor_abs_after: Literal["batch", "all"] = "batch"
-    """`batch`: |W*g| per backward (memory-light); `all`: |W * mean g| as the reference (one fp32
-    buffer per prunable weight)."""
     normalization: Literal["resp", "params", "none"] = "resp"
     """Head vs channel balance: the reference's constants, importance per parameter, or raw sums."""
-
-    # Recovery.
-    recovery: Literal["none", "lora"] = "none"
-    """`lora`: LoRA self-distillation on the dense model's traces after pruning, merged into the weights."""
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    recovery_epochs: float = 1.0
-    recovery_learning_rate: float = 2e-4
-
-    # Output and machinery.
-    export: Literal["uniform", "per_layer"] = "per_layer"
-    """`per_layer`: sizes per layer (transformers, lm-evaluation-harness, vLLM with optimum-resp, llama.cpp through
-    `optimum-resp export-gguf` for Qwen2, Llama and tied Qwen3); `uniform`: a stock checkpoint (needs
-    allocation='uniform') that llama.cpp's own converter takes."""
-    runtimes: list[str] = field(default_factory=list)
-    """Runtimes the export must load in (`optimum_resp.runtimes.RUNTIMES`: transformers, lm-evaluation-harness,
-    vllm, llama.cpp). The prune then keeps what their loaders fix (a uniform Qwen2 for llama.cpp or vLLM
-    keeps every query head), and an export they cannot load is refused before any work."""
-    batch_size: int = 4
-    """Examples per backward pass when scoring (sequences of similar length share a batch, longest first)."""
-    gradient_checkpointing: bool | None = None
-    """Scoring keeps only each layer's input and recomputes its activations in the backward pass: on the 0.6B
-    shape (CPU, 2 x 1024 tokens) 3.3x less memory for 4% more time (benchmarks/bench_memory.py). None: chosen before any work, from
-    the estimated memory of the scoring pass, off when the plain pass fits and on when only the checkpointed one
-    does (neither fitting is refused with the fixes); True / False force it. The scores are the same."""
-    bf16_autocast: bool | None = None
-    """The scoring pass's forward runs under bf16 autocast (weights and their gradients keep their dtype). None:
-    on where it speeds the model up (float32 weights on a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX);
-    True / False force it. Measured (benchmarks/bench_memory.py, bench_precision.py): on the 0.6B shape, CPU, 2 x
-    1024 tokens, 1.6x faster and 0.75x the memory; on the testbed reasoner at 40% the keep-sets share 0.92 (Jaccard)
-    with float32 against 0.71 between two float32 calibration draws, same mean accuracy (2 seeds)."""
     max_length: int = 4096
     """Longest prompt + trace scored, in tokens."""
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        self.validate()
+    # The components' sections.
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    """The calibration traces: source, prompts, generation, selection."""
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    """The criterion's own settings: an instance of `SCORERS[importance].config_class` (Taylor's by default)."""
+    recovery: RecoveryConfig | None = None
+    """None (no recovery), or a registered method's section (`recovery.RECOVERY`): `'lora'` fine-tunes LoRA adapters
+    on the dense model's traces after pruning and merges them into the weights."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """How the model is written and where it must run: mode, allocation, protected layers, channel multiple,
+    runtimes."""
+
+    def __init__(self, **values: Any) -> None:
+        self._assign(self._layout({}, values))
+
+    # ------------------------------------------------------------------ construction
 
     @classmethod
-    def choices(cls, name: str) -> tuple[str, ...]:
-        """The values a `Literal` field accepts, read from its annotation (the one place they are written)."""
-        return _literal_fields(cls)[name]
+    def _layout(cls, base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` (fields, sections, flat names) laid over `base` (fields): every field's value, each section as an
+        instance or a dict of its fields."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        flat = {k: v for k, v in values.items() if k not in names or (k in _BY_TYPE and isinstance(v, str))}
+        check_keys("RESPConfig", flat, [*names, *LEGACY_KEYS])
+        out = dict(base)
+        for key, value in values.items():
+            if key in flat:
+                continue
+            if key in _SECTIONS and isinstance(value, Mapping) and out.get(key) is not None:
+                value = {**_plain(out[key]), **value}
+            out[key] = value
+        importance = out.get("importance", "taylor")
+        check_choice("importance", importance, tuple(SCORERS))
+        if "recovery" in flat:
+            method = flat.pop("recovery")
+            current = _recovery_class(out.get("recovery"))
+            if method == "none":
+                out["recovery"] = None
+            elif current is None or current.method != method:
+                out["recovery"] = {"method": RECOVERY.lookup(method).method}
+        scoring_class = SCORERS[importance].config_class
+        if isinstance(out.get("scoring"), ScoringConfig) and not isinstance(out["scoring"], scoring_class):
+            out["scoring"] = cls._carry("scoring", out["scoring"], scoring_class)
+        classes = {
+            "calibration": CalibrationConfig,
+            "scoring": scoring_class,
+            "recovery": _recovery_class(out.get("recovery")),
+            "export": ExportConfig,
+        }
+        for key, value in flat.items():
+            landed = False
+            for path in LEGACY_KEYS[key]:
+                section, *rest = path.split(".")
+                if classes[section] is not None and rest[0] in classes[section].field_names():
+                    out[section] = _set_path(_plain(out.get(section)), rest, value)
+                    landed = True
+            if not landed:
+                logger.debug("%s=%r is a setting of no section of this recipe: ignored.", key, value)
+        return out
+
+    @staticmethod
+    def _carry(name: str, section: ConfigMixin, cls: type[ConfigMixin]) -> dict[str, Any]:
+        """The settings of `section` that `cls` (another criterion's section) shares; the others are dropped."""
+        values = section.to_dict()
+        dropped = sorted(set(values) - set(cls.field_names()))
+        if dropped:
+            logger.debug("%s settings %s do not apply to %s: dropped.", name, dropped, cls.__name__)
+        return {k: v for k, v in values.items() if k in cls.field_names()}
+
+    def _assign(self, values: Mapping[str, Any]) -> None:
+        """Set every field from `values` (defaults for the rest), build the sections, and validate."""
+        for f in dataclasses.fields(self):
+            if f.name in values:
+                setattr(self, f.name, values[f.name])
+            elif f.default_factory is not dataclasses.MISSING:
+                setattr(self, f.name, f.default_factory())
+            else:
+                setattr(self, f.name, f.default)
+        check_choice("importance", self.importance, tuple(SCORERS))
+        builders = {
+            "calibration": lambda v: CalibrationConfig.coerce(v, name="calibration"),
+            "scoring": lambda v: SCORERS[self.importance].config_class.coerce(v, name="scoring"),
+            "recovery": _recovery,
+            "export": lambda v: ExportConfig.coerce(v, name="export"),
+        }
+        for name, build in builders.items():
+            value = values.get(name)
+            try:
+                setattr(self, name, build(value))
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        self.validate()
+
+    def override(self, **values: Any) -> RESPConfig:
+        """A copy with `values` (fields, sections, flat names) laid over this recipe: a flat name or a dict for a
+        section changes those settings and keeps the section's others; a new `importance` keeps the scoring
+        settings the new criterion shares (e.g. `batch_size`)."""
+        new = object.__new__(type(self))
+        new._assign(self._layout({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, values))
+        return new
 
     def validate(self) -> None:
-        """Refuse every invalid value with a message that gives the valid range."""
-        for name, choices in _literal_fields(type(self)).items():
-            check_choice(name, getattr(self, name), choices)
+        """Refuse every invalid value with a message that gives the valid range (the sections check their own)."""
+        self.check_literals()
         check_range("target_sparsity", self.target_sparsity, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(self.structures, list | tuple) or not self.structures:
             raise ValueError(
@@ -206,91 +330,17 @@ class RESPConfig:
         for s in self.structures:
             check_choice("each of structures", s, STRUCTURES)
         self.structures = [s for s in STRUCTURES if s in self.structures]
-        if self.protected_layers is not None:
-            if not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
-            ):
-                raise ValueError(
-                    f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}."
-                )
-            self.protected_layers = sorted(set(self.protected_layers))
         check_int("num_stages", self.num_stages)
-        check_int("channel_multiple", self.channel_multiple)
         for m in self.regeneration_milestones:
             check_range("each regeneration milestone", m, 0.0, 1.0, low_open=True, high_open=True)
         self.regeneration_milestones = sorted(set(self.regeneration_milestones))
         check_range("regeneration_fraction", self.regeneration_fraction, 0.0, 1.0, low_open=True)
-        check_int("num_calibration_prompts", self.num_calibration_prompts)
-        self.generation = GenerationSettings.coerce(self.generation, CALIBRATION_GENERATION)
-        check_int("selection_difficulty_samples", self.selection_difficulty_samples, minimum=0)
-        check_range("selection_keep_fraction", self.selection_keep_fraction, 0.0, 1.0, low_open=True)
-        if self.selection_keep_fraction < 1.0 and self.selection_difficulty_samples == 0:
-            raise ValueError(
-                "selection_keep_fraction < 1 selects the hardest prompts, which needs "
-                "selection_difficulty_samples > 0 (samples per prompt to measure difficulty)."
-            )
-        if self.selection_length_quantiles is not None:
-            q = self.selection_length_quantiles
-            if len(q) != 2 or not all(isinstance(x, int | float) for x in q) or not 0.0 <= q[0] < q[1] <= 1.0:
-                raise ValueError(
-                    f"selection_length_quantiles must be two numbers 0 <= low < high <= 1; got {q!r}."
-                )
-        if (self.filter_correct or self.selection_difficulty_samples) and self.calibration_source != "self":
-            raise ValueError(
-                "filter_correct and difficulty selection judge self-generated traces: use calibration_source='self'."
-            )
-        from .importance import SCORERS  # registered criteria (baselines register themselves on import)
-
-        check_choice("importance", self.importance, tuple(SCORERS))
-        if self.loss == "decode" and self.calibration_source == "text":
+        if self.loss == "decode" and self.calibration.source == "text":
             raise ValueError(
                 "loss='decode' needs prompt/completion pairs; plain-text calibration has no prompt: use loss='full'."
             )
-        check_int("lora_r", self.lora_r)
-        check_int("lora_alpha", self.lora_alpha)
-        check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
-        check_range("recovery_epochs", self.recovery_epochs, 0.0, 1000.0, low_open=True)
-        check_range("recovery_learning_rate", self.recovery_learning_rate, 0.0, 1.0, low_open=True)
-        if self.export == "uniform" and self.allocation != "uniform":
-            raise ValueError(
-                "export='uniform' needs the same sizes in every layer: set allocation='uniform' "
-                "(or export='per_layer' to keep RESP's global ranking)."
-            )
-        if self.export == "uniform" and self.protected_layers != []:
-            raise ValueError(
-                "export='uniform' needs every layer pruned alike, so no layer can be protected: set "
-                "protected_layers=[] (the default protects the first 10% and the last layer), or use "
-                "export='per_layer'."
-            )
-        self._check_runtimes()
-        check_int("batch_size", self.batch_size)
-        if self.gradient_checkpointing is not None:
-            check_bool("gradient_checkpointing", self.gradient_checkpointing)
-        if self.bf16_autocast is not None:
-            check_bool("bf16_autocast", self.bf16_autocast)
         check_int("max_length", self.max_length, minimum=2)
         check_int("seed", self.seed, minimum=0)
-
-    def _check_runtimes(self) -> None:
-        from .runtimes import RUNTIMES
-
-        if not isinstance(self.runtimes, list | tuple) or not all(isinstance(r, str) for r in self.runtimes):
-            raise ValueError(
-                f"runtimes must be a list of runtime names from {list(RUNTIMES)}; got {self.runtimes!r}."
-            )
-        self.runtimes = list(dict.fromkeys(RUNTIMES.lookup(r).name for r in self.runtimes))
-        for name in self.runtimes:  # per architecture, the pruner checks again (runtimes.export_support)
-            runtime = RUNTIMES[name]
-            if (
-                self.export == "per_layer"
-                and runtime.per_layer is None
-                and not runtime.per_layer_by_architecture
-            ):
-                raise ValueError(
-                    f"runtimes includes {name!r}, which loads only stock checkpoints, but export='per_layer' writes "
-                    "sizes per layer. Use export='uniform' with allocation='uniform' and protected_layers=[] "
-                    "(CLI: --export uniform)."
-                )
 
     @classmethod
     def for_method(cls, method: str, **kwargs: Any) -> RESPConfig:
@@ -306,21 +356,21 @@ class RESPConfig:
             start + (self.target_sparsity - start) * (k + 1) / self.num_stages for k in range(self.num_stages)
         ]
 
-    def protected_for(self, num_layers: int) -> list[int]:
-        """The protected layer indices for a model with `num_layers` layers."""
-        if self.protected_layers is None:
-            return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
-        bad = [i for i in self.protected_layers if i >= num_layers]
-        if bad:
-            raise ValueError(
-                f"protected_layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1})."
-            )
-        return list(self.protected_layers)
-
     # ------------------------------------------------------------------ serialization
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The recipe under the flat names of `LEGACY_KEYS` (the form of files written before the sections, and of
+        the benchmarks' record keys); a name whose section this recipe does not have is left out."""
+        tree = self.to_dict()
+        out = {k: v for k, v in tree.items() if k not in _SECTIONS}
+        for key, paths in LEGACY_KEYS.items():
+            found = [
+                v for v in (_get_path(tree, p.split(".")) for p in paths) if v is not dataclasses.MISSING
+            ]
+            if found and key not in _DECODING_KEYS:
+                out[key] = found[0]
+        out["recovery"] = self.recovery.method if self.recovery is not None else "none"
+        return out
 
     @classmethod
     def coerce(cls, value: RESPConfig | Mapping[str, Any] | str | os.PathLike | None) -> RESPConfig:
@@ -339,22 +389,13 @@ class RESPConfig:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RESPConfig:
-        """Build from a dict; unknown keys are an error that lists the valid ones. Decoding keys at the top
-        level (files written before `generation` existed) are read into `generation`."""
-        data = dict(data)
-        legacy = {_LEGACY_GENERATION_KEYS[k]: data.pop(k) for k in list(data) if k in _LEGACY_GENERATION_KEYS}
-        if legacy:
-            data["generation"] = {**legacy, **dict(data.get("generation") or {})}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names - {"optimum_resp_version"})
-        if unknown:
-            raise ValueError(f"Unknown RESPConfig keys {unknown}; valid keys: {sorted(names)}.")
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Mapping[str, Any], defaults: RESPConfig | None = None) -> RESPConfig:
+        """Build from a dict, sectioned or flat (`LEGACY_KEYS`), laid over `defaults` (`override`); unknown keys
+        are refused naming the closest valid one."""
+        values = {k: v for k, v in data.items() if k != "optimum_resp_version"}
+        return defaults.override(**values) if defaults is not None else cls(**values)
 
     def to_json_string(self) -> str:
-        from . import __version__
-
         return (
             json.dumps({**self.to_dict(), "optimum_resp_version": __version__}, indent=2, sort_keys=True)
             + "\n"

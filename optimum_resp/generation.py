@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from .config_mixin import ConfigMixin
 from .validation import check_bool, check_int, check_range
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ _WARNED_NO_TEMPLATE: set[str] = set()
 
 
 @dataclass
-class GenerationSettings:
+class GenerationSettings(ConfigMixin):
     """How to decode: the one settings object of calibration traces (`RESPConfig.generation`) and of
     evaluation (`EvalConfig.generation`). Defaults follow Qwen3's thinking-mode sampling, greedy unless
     `do_sample`. The seed is not a decoding setting: each run passes its own to `generate`."""
@@ -50,34 +51,6 @@ class GenerationSettings:
         check_int("top_k", self.top_k, minimum=0)
         check_bool("thinking", self.thinking)
         check_int("batch_size", self.batch_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a plain JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(
-        cls, values: Mapping[str, Any], defaults: GenerationSettings | None = None
-    ) -> GenerationSettings:
-        """Settings from a (partial) dict laid over `defaults`; an unknown key is an error listing the valid ones."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"Unknown generation setting(s) {unknown}; valid: {known}")
-        return replace(defaults or cls(), **values)
-
-    @classmethod
-    def coerce(
-        cls, value: GenerationSettings | Mapping[str, Any] | None, defaults: GenerationSettings
-    ) -> GenerationSettings:
-        """A config's `generation` field as settings: an instance as is, a dict over `defaults`, None as `defaults`."""
-        if value is None:
-            return replace(defaults)
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            return cls.from_dict(value, defaults)
-        raise ValueError(f"generation must be a GenerationSettings or a dict of its fields, got {value!r}")
 
 
 @dataclass

@@ -72,7 +72,7 @@ class HubPushError(RuntimeError):
 
 
 def export_mode(report: PruneReport | Mapping[str, Any]) -> str:
-    """`uniform` or `per_layer`: from resp_config.export, else from whether the pruned layers differ."""
+    """`uniform` or `per_layer`: from resp_config.export.mode, else from whether the pruned layers differ."""
     return PruneReport.coerce(report).export
 
 
@@ -218,12 +218,12 @@ def _recipe(config: RESPConfig | None) -> str | None:
         scores = "full-sequence Taylor importance"
     parts = [
         f"{config.num_stages} stage(s) to target sparsity {config.target_sparsity}",
-        f"{config.allocation} allocation",
+        f"{config.export.allocation} allocation",
         scores,
-        f"{_CALIBRATION_DATA[config.calibration_source]} as calibration data",
+        f"{_CALIBRATION_DATA[config.calibration.source]} as calibration data",
     ]
-    if config.calibration_source == "self":
-        g = config.generation
+    if config.calibration.source == "self":
+        g = config.calibration.generation
         decoding = f"sampled at T={g.temperature}" if g.do_sample else "greedy"
         parts.append(
             f"traces {decoding} up to {g.max_new_tokens} new tokens, thinking {'on' if g.thinking else 'off'}"

@@ -54,14 +54,12 @@ from .configuration_resp import RESPConfig
 from .files import umask_permissions
 from .generation import adds_special_tokens, build_prompt
 from .importance import Scorer, build_examples, scorer_class
-from .importance.taylor import bf16_autocast_supported
 from .loading import load_model, load_model_config, load_tokenizer
-from .memory import ScoringMemoryEstimate, check_scoring_memory, release_heap
+from .memory import ScoringMemoryEstimate, release_heap
 from .profiling import PhaseClock
-from .recovery import recover_with_lora
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
-from .runtimes import checkpoint_traits, export_support, kept_structures
+from .runtimes import checkpoint_traits, export_target
 from .surgery import LayerKeep, PruningPlan, prune_model
 
 logger = logging.getLogger(__name__)
@@ -134,24 +132,25 @@ def _fit_config(model_config: PretrainedConfig, config: RESPConfig) -> RESPConfi
             positions,
         )
         config = dataclasses.replace(config, max_length=positions)
-    spec = get_architecture(model_config)
-    for support in export_support(spec.model_type, config.export, False, checkpoint_traits(model_config)):
-        if support.runtime in config.runtimes and not support.loads:
-            raise ValueError(
-                f"runtimes includes {support.runtime!r}, where this model's {config.export} export will not load: "
-                f"{support.how}."
-            )
-    kept = kept_structures(spec, config.runtimes, config.export)
-    structures = [s for s in config.structures if s not in kept]
+    export = config.export
+    target = export_target(
+        export.mode,
+        export.runtimes,
+        get_architecture(model_config).model_type,
+        checkpoint_traits(model_config),
+    )
+    if target.refusals:
+        raise ValueError(target.refusals[0])
+    structures = [s for s in config.structures if s not in target.kept]
     if structures == config.structures:
         return config
-    why = "; ".join(dict.fromkeys(kept.values()))
+    why = "; ".join(dict.fromkeys(target.kept.values()))
     if not structures:
         raise ValueError(
-            f"runtimes={config.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
+            f"runtimes={export.runtimes} leaves nothing to prune from structures {config.structures}: {why}. "
             "Add 'channels' to structures, or export per_layer for a runtime that loads it."
         )
-    logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), config.runtimes, why)
+    logger.info("Pruning %s only, for runtimes %s: %s.", ", ".join(structures), export.runtimes, why)
     return dataclasses.replace(config, structures=structures)
 
 
@@ -209,19 +208,19 @@ def _check_recipe(
         )
     sizes = layer_sizes(model_config)
     widths = [s.intermediate_size for s in sizes]
-    if "channels" in c.structures and c.channel_multiple >= min(widths):
+    if "channels" in c.structures and c.export.channel_multiple >= min(widths):
         raise ValueError(
-            f"channel_multiple={c.channel_multiple} is not below this model's narrowest MLP "
+            f"channel_multiple={c.export.channel_multiple} is not below this model's narrowest MLP "
             f"({min(widths)} channels), so no channel of it could ever be removed (widths stay multiples of "
             f"it, and never reach zero). Use a multiple below {min(widths)} (64 or 128 suit real models), or "
             "leave 'channels' out of structures."
         )
-    if c.export == "uniform" and len(set(sizes)) > 1:
+    if c.export.mode == "uniform" and len(set(sizes)) > 1:
         raise ValueError(
             "export='uniform' needs every layer alike, but this model's layers already differ (it is a "
             "per_layer prune), and uniform allocation removes the same from each layer. Use export='per_layer'."
         )
-    protected = c.protected_for(model_config.num_hidden_layers)
+    protected = c.export.protected_for(model_config.num_hidden_layers)
     dense, start = _dense_and_start(model_config, origin)
     if origin is not None and c.target_sparsity <= start + 1e-9:
         raise ValueError(
@@ -230,17 +229,17 @@ def _check_recipe(
             f"would remove nothing. Set a target above {start:.2%}."
         )
     needed = math.ceil(c.target_sparsity * dense) - (dense - sum(decoder_linear_params(model_config)))
-    limit = max_removable_params(model_config, protected, c.structures, c.channel_multiple)
+    limit = max_removable_params(model_config, protected, c.structures, c.export.channel_multiple)
     if needed > limit:
         more = " more" if origin is not None else ""
         raise ValueError(
             f"target_sparsity={c.target_sparsity} asks to remove {needed:,}{more} of {dense:,} decoder-linear "
             f"parameters, but with protected layers {protected}, structures {c.structures} and "
-            f"channel_multiple {c.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
+            f"channel_multiple {c.export.channel_multiple} at most {limit:,} ({limit / dense:.1%}) can go. Lower "
             "target_sparsity, protect fewer layers or lower channel_multiple."
         )
-    scorer.check(model_config, c)
-    if (c.filter_correct or c.selection_difficulty_samples) and task is None:
+    scorer.check(model_config, c.export)
+    if (c.calibration.filter_correct or c.calibration.selection_difficulty_samples) and task is None:
         raise ValueError(
             "filter_correct and difficulty selection judge answers: pass task='gsm8k' or 'mathqa'."
         )
@@ -265,7 +264,9 @@ class RESPPruner:
         self.tokenizer = tokenizer
         self.task = task
         self.generator = get_generator(generator) if isinstance(generator, str) else generator
-        self.scorer = scorer or scorer_class(self.config.importance).from_config(self.config)
+        self.scorer = scorer or scorer_class(self.config.importance).from_config(
+            self.config.scoring, seed=self.config.seed
+        )
         self.source = source or getattr(model.config, "_name_or_path", None) or type(model).__name__
         # Training passes (scoring, recovery) switch use_cache off; the exported model keeps the user's.
         self._use_cache = getattr(model.config, "use_cache", True)
@@ -283,6 +284,7 @@ class RESPPruner:
         self._owns_model = False
         self._dense_released = False
         self.scoring_memory: ScoringMemoryEstimate | None = None  # what prune checked before any work
+        self._scorer_prepared = False  # for this prune: `Scorer.prepare` ran
         self._check_inputs()
         self.result: PruneResult | None = None
 
@@ -344,13 +346,13 @@ class RESPPruner:
         get_architecture(model_config)
         fitted = _fit_config(model_config, RESPConfig.coerce(config))
         origin = _read_origin(source, model_config)[0] if source is not None else None
-        scorer = scorer or scorer_class(fitted.importance).from_config(fitted)
+        scorer = scorer or scorer_class(fitted.importance).from_config(fitted.scoring, seed=fitted.seed)
         _check_recipe(model_config, fitted, origin, scorer, task, tokenizer)
         return fitted
 
     def _check_inputs(self) -> None:
         c = self.config
-        if not getattr(self.tokenizer, "chat_template", None) and c.calibration_source != "text":
+        if not getattr(self.tokenizer, "chat_template", None) and c.calibration.source != "text":
             logger.warning(
                 "The tokenizer has no chat template: calibration prompts fall back to a plain 'Question: ... "
                 "Answer:' format, and thinking mode cannot be switched on."
@@ -362,9 +364,10 @@ class RESPPruner:
         would run past the model's positions. Returns the longest sequence a scoring pass can meet (None when
         the traces are data, not generated: their lengths are known when they are scored)."""
         c = self.config
-        if c.calibration_source == "text":
+        generation = c.calibration.generation
+        if c.calibration.source == "text":
             return None
-        chat = [build_prompt(self.tokenizer, p.question, thinking=c.generation.thinking) for p in prompts]
+        chat = [build_prompt(self.tokenizer, p.question, thinking=generation.thinking) for p in prompts]
         ids = self.tokenizer(chat, add_special_tokens=adds_special_tokens(self.tokenizer, chat))["input_ids"]
         lengths = [len(i) for i in ids]
         too_long = [i for i, n in enumerate(lengths) if n >= c.max_length]
@@ -376,39 +379,30 @@ class RESPPruner:
             )
         positions = getattr(self.model.config, "max_position_embeddings", None)
         # (max_length is already clamped to the positions, so a prompt filling them is refused above.)
-        if positions and c.calibration_source == "self":
-            if max(lengths) + c.generation.max_new_tokens > positions:
+        if positions and c.calibration.source == "self":
+            if max(lengths) + generation.max_new_tokens > positions:
                 logger.warning(
                     "The longest calibration prompt (%d tokens) plus max_new_tokens=%d exceeds the model's %d "
                     "positions: a trace that long runs past what the model was trained on.",
                     max(lengths),
-                    c.generation.max_new_tokens,
+                    generation.max_new_tokens,
                     positions,
                 )
-        if c.calibration_source != "self":
+        if c.calibration.source != "self":
             return None
-        return min(c.max_length, max(lengths) + c.generation.max_new_tokens)
+        return min(c.max_length, max(lengths) + generation.max_new_tokens)
 
-    def _check_scoring_memory(self, longest: int | None) -> None:
-        """Refuse a gradient scoring pass that cannot fit in the free memory, before any generation (or, for
-        traces that are data, before the first scoring pass, at their real longest length)."""
-        if self.scorer.requires != "gradients" or longest is None:
+    def _prepare_scorer(self, longest: int | None) -> None:
+        """The scorer's own resource check (`Scorer.prepare`: memory, checkpointing, autocast), before any
+        generation (or, for traces that are data, before the first scoring pass, at their real longest length)."""
+        if longest is None:
             return
-        c = self.config
         reserve = 0
         if not self._owns_model:  # from stage 2 on, the dense model stays beside the copy being scored
             weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            reserve = int(weights * (1 - c.stage_sparsities(self._start)[0]) / (1 - self._start))
-        autocast = getattr(self.scorer, "bf16_autocast", False)
-        if (
-            autocast is None
-        ):  # None in the config: on where the device runs bf16 faster than the weights' dtype
-            autocast = self.scorer.bf16_autocast = bf16_autocast_supported(self.model)
-        self.scoring_memory = check_scoring_memory(
-            self.model, c.batch_size, longest, c.gradient_checkpointing, reserve, autocast
-        )
-        if hasattr(self.scorer, "gradient_checkpointing"):  # None in the config: the estimate chose
-            self.scorer.gradient_checkpointing = self.scoring_memory.gradient_checkpointing
+            reserve = int(weights * (1 - self.config.stage_sparsities(self._start)[0]) / (1 - self._start))
+        self.scoring_memory = self.scorer.prepare(self.model, longest, reserve)
+        self._scorer_prepared = True
 
     # ------------------------------------------------------------------------------------------
     # The algorithm.
@@ -425,7 +419,7 @@ class RESPPruner:
                 "keeps no dense copy beside the pruned one). Load it again with RESPPruner.from_pretrained to "
                 "prune again; with the same output_dir, a finished run is reused."
             )
-        prompts = as_prompts(prompts)[: self.config.num_calibration_prompts]
+        prompts = as_prompts(prompts)[: self.config.calibration.num_prompts]
         if self.config.num_stages > MANY_STAGES:  # said once per prune, before any work
             logger.warning(
                 "num_stages=%d: every stage is one scoring pass over all traces, so this prune costs %d of them "
@@ -441,8 +435,8 @@ class RESPPruner:
         # Phases are measured where the model is now (the CLI moves it after building the pruner).
         self._clock = PhaseClock(next(self.model.parameters()).device)
         # Before any generation, and before a run folder is written:
-        self.scoring_memory = None
-        self._check_scoring_memory(self._check_prompt_lengths(prompts))
+        self.scoring_memory, self._scorer_prepared = None, False
+        self._prepare_scorer(self._check_prompt_lengths(prompts))
         # A second prune into the same folder is refused while this one runs.
         with run.lock() if run is not None else contextlib.nullcontext():
             resumed = self._open_run(prompts, run)
@@ -490,7 +484,7 @@ class RESPPruner:
                 return self._resume(checkpoint, selected or prompts, dense_traces)
         if selected is not None:
             prompts = selected
-        elif self.config.selection_difficulty_samples:
+        elif self.config.calibration.selection_difficulty_samples:
             prompts = self._select(prompts, run)
         if dense_traces is None:
             dense_traces = self._calibrate(self.model, prompts, stage=0, run=run)
@@ -513,7 +507,7 @@ class RESPPruner:
             for m in c.regeneration_milestones
             if m <= self._sparsity(state.model) + 1e-9 and m not in regenerated
         ]
-        if due and c.calibration_source == "self":
+        if due and c.calibration.source == "self":
             logger.info(
                 "Stage %d: sparsity %.3f crossed milestone(s) %s: regenerating traces",
                 k + 1,
@@ -530,8 +524,8 @@ class RESPPruner:
                 c.loss,
                 c.max_length,
             )
-            if self.scoring_memory is None:  # traces from data: checked now, at their real lengths
-                self._check_scoring_memory(max(len(e["input_ids"]) for e in examples))
+            if not self._scorer_prepared:  # traces from data: checked now, at their real lengths
+                self._prepare_scorer(max(len(e["input_ids"]) for e in examples))
             scores = self.scorer.score(state.model, examples)
             cost.tokens = sum(len(e["input_ids"]) for e in examples)
         with self._clock("allocation"):
@@ -547,7 +541,7 @@ class RESPPruner:
             stage=k + 1,
             target_sparsity=target,
             sparsity=self._sparsity(model),
-            regenerated=bool(due) and c.calibration_source == "self",
+            regenerated=bool(due) and c.calibration.source == "self",
             num_traces=len(traces),
             mean_trace_tokens=sum(t.num_tokens for t in traces) / len(traces),
             truncated_fraction=sum(t.truncated for t in traces) / len(traces),
@@ -585,13 +579,11 @@ class RESPPruner:
         return allocate(
             model.config,
             scores,
-            params_to_remove=max(0, math.ceil(target * self._dense_params) - removed),
-            allocation=c.allocation,
-            protected=c.protected_for(self.model.config.num_hidden_layers),
+            max(0, math.ceil(target * self._dense_params) - removed),
+            c.export,
             structures=c.structures,
             normalization=c.normalization,
             dense_intermediate_size=self._dense_sizes()[0].intermediate_size,
-            channel_multiple=c.channel_multiple,
         )
 
     def _dense_sizes(self) -> Sequence[LayerSizes]:
@@ -599,31 +591,21 @@ class RESPPruner:
         return self.origin.dense_layers if self.origin is not None else layer_sizes(self.model.config)
 
     def _recover(self, state: _State) -> tuple[PreTrainedModel, RecoveryRecord | None]:
-        """LoRA self-distillation on the dense model's traces, merged into the weights (when configured)."""
+        """The configured recovery (LoRA self-distillation on the dense model's traces, merged into the weights)."""
         c = self.config
-        if c.recovery != "lora":
+        if c.recovery is None:
             return state.model, None
-        rec = recover_with_lora(
-            state.model,
-            self.tokenizer,
-            state.dense_traces,
-            r=c.lora_r,
-            alpha=c.lora_alpha,
-            dropout=c.lora_dropout,
-            epochs=c.recovery_epochs,
-            learning_rate=c.recovery_learning_rate,
-            batch_size=c.batch_size,
-            max_length=c.max_length,
-            seed=c.seed,
+        rec = c.recovery.run(state.model, self.tokenizer, state.dense_traces, c.max_length, c.seed)
+        return rec.model, RecoveryRecord(
+            c.recovery.method, rec.train_loss, rec.seconds, rec.trainable_parameters
         )
-        return rec.model, RecoveryRecord("lora", rec.train_loss, rec.seconds, rec.trainable_parameters)
 
     def _export(self, model: PreTrainedModel, state: _State, recovery: RecoveryRecord | None) -> PruneResult:
         """The model in the configured export mode, with the user's use_cache and the report."""
         c = self.config
         final = (
-            prune_model(model, PruningPlan.full(model.config), export=c.export)
-            if c.export == "uniform"
+            prune_model(model, PruningPlan.full(model.config), export=c.export.mode)
+            if c.export.mode == "uniform"
             else model
         )
         final.config._name_or_path = self.source
@@ -637,7 +619,9 @@ class RESPPruner:
             recovery=recovery,
             checkpoint_traits=sorted(checkpoint_traits(final.config)),
         )
-        if c.export == "uniform":  # a stock checkpoint some runtime refuses is a surprise worth a warning
+        if (
+            c.export.mode == "uniform"
+        ):  # a stock checkpoint some runtime refuses is a surprise worth a warning
             for support in report.runtime_support():
                 if not support.loads:
                     logger.warning(

@@ -16,7 +16,7 @@ from .accounting import SPARSITY_DEFINITION, SizeReport
 from .architectures import LayerSizes
 from .configuration_resp import RESPConfig
 from .profiling import PhaseCost
-from .runtimes import RuntimeSupport, export_support
+from .runtimes import RuntimeSupport, export_target
 
 __all__ = ["PruneReport", "RecoveryRecord", "StageRecord"]
 
@@ -106,7 +106,7 @@ class PruneReport:
     def export(self) -> str:
         """`uniform` or `per_layer`: from the recipe, else from whether the pruned layers differ."""
         if self.resp_config is not None:
-            return self.resp_config.export
+            return self.resp_config.export.mode
         return "uniform" if len(set(self.size.pruned_layers)) <= 1 else "per_layer"
 
     @property
@@ -119,7 +119,10 @@ class PruneReport:
 
     def runtime_support(self) -> list[RuntimeSupport]:
         """Where the pruned model loads (transformers, lm-evaluation-harness, vLLM, llama.cpp), and how."""
-        return export_support(self.model_type, self.export, self.query_heads_lost, self.checkpoint_traits)
+        target = export_target(
+            self.export, (), self.model_type, self.checkpoint_traits, query_heads_lost=self.query_heads_lost
+        )
+        return list(target.support)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -47,9 +47,20 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RESUME_NEUTRAL", "Fingerprint", "RunFolder", "StageCheckpoint", "fingerprint"]
 
-RESUME_NEUTRAL = ("allow_unfinished_traces",)
-"""RESPConfig fields a resume may change: they decide whether a prune goes on, not what it computes (a run refused
-for unfinished traces resumes with the flag set, reusing the traces it saved)."""
+RESUME_NEUTRAL = ("calibration.allow_unfinished_traces",)
+"""RESPConfig settings (dotted paths) a resume may change: they decide whether a prune goes on, not what it computes
+(a run refused for unfinished traces resumes with the flag set, reusing the traces it saved)."""
+
+
+def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted path: leaf value} (a section that is None is one leaf)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    return {
+        k: v
+        for key, value in tree.items()
+        for k, v in _dotted(value, f"{prefix}.{key}" if prefix else key).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -220,9 +231,13 @@ class RunFolder:
 
     def check_config(self, config: RESPConfig) -> None:
         """Refuse to resume a run of another recipe, saying what differs (`RESUME_NEUTRAL` fields may differ)."""
-        saved = RESPConfig.from_pretrained(self.path).to_dict()
-        now = config.to_dict()
-        diff = {k: (v, now[k]) for k, v in saved.items() if v != now[k] and k not in RESUME_NEUTRAL}
+        saved = _dotted(RESPConfig.from_pretrained(self.path).to_dict())
+        now = _dotted(config.to_dict())
+        diff = {
+            k: (saved.get(k), now.get(k))
+            for k in sorted(saved.keys() | now.keys())
+            if saved.get(k) != now.get(k) and k not in RESUME_NEUTRAL
+        }
         if diff:
             raise ValueError(
                 f"{self.path} holds a RESP run with a different config (saved vs now: {diff}); use another output "

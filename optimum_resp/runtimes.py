@@ -14,32 +14,41 @@ projection to the token embedding and has no biases) and a per_layer Qwen2 or Ll
 
 The facts live as data: per runtime here (`RUNTIMES`, with a `PerLayerRoute` per architecture where a
 runtime loads per_layer exports of some architectures or forms only), per architecture on its
-`ArchitectureSpec` (`query_width_fixed_in`). `RESPConfig.runtimes` asks for a prune whose export loads in the
-named runtimes; `export_support` (read through `PruneReport.runtime_support`) says where a pruned model loads,
-for the model card, `info` and the warning a prune logs when its uniform export will not load somewhere.
+`ArchitectureSpec` (`query_width_fixed_in`). The rule that reads them is written once, `export_target`: from the
+architecture, the export mode and the runtimes asked for (`ExportConfig`, `RESPConfig.export`) it gives the
+allocation the mode needs, the structures the prune must keep, where the export loads and what is refused.
+Config validation, the command line, the pruner, the report (model card, `info`, the warning a prune logs
+when its uniform export will not load somewhere) and the benchmarks all ask it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import PretrainedConfig
 
 from .architectures import ARCHITECTURES, ArchitectureSpec, get_architecture
+from .config_mixin import ConfigMixin
 from .registry import Registry
+from .validation import check_choice, check_int
 
 __all__ = [
+    "EXPORT_MODES",
     "RUNTIMES",
     "TRAITS",
+    "ExportConfig",
+    "ExportTarget",
     "PerLayerRoute",
     "Runtime",
     "RuntimeSupport",
     "checkpoint_traits",
-    "export_support",
-    "kept_structures",
+    "export_target",
 ]
+
+EXPORT_MODES = ("uniform", "per_layer")
 
 TRAITS = {
     "untied_embeddings": "untied embeddings (an lm_head of its own)",
@@ -143,26 +152,6 @@ class RuntimeSupport:
     how: str
 
 
-def kept_structures(spec: ArchitectureSpec, runtimes: list[str], export: str) -> dict[str, str]:
-    """Structure kinds a prune must keep whole so its `export` loads in `runtimes`: {structure: why}.
-
-    Only uniform exports of architectures whose stock loader fixes the query width there are limited:
-    such a loader takes no change in query heads, and a lost KV group takes its query heads with it.
-    """
-    if export != "uniform":
-        return {}
-    fixed = [
-        name for name in (RUNTIMES.lookup(r).name for r in runtimes) if name in spec.query_width_fixed_in
-    ]
-    if not fixed:
-        return {}
-    why = (
-        f"{' and '.join(fixed)} build {spec.model_type}'s q_proj and o_proj at hidden_size x hidden_size, "
-        "so every query head stays (and every KV group, which takes its query heads with it)"
-    )
-    return {"query_heads": why, "kv_heads": why}
-
-
 def checkpoint_traits(config: PretrainedConfig) -> frozenset[str]:
     """The `TRAITS` of a (pruned or dense) model's config: untied embeddings, biases on its linears."""
     spec = get_architecture(config)
@@ -198,27 +187,159 @@ def _per_layer_support(
     return RuntimeSupport(runtime.name, True, route.how)
 
 
-def export_support(
-    model_type: str, export: str, query_heads_lost: bool, traits: Collection[str] | None = None
-) -> list[RuntimeSupport]:
-    """Where a pruned `model_type` model loads, one entry per registered runtime.
+def _stock_support(runtime: Runtime, spec: ArchitectureSpec, query_heads_lost: bool) -> RuntimeSupport:
+    """Whether a uniform (stock) export of `spec` loads in `runtime`: not where its loader fixes the query width
+    and the checkpoint lost query heads."""
+    if query_heads_lost and runtime.name in spec.query_width_fixed_in:
+        how = (
+            f"its {spec.model_type} loader builds q_proj and o_proj at hidden_size x hidden_size and this "
+            f"checkpoint lost query heads; prune with `runtimes=['{runtime.name}']` (CLI `--runtime "
+            f"{runtime.name}`) to keep them, or export per_layer"
+        )
+        return RuntimeSupport(runtime.name, False, how)
+    return RuntimeSupport(runtime.name, True, runtime.uniform)
 
-    `export` is `uniform` or `per_layer`; `query_heads_lost` whether some layer has fewer query heads than
-    the dense model (what a stock loader that fixes the query width cannot take); `traits` the checkpoint's
-    `TRAITS` (`checkpoint_traits`; None when not known, e.g. a report written before they were recorded).
-    """
+
+def _kept(spec: ArchitectureSpec, mode: str, runtimes: Sequence[str]) -> dict[str, str]:
+    """Structure kinds a prune must keep whole so its export loads in `runtimes`: {structure: why}. Only uniform
+    exports of architectures whose stock loader fixes the query width there are limited: such a loader takes no
+    change in query heads, and a lost KV group takes its query heads with it."""
+    fixed = [name for name in runtimes if name in spec.query_width_fixed_in]
+    if mode != "uniform" or not fixed:
+        return {}
+    why = (
+        f"{' and '.join(fixed)} build {spec.model_type}'s q_proj and o_proj at hidden_size x hidden_size, "
+        "so every query head stays (and every KV group, which takes its query heads with it)"
+    )
+    return {"query_heads": why, "kv_heads": why}
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """What an export mode, the runtimes asked for and (when known) the architecture decide about a prune."""
+
+    mode: str
+    allocation: str | None
+    """The allocation the mode needs (`uniform`: the same sizes in every layer), None when the recipe chooses."""
+    protected_layers: tuple[int, ...] | None
+    """The protected layers the mode needs (`uniform`: none, every layer pruned alike), None when the recipe
+    chooses."""
+    kept: Mapping[str, str]
+    """Structure kinds the prune keeps whole so the export loads in the runtimes asked for: {structure: why}."""
+    support: tuple[RuntimeSupport, ...]
+    """Where the export loads, one entry per registered runtime (empty when the architecture is not known)."""
+    refusals: tuple[str, ...]
+    """Why an asked-for runtime cannot load this export (empty: every one can)."""
+
+
+def export_target(
+    mode: str,
+    runtimes: Sequence[str] = (),
+    model_type: str | None = None,
+    traits: Collection[str] | None = None,
+    query_heads_lost: bool = False,
+) -> ExportTarget:
+    """The one rule of where an export runs: from the export `mode`, the `runtimes` asked for and, when known,
+    the architecture (`model_type`), the checkpoint's `TRAITS` (`checkpoint_traits`; None: not known) and whether
+    some layer lost query heads (what a stock loader that fixes the query width cannot take).
+
+    Without `model_type` only what holds for every architecture is decided: the mode's allocation and protected
+    layers, and a runtime that loads no per_layer export at all is refused for `per_layer`."""
+    check_choice("export", mode, EXPORT_MODES)
+    names = [RUNTIMES.lookup(r).name for r in runtimes]
+    uniform = mode == "uniform"
+    fixed = ("uniform", ()) if uniform else (None, None)
+    if model_type is None:
+        refusals = tuple(
+            f"runtimes includes {name!r}, which loads only stock checkpoints, but export='per_layer' writes sizes "
+            "per layer. Use export='uniform' with allocation='uniform' and protected_layers=[] (CLI: --export uniform)."
+            for name in names
+            if not uniform
+            and RUNTIMES[name].per_layer is None
+            and not RUNTIMES[name].per_layer_by_architecture
+        )
+        return ExportTarget(mode, *fixed, {}, (), refusals)
     spec = ARCHITECTURES.lookup(model_type)
-    out = []
-    for runtime in RUNTIMES.values():
-        if export == "per_layer":
-            out.append(_per_layer_support(runtime, spec, traits))
-        elif query_heads_lost and runtime.name in spec.query_width_fixed_in:
-            how = (
-                f"its {spec.model_type} loader builds q_proj and o_proj at hidden_size x hidden_size and this "
-                f"checkpoint lost query heads; prune with `runtimes=['{runtime.name}']` (CLI `--runtime "
-                f"{runtime.name}`) to keep them, or export per_layer"
+    support = tuple(
+        _stock_support(runtime, spec, query_heads_lost)
+        if uniform
+        else _per_layer_support(runtime, spec, traits)
+        for runtime in RUNTIMES.values()
+    )
+    refusals = tuple(
+        f"runtimes includes {s.runtime!r}, where this model's {mode} export will not load: {s.how}."
+        for s in support
+        if s.runtime in names and not s.loads
+    )
+    return ExportTarget(mode, *fixed, _kept(spec, mode, names), support, refusals)
+
+
+@dataclass
+class ExportConfig(ConfigMixin):
+    """How the pruned model is written and where it must run (`RESPConfig.export`); `export_target` decides what
+    the mode and the runtimes fix."""
+
+    mode: Literal["uniform", "per_layer"] = "per_layer"
+    """`per_layer`: sizes per layer (transformers, lm-evaluation-harness, vLLM with optimum-resp, llama.cpp through
+    `optimum-resp export-gguf` for Qwen2, Llama and tied Qwen3); `uniform`: a stock checkpoint that llama.cpp's own
+    converter takes (its allocation is uniform and no layer is protected)."""
+    allocation: Literal["global", "uniform"] | None = None
+    """`global`: one ranking across layers (non-uniform sizes); `uniform`: the same counts per layer. None: what the
+    mode needs (`uniform` for a uniform export, else `global`)."""
+    protected_layers: list[int] | None = None
+    """Layers never pruned. None: the first int(0.1 * num_layers) layers and the last one (none for a uniform
+    export)."""
+    channel_multiple: int = 1
+    """Keep each pruned layer's MLP width a multiple of this (e.g. 64 or 128 for GPU-friendly shapes)."""
+    runtimes: list[str] = field(default_factory=list)
+    """Runtimes the export must load in (`RUNTIMES`: transformers, lm-evaluation-harness, vllm, llama.cpp). The prune
+    then keeps what their loaders fix (a uniform Qwen2 for llama.cpp or vLLM keeps every query head), and an
+    export they cannot load is refused before any work."""
+
+    def __post_init__(self) -> None:
+        """Refuse every invalid value; settle the allocation and protected layers the mode decides."""
+        check_choice("export", self.mode, EXPORT_MODES)
+        if self.allocation is not None:
+            check_choice("allocation", self.allocation, ("global", "uniform"))
+        if self.protected_layers is not None:
+            if not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.protected_layers
+            ):
+                raise ValueError(
+                    f"protected_layers must be a list of layer indices >= 0; got {self.protected_layers!r}."
+                )
+            self.protected_layers = sorted(set(self.protected_layers))
+        check_int("channel_multiple", self.channel_multiple)
+        if not isinstance(self.runtimes, list | tuple) or not all(isinstance(r, str) for r in self.runtimes):
+            raise ValueError(
+                f"runtimes must be a list of runtime names from {list(RUNTIMES)}; got {self.runtimes!r}."
             )
-            out.append(RuntimeSupport(runtime.name, False, how))
-        else:
-            out.append(RuntimeSupport(runtime.name, True, runtime.uniform))
-    return out
+        self.runtimes = list(dict.fromkeys(RUNTIMES.lookup(r).name for r in self.runtimes))
+        target = export_target(self.mode, self.runtimes)
+        if self.allocation is None:
+            self.allocation = target.allocation or "global"
+        elif target.allocation is not None and self.allocation != target.allocation:
+            raise ValueError(
+                f"export='{self.mode}' needs the same sizes in every layer: set allocation='{target.allocation}' (or "
+                "leave it unset), or export='per_layer' to keep RESP's global ranking."
+            )
+        if target.protected_layers is not None:
+            if self.protected_layers not in (None, list(target.protected_layers)):
+                raise ValueError(
+                    f"export='{self.mode}' needs every layer pruned alike, so no layer can be protected: leave "
+                    "protected_layers unset (or []), or use export='per_layer'."
+                )
+            self.protected_layers = list(target.protected_layers)
+        if target.refusals:
+            raise ValueError(target.refusals[0])
+
+    def protected_for(self, num_layers: int) -> list[int]:
+        """The protected layer indices for a model with `num_layers` layers."""
+        if self.protected_layers is None:
+            return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
+        bad = [i for i in self.protected_layers if i >= num_layers]
+        if bad:
+            raise ValueError(
+                f"protected_layers {bad} do not exist: the model has {num_layers} layers (0..{num_layers - 1})."
+            )
+        return list(self.protected_layers)

@@ -9,8 +9,14 @@ from optimum_resp.accounting import decoder_linear_params
 from optimum_resp.allocation import allocate, default_protected_layers, max_removable_params
 from optimum_resp.architectures import get_architecture, layer_sizes
 from optimum_resp.importance.base import LayerScores
+from optimum_resp.runtimes import ExportConfig
 from optimum_resp.surgery import pruned_config, validate_plan
 from optimum_resp.testing_utils import tiny_config
+
+
+def export(**settings) -> ExportConfig:
+    """An export section that protects no layer unless told (the tests pick their own)."""
+    return ExportConfig(**{"protected_layers": [], **settings})
 
 
 def random_scores(config, seed=0):
@@ -39,7 +45,9 @@ def test_plans_are_valid_and_meet_the_target(model_type, allocation, normalizati
     config = tiny_config(model_type)
     dense = sum(decoder_linear_params(config))
     target = int(sparsity * dense)
-    plan = allocate(config, random_scores(config), target, allocation=allocation, normalization=normalization)
+    plan = allocate(
+        config, random_scores(config), target, export(allocation=allocation), normalization=normalization
+    )
     validate_plan(plan, config)
     removed = removed_params(config, plan)
     spec = get_architecture(config)
@@ -56,7 +64,7 @@ def test_global_allocation_prunes_the_least_important_layer_first():
     config = tiny_config("qwen3")
     scores = random_scores(config)
     scores[2].channels *= 1e-6  # layer 2's MLP barely matters
-    plan = allocate(config, scores, 20 * 3 * config.hidden_size, structures=["channels"])
+    plan = allocate(config, scores, 20 * 3 * config.hidden_size, export(), structures=["channels"])
     assert [len(k.channels) for k in plan.layers] == [96, 96, 76, 96]
     # and the channels removed are the lowest-scoring ones of that layer
     removed = set(range(96)) - set(plan.layers[2].channels)
@@ -71,7 +79,7 @@ def test_head_steps_remove_the_weakest_head_of_every_group():
         s.kv_heads += 100.0  # and whole groups
     weakest = [0, 3, 4, 7]  # one per group (groups are heads {0,1}, {2,3}, {4,5}, {6,7})
     scores[1].query_heads[weakest] = -1.0
-    plan = allocate(config, scores, 1, structures=["query_heads", "kv_heads", "channels"])
+    plan = allocate(config, scores, 1, export(), structures=["query_heads", "kv_heads", "channels"])
     assert plan.layers[1].query_heads == (1, 2, 5, 6)
     assert plan.layers[1].kv_heads == (0, 1, 2, 3)
     validate_plan(plan, config)
@@ -86,7 +94,7 @@ def test_group_step_removes_a_whole_kv_group():
         s.kv_heads += 100.0
     scores[0].kv_heads[2] = 0.0
     scores[0].query_heads[[4, 5]] = 0.0
-    plan = allocate(config, scores, 1)
+    plan = allocate(config, scores, 1, export())
     assert plan.layers[0].kv_heads == (0, 1, 3)
     assert plan.layers[0].query_heads == (0, 1, 2, 3, 6, 7)
 
@@ -97,7 +105,9 @@ def test_protected_layers_are_never_pruned():
     assert protected == [0, 9]
     scores = random_scores(config)
     scores[0].channels *= 0  # even if they look unimportant
-    plan = allocate(config, scores, int(0.4 * sum(decoder_linear_params(config))), protected=protected)
+    plan = allocate(
+        config, scores, int(0.4 * sum(decoder_linear_params(config))), export(protected_layers=protected)
+    )
     full = layer_sizes(config)[0]
     for i in protected:
         assert plan.layers[i].sizes == full
@@ -107,29 +117,29 @@ def test_protected_layers_are_never_pruned():
 def test_the_maximum_leaves_every_layer_minimal_and_more_is_refused():
     config = tiny_config("llama")
     limit = max_removable_params(config, protected=[3])
-    plan = allocate(config, random_scores(config), limit, protected=[3])
+    plan = allocate(config, random_scores(config), limit, export(protected_layers=[3]))
     for i, keep in enumerate(plan.layers[:3]):
         assert (len(keep.query_heads), len(keep.kv_heads), len(keep.channels)) == (1, 1, 1), i
     assert removed_params(config, plan) == limit
     with pytest.raises(ValueError, match=r"Cannot remove .* with protected layers \[3\].*at most"):
-        allocate(config, random_scores(config), limit + 1, protected=[3])
+        allocate(config, random_scores(config), limit + 1, export(protected_layers=[3]))
 
 
 def test_bad_arguments_are_refused():
     config = tiny_config("qwen3")
     scores = random_scores(config)
     with pytest.raises(ValueError, match="scores for 3 layers; the model has 4"):
-        allocate(config, scores[:3], 10)
+        allocate(config, scores[:3], 10, export())
     with pytest.raises(ValueError, match="structures must be a non-empty subset"):
-        allocate(config, scores, 10, structures=["rows"])
+        allocate(config, scores, 10, export(), structures=["rows"])
     with pytest.raises(ValueError, match="allocation must be"):
-        allocate(config, scores, 10, allocation="random")
+        allocate(config, scores, 10, export(allocation="random"))
     with pytest.raises(ValueError, match="normalization must be"):
-        allocate(config, scores, 10, normalization="mean")
+        allocate(config, scores, 10, export(), normalization="mean")
     bad = list(scores)
     bad[1] = LayerScores(bad[1].query_heads[:4], bad[1].kv_heads, bad[1].channels)
     with pytest.raises(ValueError, match="Layer 1: scores have shapes"):
-        allocate(config, bad, 10)
+        allocate(config, bad, 10, export())
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform"])
@@ -140,7 +150,11 @@ def test_channel_multiple_keeps_mlp_widths_multiples_and_drops_the_weakest(alloc
     scores = random_scores(config, seed=3)
     target = int(0.6 * max_removable_params(config, structures=["channels"], channel_multiple=multiple))
     plan = allocate(
-        config, scores, target, allocation=allocation, structures=["channels"], channel_multiple=multiple
+        config,
+        scores,
+        target,
+        export(allocation=allocation, channel_multiple=multiple),
+        structures=["channels"],
     )
     validate_plan(plan, config)
     assert removed_params(config, plan) >= target
@@ -159,11 +173,15 @@ def test_channel_multiple_limits_and_errors():
     assert one == 4 * 99 * cost["channels"]
     limit = max_removable_params(config, structures=["channels"], channel_multiple=32)
     assert limit == 4 * (100 - 32) * cost["channels"]  # every layer can go down to one block of 32
-    plan = allocate(config, random_scores(config), limit, structures=["channels"], channel_multiple=32)
+    plan = allocate(
+        config, random_scores(config), limit, export(channel_multiple=32), structures=["channels"]
+    )
     assert [len(k.channels) for k in plan.layers] == [32] * 4
     with pytest.raises(ValueError, match="channel_multiple 32, at most"):
-        allocate(config, random_scores(config), limit + 1, structures=["channels"], channel_multiple=32)
+        allocate(
+            config, random_scores(config), limit + 1, export(channel_multiple=32), structures=["channels"]
+        )
     with pytest.raises(ValueError, match="channel_multiple must be an integer >= 1"):
-        allocate(config, random_scores(config), 10, channel_multiple=0)
+        allocate(config, random_scores(config), 10, export(channel_multiple=0))
     # A layer narrower than the multiple cannot take a step at all.
     assert max_removable_params(config, structures=["channels"], channel_multiple=128) == 0

@@ -197,7 +197,7 @@ def test_decoding_flags_are_generated_from_generation_settings(tmp_path):
         prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg"), "--max-new-tokens", "7")
         + ["--no-do-sample", "--generation-batch-size", "3"]
     )
-    generation = build_config(args).generation
+    generation = build_config(args).calibration.generation
     assert (generation.max_new_tokens, generation.top_k, generation.do_sample, generation.batch_size) == (
         7,
         5,
@@ -211,20 +211,63 @@ def test_decoding_flags_are_generated_from_generation_settings(tmp_path):
     config = build_config(
         parser.parse_args(prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg2")))
     )
-    assert (config.batch_size, config.gradient_checkpointing) == (6, True)
+    assert (config.scoring.batch_size, config.scoring.gradient_checkpointing) == (6, True)
     flags = prune_args("m", tmp_path / "o", "--batch-size", "2", "--gradient-checkpointing")
     config = build_config(parser.parse_args(flags))
-    assert (config.batch_size, config.gradient_checkpointing) == (2, True)
-    assert (
-        build_config(parser.parse_args(prune_args("m", tmp_path / "o"))).gradient_checkpointing is None
-    )  # auto
+    assert (config.scoring.batch_size, config.scoring.gradient_checkpointing) == (2, True)
+    auto = build_config(parser.parse_args(prune_args("m", tmp_path / "o"))).scoring
+    assert auto.gradient_checkpointing is None and auto.bf16_autocast is None
     off = parser.parse_args(prune_args("m", tmp_path / "o", "--no-gradient-checkpointing"))
-    assert build_config(off).gradient_checkpointing is False
+    assert build_config(off).scoring.gradient_checkpointing is False
     for flag, expected in (("--bf16-autocast", True), ("--no-bf16-autocast", False)):
-        assert (
-            build_config(parser.parse_args(prune_args("m", tmp_path / "o", flag))).bf16_autocast is expected
+        scoring = build_config(parser.parse_args(prune_args("m", tmp_path / "o", flag))).scoring
+        assert scoring.bf16_autocast is expected
+    # A method preset over a --config: its criterion keeps the scoring settings it shares (the batch).
+    wanda = build_config(
+        parser.parse_args(
+            prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg2"), "--method", "wanda-sp")
         )
-    assert build_config(parser.parse_args(prune_args("m", tmp_path / "o"))).bf16_autocast is None  # auto
+    )
+    assert wanda.importance == "wanda-sp" and wanda.scoring.batch_size == 6
+
+
+def test_export_flag_takes_the_allocation_its_mode_needs(tmp_path):
+    """--export uniform sets the uniform allocation and no protected layer (`runtimes.export_target`), also over a
+    --config that recorded RESP's global ranking; --export per_layer leaves the allocation as configured."""
+    from optimum_resp.commands.cli import build_parser
+    from optimum_resp.commands.prune import build_config
+    from optimum_resp.configuration_resp import RESPConfig
+
+    parser = build_parser()
+    RESPConfig(recovery="lora", lora_r=4).save_pretrained(tmp_path / "cfg")
+    config = build_config(
+        parser.parse_args(
+            prune_args("m", tmp_path / "o", "--config", str(tmp_path / "cfg"), "--export", "uniform")
+        )
+    )
+    assert (config.export.mode, config.export.allocation, config.export.protected_layers) == (
+        "uniform",
+        "uniform",
+        [],
+    )
+    assert config.recovery.lora.r == 4  # what the flags do not name stays as configured
+    RESPConfig(allocation="uniform").save_pretrained(tmp_path / "cfg2")
+    per_layer = build_config(
+        parser.parse_args(
+            prune_args(
+                "m",
+                tmp_path / "o",
+                "--config",
+                str(tmp_path / "cfg2"),
+                "--export",
+                "per_layer",
+                "--recover",
+                "lora",
+            )
+        )
+    )
+    assert (per_layer.export.mode, per_layer.export.allocation) == ("per_layer", "uniform")
+    assert per_layer.recovery.lora.r == 8
 
 
 def _damaged_copy(model_dir, tmp_path, name, damage):

@@ -28,6 +28,7 @@ from optimum_resp.importance import (
 )
 from optimum_resp.importance.data import IGNORE_INDEX
 from optimum_resp.pruner import RESPPruner
+from optimum_resp.runtimes import ExportConfig
 from optimum_resp.surgery import LayerKeep, PruningPlan, PruningPlanError, prune_model
 from optimum_resp.testing_utils import random_plan, tiny_config
 
@@ -238,7 +239,9 @@ def test_scorers_work_on_a_per_layer_pruned_model():
     ):
         scores = scorer.score(pruned, examples)
         assert_scores_equal(scores, brute_scores(pruned, criterion, inputs))
-        plan = allocate(pruned.config, scores, params_to_remove=5000, normalization="params")
+        plan = allocate(
+            pruned.config, scores, 5000, ExportConfig(protected_layers=[]), normalization="params"
+        )
         prune_model(pruned, plan, export="per_layer")
 
 

@@ -192,7 +192,7 @@ def test_shipped_reasoner_pruned_per_layer_answers_in_llama_cpp_as_in_transforme
         batch_size=8,
         runtimes=["llama.cpp"],
     )
-    assert config.export == "per_layer"
+    assert config.export.mode == "per_layer"
     prompts = prompts_from_task("gsm8k", str(testbed_data_path("gsm8k", "train")), limit=16)
     pruner = RESPPruner(dense, tok, config, task="gsm8k", generator="hf")
     result = pruner.prune(prompts)

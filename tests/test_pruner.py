@@ -17,6 +17,7 @@ import torch
 from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from optimum_resp.calibration import as_prompts
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.pruner import RESPPruner, compose_plans
 from optimum_resp.run_folder import RunFolder
@@ -176,8 +177,8 @@ WORKER = textwrap.dedent(
 
     tokenizer = build_tiny_tokenizer()
     config = small_config()
-    scorer = SlowSecondStage(abs_after=config.taylor_abs_after, batch_size=config.batch_size, seed=config.seed,
-                             progress=False)
+    scorer = SlowSecondStage(abs_after=config.scoring.abs_after, batch_size=config.scoring.batch_size,
+                             seed=config.seed, progress=False)
     RESPPruner(tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS, sys.argv[1])
     """
 )
@@ -319,7 +320,7 @@ def test_the_output_folder_is_checked_before_the_memory_probes(tmp_path, monkeyp
     tokenizer = build_tiny_tokenizer()
     pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator=_NoGeneration())
     monkeypatch.setattr(
-        "optimum_resp.pruner.check_scoring_memory",
+        "optimum_resp.importance.taylor.check_scoring_memory",
         lambda *a, **k: pytest.fail("probed before the folder check"),
     )
     (tmp_path / "busy").mkdir()
@@ -525,17 +526,21 @@ def custom_scorer():
     class Custom(MagnitudeScorer):
         built: list = []
         surgeries: list = []
+        prepared: list = []
 
         @classmethod
-        def from_config(cls, config):
+        def from_config(cls, config, seed=0):
             scorer = cls()
-            scorer.seed = config.seed
+            scorer.seed = seed
             cls.built.append(scorer)
             return scorer
 
-        def check(self, model_config, config):
-            if config.channel_multiple > 1:
+        def check(self, model_config, export):
+            if export.channel_multiple > 1:
                 raise ValueError("test-custom scores single channels only")
+
+        def prepare(self, model, longest_sequence, reserve_bytes=0):
+            Custom.prepared.append((model, longest_sequence, reserve_bytes))
 
         def after_surgery(self, model, pruned, plan):
             Custom.surgeries.append((model, pruned, plan))
@@ -555,10 +560,14 @@ def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_score
             small_config(importance="test-custom", channel_multiple=2),
             generator=_NoGeneration(),
         )
-    result = RESPPruner(
-        model, tokenizer, small_config(importance="test-custom", seed=5), generator="hf"
-    ).prune(PROMPTS)
+    assert custom_scorer.prepared == []  # refused before its resources were looked at
+    pruner = RESPPruner(model, tokenizer, small_config(importance="test-custom", seed=5), generator="hf")
+    result = pruner.prune(PROMPTS)
     assert [s.seed for s in custom_scorer.built] == [0, 5]  # from_config, once per pruner
+    # prepare: once per prune, for the longest prompt plus a full trace, with room for the dense model beside it.
+    longest = pruner._check_prompt_lengths(as_prompts(PROMPTS))
+    assert [(m, n) for m, n, _ in custom_scorer.prepared] == [(model, longest)]
+    assert custom_scorer.prepared[0][2] > 0
     assert len(custom_scorer.surgeries) == 3  # after_surgery after every stage's cut
     first_model, first_pruned, first_step = custom_scorer.surgeries[0]
     assert first_model is model and first_pruned.config.per_layer_config is not None
@@ -741,12 +750,15 @@ def test_scoring_turns_checkpointing_on_only_when_the_plain_pass_would_not_fit(m
         room = plain.peak_bytes * memory.HEADROOM + reserve + (10 * 2**30 if fits else -1)
         monkeypatch.setattr(memory, "free_memory", lambda device, room=room: room)
         pruner.prune(PROMPTS)
+        # The scorer settled what its section left to it (`prepare`), and keeps the setting: a resume may choose again.
+        assert pruner.scoring_memory is pruner.scorer.resources
         assert pruner.scoring_memory.gradient_checkpointing is expected
-        assert pruner.scorer.gradient_checkpointing is expected
-        assert pruner.scorer.bf16_autocast is autocast and pruner.config.bf16_autocast is None
+        assert pruner.scoring_memory.bf16_autocast is autocast
+        assert pruner.scorer.gradient_checkpointing is None and pruner.scorer.bf16_autocast is None
         assert (
-            pruner.config.gradient_checkpointing is None
-        )  # the recipe keeps "auto": a resume may choose again
+            pruner.config.scoring.gradient_checkpointing is None
+            and pruner.config.scoring.bf16_autocast is None
+        )
 
 
 def test_gold_traces_are_checked_at_their_real_length_before_the_first_scoring(monkeypatch):
@@ -760,7 +772,7 @@ def test_gold_traces_are_checked_at_their_real_length_before_the_first_scoring(m
     lengths = []
     check = memory.check_scoring_memory
     monkeypatch.setattr(
-        "optimum_resp.pruner.check_scoring_memory",
+        "optimum_resp.importance.taylor.check_scoring_memory",
         lambda model, batch, longest, *a: lengths.append(longest) or check(model, batch, longest, *a),
     )
     prompts = [CalibrationPrompt(p, gold="4", solution="It is 4. #### 4") for p in PROMPTS]
@@ -843,7 +855,9 @@ def test_config_may_be_a_dict_a_config_or_a_path(tmp_path):
     assert RESPPruner(model, tokenizer, {"target_sparsity": 0.25}).config.target_sparsity == 0.25
     small_config(num_stages=2).save_pretrained(tmp_path / "cfg")
     assert RESPPruner(model, tokenizer, tmp_path / "cfg").config.num_stages == 2
-    with pytest.raises(ValueError, match=r"Unknown RESPConfig keys \['sparsity'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown RESPConfig key\(s\) 'sparsity' \(did you mean 'target_sparsity'"
+    ):
         RESPPruner(model, tokenizer, {"sparsity": 0.4})
     with pytest.raises(ValueError, match="config must be a RESPConfig, a dict of its fields"):
         RESPPruner(model, tokenizer, 0.4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from optimum_resp.importance import TaylorScorer
 from optimum_resp.pruner import RESPPruner
 from optimum_resp.report import PruneReport
 from optimum_resp.run_folder import RunFolder, fingerprint
+
+FLAT_CONFIG = Path(__file__).parent / "fixtures" / "resp_config_flat.json"
 
 
 class CountingGenerator(HFGenerator):
@@ -306,9 +309,55 @@ def test_a_run_refused_for_unfinished_traces_keeps_them_and_resumes_once_allowed
     allowed = _one_stage(tokenizer, generator=generator, allow_unfinished_traces=True)
     allowed.prune(PROMPTS, run.path)
     assert generator.calls == 1 and run.status == "running" and run.reason is None
-    assert RESPConfig.from_pretrained(run.path).allow_unfinished_traces  # the folder records what ran
+    assert RESPConfig.from_pretrained(
+        run.path
+    ).calibration.allow_unfinished_traces  # the folder records what ran
     allowed.save_pretrained(run.path)
     assert run.status == "finished"
+
+
+class DiesInStage2(TaylorScorer):
+    """Stands for a prune killed in its second stage, after the first one's checkpoint landed."""
+
+    calls = 0
+
+    def score(self, model, examples=None):
+        DiesInStage2.calls += 1
+        if DiesInStage2.calls == 2:
+            raise Interrupted
+        return super().score(model, examples)
+
+
+def test_a_run_folder_of_the_flat_config_resumes(tmp_path):
+    """A run folder written before the config had sections holds a flat resp_config.json: the same recipe resumes
+    it after its last stage, and reaches the keep-sets a fresh prune of that recipe reaches."""
+    flat = FLAT_CONFIG.read_text()
+    config = RESPConfig.from_dict(json.loads(flat))
+    assert config.recovery is not None and config.export.runtimes == ["vllm"]  # every section has a setting
+    tokenizer = build_tiny_tokenizer()
+    run = tmp_path / "run"
+    DiesInStage2.calls = 0
+    scorer = DiesInStage2.from_config(config.scoring, seed=config.seed)
+    with pytest.raises(Interrupted):
+        RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(
+            PROMPTS, run
+        )
+    assert [p.name for p in RunFolder(run).stage_dirs()] == ["stage_001"]
+    (run / RunFolder.CONFIG).write_text(flat)  # as the flat version wrote it
+
+    generator = CountingGenerator()
+    resumed = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator=generator)
+    result = resumed.prune(PROMPTS, run)
+    fresh = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS)
+    assert generator.calls == 1  # stage 2's regeneration: the dense traces and stage 1 came from the folder
+    assert [s.stage for s in result.stages] == [1, 2] and result.plan == fresh.plan
+    assert result.report.recovery.method == "lora"
+    # A different recipe is still refused against the flat file, naming the setting by its section.
+    (run / RunFolder.CONFIG).write_text(flat)
+    with pytest.raises(ValueError, match=r"different config .*'scoring.abs_after': \('all', 'batch'\)"):
+        RESPPruner(
+            build_tiny_model(tokenizer), tokenizer, config.override(taylor_abs_after="batch"), generator="hf"
+        ).prune(PROMPTS, run)
 
 
 def test_a_damaged_run_record_names_a_fix_that_works(tmp_path, caplog):

@@ -6,6 +6,7 @@ against vLLM's rules); these run everywhere.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 
@@ -15,7 +16,14 @@ from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
 from optimum_resp import RESPConfig, RESPPruner
 from optimum_resp.architectures import ARCHITECTURES
 from optimum_resp.commands.cli import main
-from optimum_resp.runtimes import RUNTIMES, Runtime, checkpoint_traits, export_support, kept_structures
+from optimum_resp.runtimes import (
+    EXPORT_MODES,
+    RUNTIMES,
+    ExportConfig,
+    Runtime,
+    checkpoint_traits,
+    export_target,
+)
 from optimum_resp.testing_utils import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +53,7 @@ def quick(**overrides) -> RESPConfig:
 )
 def test_runtime_names_are_forgiving(typed, name):
     assert RUNTIMES.lookup(typed).name == name
-    assert RESPConfig(runtimes=[typed, name], **UNIFORM).runtimes == [name]
+    assert RESPConfig(runtimes=[typed, name], **UNIFORM).export.runtimes == [name]
 
 
 def test_runtime_config_refusals():
@@ -54,7 +62,7 @@ def test_runtime_config_refusals():
     with pytest.raises(ValueError, match="runtimes must be a list"):
         RESPConfig(runtimes="llama.cpp")
     # llama.cpp loads per_layer exports of some architectures (export-gguf): the pruner checks the model's.
-    assert RESPConfig(runtimes=["llama.cpp"]).runtimes == ["llama.cpp"]
+    assert RESPConfig(runtimes=["llama.cpp"]).export.runtimes == ["llama.cpp"]
     stock_only = Runtime("stock-only", uniform="its converter", per_layer=None)
     RUNTIMES.register(stock_only.name, stock_only)
     try:
@@ -68,19 +76,68 @@ def test_runtime_config_refusals():
     assert RESPConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
-@pytest.mark.parametrize(
-    "model_type, runtimes, export, kept",
-    [
-        ("qwen2", ["llama.cpp"], "uniform", {"query_heads", "kv_heads"}),
-        ("qwen2", ["vllm"], "uniform", {"query_heads", "kv_heads"}),
-        ("qwen2", ["transformers", "lm-evaluation-harness"], "uniform", set()),
-        ("qwen2", ["vllm"], "per_layer", set()),  # the per_layer class reads head_dim
-        ("qwen3", ["llama.cpp", "vllm"], "uniform", set()),  # their Qwen3 reads head_dim (key_length)
-        ("llama", ["llama.cpp", "vllm"], "uniform", set()),
-    ],
-)
-def test_kept_structures(model_type, runtimes, export, kept):
-    assert set(kept_structures(ARCHITECTURES[model_type], runtimes, export)) == kept
+HEADS = {"query_heads", "kv_heads"}
+TARGETS = {
+    # (architecture, export mode, runtime asked for): (structures the prune keeps whole, refused), for an untied
+    # checkpoint without biases (the tiny Qwen3's traits) that lost no query head it was asked to keep.
+    ("qwen3", "uniform", "transformers"): (set(), False),
+    ("qwen3", "uniform", "lm-evaluation-harness"): (set(), False),
+    ("qwen3", "uniform", "vllm"): (set(), False),  # vLLM's Qwen3 reads head_dim
+    ("qwen3", "uniform", "llama.cpp"): (set(), False),  # so does llama.cpp's (GGUF key_length)
+    ("qwen3", "per_layer", "transformers"): (set(), False),
+    ("qwen3", "per_layer", "lm-evaluation-harness"): (set(), False),
+    ("qwen3", "per_layer", "vllm"): (set(), False),  # optimum-resp's plugin
+    ("qwen3", "per_layer", "llama.cpp"): (set(), True),  # the openelm graph ties the output to the embedding
+    ("qwen2", "uniform", "transformers"): (set(), False),
+    ("qwen2", "uniform", "lm-evaluation-harness"): (set(), False),
+    ("qwen2", "uniform", "vllm"): (HEADS, False),  # its Qwen2 builds q_proj at hidden_size x hidden_size
+    ("qwen2", "uniform", "llama.cpp"): (HEADS, False),  # so does llama.cpp's Qwen2 graph
+    ("qwen2", "per_layer", "transformers"): (set(), False),
+    ("qwen2", "per_layer", "lm-evaluation-harness"): (set(), False),
+    ("qwen2", "per_layer", "vllm"): (set(), False),  # the per_layer class reads head_dim
+    ("qwen2", "per_layer", "llama.cpp"): (set(), False),  # the deci graph takes an untied output
+    ("llama", "uniform", "transformers"): (set(), False),
+    ("llama", "uniform", "lm-evaluation-harness"): (set(), False),
+    ("llama", "uniform", "vllm"): (set(), False),
+    ("llama", "uniform", "llama.cpp"): (set(), False),
+    ("llama", "per_layer", "transformers"): (set(), False),
+    ("llama", "per_layer", "lm-evaluation-harness"): (set(), False),
+    ("llama", "per_layer", "vllm"): (set(), False),
+    ("llama", "per_layer", "llama.cpp"): (set(), False),
+}
+
+
+def test_the_export_table_covers_every_architecture_mode_and_runtime():
+    assert set(TARGETS) == set(itertools.product(ARCHITECTURES, EXPORT_MODES, RUNTIMES))
+
+
+@pytest.mark.parametrize("model_type, mode, runtime", sorted(TARGETS))
+def test_export_target(model_type, mode, runtime):
+    kept, refused = TARGETS[model_type, mode, runtime]
+    target = export_target(mode, [runtime], model_type, traits=["untied_embeddings"])
+    uniform = mode == "uniform"
+    assert (target.allocation, target.protected_layers) == (("uniform", ()) if uniform else (None, None))
+    assert set(target.kept) == kept
+    assert bool(target.refusals) == refused
+    if refused:
+        assert target.refusals[0].startswith(
+            f"runtimes includes {runtime!r}, where this model's {mode} export"
+        )
+    assert [s.runtime for s in target.support] == list(RUNTIMES)
+    # Where the checkpoint loads does not depend on what was asked for: every runtime its row refuses.
+    refusing = {r for (arch, m, r), (_, no) in TARGETS.items() if (arch, m) == (model_type, mode) and no}
+    assert {s.runtime for s in target.support if not s.loads} == refusing
+    # Before the architecture is known (the config), every registered runtime is allowed in either mode, and the
+    # mode fixes the same allocation and protected layers.
+    early = export_target(mode, [runtime])
+    assert (early.allocation, early.protected_layers, early.refusals, early.kept) == (
+        target.allocation,
+        target.protected_layers,
+        (),
+        {},
+    )
+    config = ExportConfig(mode=mode, runtimes=[runtime])
+    assert (config.allocation, config.protected_layers) == (("uniform", []) if uniform else ("global", None))
 
 
 @pytest.mark.parametrize(
@@ -98,8 +155,8 @@ def test_kept_structures(model_type, runtimes, export, kept):
         ("qwen2", "uniform", False, [], set()),
     ],
 )
-def test_export_support(model_type, export, lost, traits, refused):
-    support = export_support(model_type, export, lost, traits)
+def test_where_a_pruned_checkpoint_loads(model_type, export, lost, traits, refused):
+    support = export_target(export, (), model_type, traits, query_heads_lost=lost).support
     assert [s.runtime for s in support] == list(RUNTIMES)
     assert {s.runtime for s in support if not s.loads} == refused
     for s in support:
@@ -222,10 +279,10 @@ def test_cli_runtime_flag(tmp_path, capsys):
     from optimum_resp.commands.prune import build_config
 
     # per_layer (the default) with llama.cpp: the pruner decides once it knows the model (export-gguf's graphs)
-    assert build_config(build_parser().parse_args([*args, "--runtime", "llama.cpp"])).runtimes == [
+    assert build_config(build_parser().parse_args([*args, "--runtime", "llama.cpp"])).export.runtimes == [
         "llama.cpp"
     ]
     parsed = build_parser().parse_args(
         [*args, "--runtime", "llama.cpp", "--runtime", "vLLM", "--export", "uniform"]
     )
-    assert build_config(parsed).runtimes == ["llama.cpp", "vllm"]
+    assert build_config(parsed).export.runtimes == ["llama.cpp", "vllm"]

@@ -2,10 +2,13 @@
 
 from ..generators import GENERATORS, AutoGenerator, HFGenerator, TraceGenerator, VLLMGenerator, get_generator
 from .build import build_traces, check_traces, prompts_from_task, select_by_difficulty, select_traces
+from .config import CALIBRATION_GENERATION, CalibrationConfig
 from .traces import CalibrationPrompt, Trace, as_prompts, load_traces, save_traces
 
 __all__ = [
+    "CALIBRATION_GENERATION",
     "GENERATORS",
+    "CalibrationConfig",
     "AutoGenerator",
     "CalibrationPrompt",
     "HFGenerator",

@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..configuration_resp import RESPConfig
 from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
 from ..generation import build_prompt, end_token_ids
 from ..generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
+
+if TYPE_CHECKING:
+    from ..configuration_resp import RESPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +77,15 @@ def build_traces(
     task: str | TaskSpec | None = None,
     seed: int | None = None,
 ) -> list[Trace]:
-    """Calibration traces for `prompts` from `config.calibration_source`, filtered as the config asks."""
+    """Calibration traces for `prompts` from `config.calibration.source`, filtered as the config asks."""
     spec = get_task(task) if task is not None else None
-    if config.calibration_source == "text":
+    if config.calibration.source == "text":
         return [Trace(p.question, "", p.question, 0, False) for p in prompts]
-    chat = [build_prompt(tokenizer, p.question, thinking=config.generation.thinking) for p in prompts]
+    chat = [
+        build_prompt(tokenizer, p.question, thinking=config.calibration.generation.thinking) for p in prompts
+    ]
     end_text = tokenizer.decode(end_token_ids(tokenizer, model)[:1])
-    if config.calibration_source == "gold":
+    if config.calibration.source == "gold":
         missing = [i for i, p in enumerate(prompts) if not p.solution]
         if missing:
             raise ValueError(
@@ -90,7 +95,7 @@ def build_traces(
         return [Trace(p.question, c, p.solution + end_text, 0, False, p.gold) for p, c in zip(prompts, chat)]
 
     completions = generator.generate(
-        model, tokenizer, chat, config.generation, config.seed if seed is None else seed
+        model, tokenizer, chat, config.calibration.generation, config.seed if seed is None else seed
     )
     traces = [
         Trace(
@@ -111,14 +116,14 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
     """Apply keep_truncated, filter_correct and the length-quantile window; refuse an empty result."""
     n = len(traces)
     kept = traces
-    if not config.keep_truncated:
+    if not config.calibration.keep_truncated:
         kept = [t for t in kept if not t.truncated]
         if not kept:
             raise ValueError(
-                f"All {n} calibration traces hit max_new_tokens={config.generation.max_new_tokens} and keep_truncated is "
+                f"All {n} calibration traces hit max_new_tokens={config.calibration.generation.max_new_tokens} and keep_truncated is "
                 "False: raise max_new_tokens, or set keep_truncated=True (the RESP reference keeps them)."
             )
-    if config.filter_correct:
+    if config.calibration.filter_correct:
         if any(t.correct is None for t in kept):
             raise ValueError(
                 "filter_correct needs gold answers and a task (prompts_from_task) to judge traces."
@@ -128,9 +133,9 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
             raise ValueError(
                 "filter_correct removed every trace: the model solved none of the calibration prompts."
             )
-    if config.selection_length_quantiles:
+    if config.calibration.selection_length_quantiles:
         lengths = torch.tensor([float(t.num_tokens) for t in kept])
-        low, high = (torch.quantile(lengths, q).item() for q in config.selection_length_quantiles)
+        low, high = (torch.quantile(lengths, q).item() for q in config.calibration.selection_length_quantiles)
         kept = [t for t in kept if low <= t.num_tokens <= high]
     logger.info(
         "Calibration traces: %d of %d kept; mean %.0f tokens, %.0f%% truncated%s",
@@ -147,16 +152,16 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
 
 def check_traces(traces: Sequence[Trace], config: RESPConfig, dense: bool = True) -> None:
     """Warn loudly when most traces never finished or almost none is right, and refuse the dense model's traces
-    when none finished, unless `config.allow_unfinished_traces`: such traces mean the model and its
+    when none finished, unless `config.calibration.allow_unfinished_traces`: such traces mean the model and its
     tokenizer or chat template do not fit together, or max_new_tokens is far too small, and scoring them
     prunes for noise."""
-    if not traces or config.calibration_source != "self":
+    if not traces or config.calibration.source != "self":
         return
     n = len(traces)
     truncated = sum(t.truncated for t in traces) / n
-    budget = config.generation.max_new_tokens
+    budget = config.calibration.generation.max_new_tokens
     where = "the dense model's" if dense else "the pruned model's regenerated"
-    if truncated == 1.0 and dense and not config.allow_unfinished_traces:
+    if truncated == 1.0 and dense and not config.calibration.allow_unfinished_traces:
         raise ValueError(
             f"None of {where} {n} calibration traces finished within max_new_tokens={budget}: the model never "
             "ended its answer. Check that the tokenizer and chat template belong to this model, raise "
@@ -194,24 +199,26 @@ def select_by_difficulty(
     """SSGR: keep the hardest `selection_keep_fraction` of prompts, difficulty being the model's failure
     rate over `selection_difficulty_samples` sampled answers (ties keep their original order)."""
     spec = get_task(task)
-    k = config.selection_difficulty_samples
+    k = config.calibration.selection_difficulty_samples
     if any(p.gold is None for p in prompts):
         raise ValueError("Difficulty selection needs a gold answer for every prompt (use prompts_from_task).")
-    chat = [build_prompt(tokenizer, p.question, thinking=config.generation.thinking) for p in prompts]
+    chat = [
+        build_prompt(tokenizer, p.question, thinking=config.calibration.generation.thinking) for p in prompts
+    ]
     failures = [0] * len(prompts)
     for sample in range(k):
         completions = generator.generate(
             model,
             tokenizer,
             chat,
-            dataclasses.replace(config.generation, do_sample=True),
+            dataclasses.replace(config.calibration.generation, do_sample=True),
             config.seed + 1000 * (sample + 1),
         )
         for i, (p, c) in enumerate(zip(prompts, completions)):
             failures[i] += not _judge(spec, p, c.text)
     rates = [f / k for f in failures]
     order = sorted(range(len(prompts)), key=lambda i: -rates[i])
-    keep = sorted(order[: max(1, round(config.selection_keep_fraction * len(prompts)))])
+    keep = sorted(order[: max(1, round(config.calibration.selection_keep_fraction * len(prompts)))])
     logger.info(
         "Difficulty selection kept %d of %d prompts (mean failure rate %.2f -> %.2f)",
         len(keep),

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     from ..calibration import GENERATORS
     from ..configuration_resp import METHOD_PRESETS, RESPConfig
     from ..evaluation.tasks import TASKS
-    from ..runtimes import RUNTIMES
+    from ..recovery import RECOVERY
+    from ..runtimes import RUNTIMES, ExportConfig
 
     p = subparsers.add_parser(
         "prune",
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
         "--sparsity", type=float, default=None, help="fraction of decoder-linear parameters to remove"
     )
     p.add_argument("--method", choices=list(METHOD_PRESETS), default="resp")
-    p.add_argument("--export", choices=RESPConfig.choices("export"), default=None)
+    p.add_argument("--export", choices=ExportConfig.choices("mode"), default=None)
     p.add_argument(
         "--runtime",
         action="append",
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--recover",
-        choices=[c for c in RESPConfig.choices("recovery") if c != "none"],
+        choices=list(RECOVERY),
         default=None,
         help="LoRA recovery on the dense model's traces",
     )
@@ -114,7 +115,10 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="model dtype to load (auto, bfloat16, float32, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_generation_arguments(
-        p, RESPConfig().generation, "of the calibration traces", batch_flag="--generation-batch-size"
+        p,
+        RESPConfig().calibration.generation,
+        "of the calibration traces",
+        batch_flag="--generation-batch-size",
     )
     p.set_defaults(resp_func=run)
 
@@ -122,9 +126,9 @@ def register(subparsers) -> None:
 def build_config(args: argparse.Namespace):
     """The RESPConfig the flags describe: --config first, then the method preset, then explicit flags."""
     from ..configuration_resp import METHOD_PRESETS, RESPConfig
+    from ..runtimes import export_target
 
-    base = RESPConfig.from_pretrained(args.config).to_dict() if args.config else {}
-    base.update(METHOD_PRESETS[args.method][0] if args.method != "resp" else {})
+    base = RESPConfig.from_pretrained(args.config) if args.config else RESPConfig()
     flags = {
         "target_sparsity": args.sparsity,
         "export": args.export,
@@ -138,11 +142,13 @@ def build_config(args: argparse.Namespace):
         "allow_unfinished_traces": args.allow_unfinished_traces,
         "runtimes": args.runtime,
     }
-    base.update({k: v for k, v in flags.items() if v is not None})
-    base["generation"] = {**(base.get("generation") or {}), **generation_overrides(args)}
-    if args.export == "uniform":  # every layer alike: uniform allocation, nothing protected unless configured
-        base.update(allocation="uniform", protected_layers=base.get("protected_layers") or [])
-    return RESPConfig.from_dict(base)
+    values = {**METHOD_PRESETS[args.method][0], **{k: v for k, v in flags.items() if v is not None}}
+    values["generation"] = generation_overrides(args)  # laid over the config's own decoding settings
+    if (
+        args.export is not None
+    ):  # the allocation its export mode needs (uniform: the same sizes in every layer)
+        values["allocation"] = export_target(args.export).allocation or base.export.allocation
+    return base.override(**values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         args.task,
         args.calibration,
         split=args.split,
-        limit=config.num_calibration_prompts,
+        limit=config.calibration.num_prompts,
         seed=config.seed,
         skip_invalid_rows=args.skip_invalid_rows,
     )

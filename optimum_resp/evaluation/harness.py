@@ -8,7 +8,6 @@ evaluation item is scored; for local data this needs a folder with files named a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config_mixin import ConfigMixin
 from ..files import atomic_write
 from ..generation import Completion, GenerationSettings, build_prompt
 from ..generators import TraceGenerator, get_generator
@@ -32,7 +32,7 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigMixin):
     """What to evaluate and how to decode; validated on construction and JSON round-trippable."""
 
     task: str = "gsm8k"
@@ -60,23 +60,10 @@ class EvalConfig:
             raise ValueError(f"num_fewshot must be a non-negative integer, got {self.num_fewshot!r}")
         if self.fewshot_split is not None and self.fewshot_split == self.split:
             raise ValueError(f"fewshot_split must differ from split ({self.split!r}) or be None")
-        self.generation = GenerationSettings.coerce(self.generation, GenerationSettings())
+        self.generation = GenerationSettings.coerce(self.generation, name="generation")
         check_int("seed", self.seed, minimum=0)
         if not isinstance(self.skip_invalid_rows, bool):
             raise ValueError(f"skip_invalid_rows must be True or False; got {self.skip_invalid_rows!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of all fields (stored in summary.json)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvalConfig:
-        """Build a config from a dict, rejecting unknown keys (typos should not be silently ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown EvalConfig key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass

@@ -4,13 +4,14 @@
 model's own traces into decode-only calibration examples.
 """
 
-from .activations import FeatureStats, collect_input_stats
+from .activations import ActivationScoringConfig, FeatureStats, collect_input_stats
 from .base import (
     SCORERS,
     LayerScores,
     PrunableLinear,
     Scorer,
     Scores,
+    ScoringConfig,
     ScoringStats,
     get_scorer,
     load_scores,
@@ -23,12 +24,13 @@ from .base import (
 from .data import IGNORE_INDEX, CalibrationCollator, build_examples, check_examples
 from .flap import FLAPScorer
 from .magnitude import MagnitudeScorer
-from .taylor import TaylorImportanceCallback, TaylorScorer
+from .taylor import TaylorConfig, TaylorImportanceCallback, TaylorScorer
 from .wanda import WandaSPScorer
 
 __all__ = [
     "IGNORE_INDEX",
     "SCORERS",
+    "ActivationScoringConfig",
     "CalibrationCollator",
     "FLAPScorer",
     "FeatureStats",
@@ -37,7 +39,9 @@ __all__ = [
     "PrunableLinear",
     "Scorer",
     "Scores",
+    "ScoringConfig",
     "ScoringStats",
+    "TaylorConfig",
     "TaylorImportanceCallback",
     "TaylorScorer",
     "WandaSPScorer",

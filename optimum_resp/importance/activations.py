@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import PrunableLinear, ScoringStats, prunable_linears
+from ..validation import check_int
+from .base import PrunableLinear, ScoringConfig, ScoringStats, prunable_linears
 from .data import IGNORE_INDEX, CalibrationCollator, check_examples
 
-__all__ = ["POSITIONS", "FeatureStats", "Positions", "collect_input_stats"]
+__all__ = ["POSITIONS", "ActivationScoringConfig", "FeatureStats", "Positions", "collect_input_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ POSITIONS = ("labelled", "all")
 
 # Rows of a hooked input converted to float64 at once: bounds the temporary memory per linear.
 _CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class ActivationScoringConfig(ScoringConfig):
+    """The settings of the activation criteria (Wanda-sp, FLAP): examples per forward pass."""
+
+    batch_size: int = 4
+    """Examples per forward pass (sequences of similar length share a batch, longest first)."""
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size)
 
 
 @dataclass

@@ -22,10 +22,12 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..architectures import STRUCTURES, get_architecture, layer_sizes
+from ..config_mixin import ConfigMixin
 from ..registry import Registry
 
 if TYPE_CHECKING:
-    from ..configuration_resp import RESPConfig
+    from ..memory import ScoringMemoryEstimate
+    from ..runtimes import ExportConfig
     from ..surgery import PruningPlan
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "PrunableLinear",
     "Scorer",
     "Scores",
+    "ScoringConfig",
     "ScoringStats",
     "empty_scores",
     "get_scorer",
@@ -196,13 +199,22 @@ def empty_scores(
     return acc
 
 
+@dataclass
+class ScoringConfig(ConfigMixin):
+    """A criterion's own settings (`RESPConfig.scoring`): each scorer names its subclass as `Scorer.config_class`.
+
+    This base has none (magnitude needs none); `TaylorConfig` and `ActivationScoringConfig` add theirs."""
+
+
 class Scorer(abc.ABC):
     """Base class of importance criteria: `score(model, examples)` returns one LayerScores per layer.
 
-    The pruner drives every criterion through the same four steps, so adding one is a subclass and a
+    The pruner drives every criterion through the same steps, so adding one is a subclass and a
     `register_scorer` line, never a branch in the pruner:
-    - `from_config(config)`: the scorer a `RESPConfig` asks for (its batch size, seed, ...);
-    - `check(model_config, config)`: refuse, before any work, a recipe this criterion cannot serve;
+    - `from_config(config, seed)`: the scorer its section (`config_class`, `RESPConfig.scoring`) describes;
+    - `check(model_config, export)`: refuse, before any work, a recipe this criterion cannot serve;
+    - `prepare(model, longest_sequence, reserve_bytes)`: before any generation, check the resources a scoring
+      pass of sequences this long needs and settle the choices left to it (by default nothing);
     - `score(model, examples)`: the importance of every structure; `last_stats` then describes the run;
     - `after_surgery(model, pruned, plan)`: a step on the smaller model (FLAP's bias compensation);
       by default nothing.
@@ -212,17 +224,27 @@ class Scorer(abc.ABC):
 
     name: ClassVar[str] = ""
     requires: ClassVar[Literal["weights", "activations", "gradients"]] = "weights"
+    config_class: ClassVar[type[ScoringConfig]] = ScoringConfig
+    """The dataclass of this criterion's settings, the type of `RESPConfig.scoring` when it is chosen."""
 
     def __init__(self) -> None:
         self.last_stats: ScoringStats | None = None
 
     @classmethod
-    def from_config(cls, config: RESPConfig) -> Scorer:
-        """The scorer `config` describes (by default one built with no arguments)."""
+    def from_config(cls, config: ScoringConfig, seed: int = 0) -> Scorer:
+        """The scorer `config` (an instance of `config_class`) describes (by default one built with no arguments)."""
         return cls()
 
-    def check(self, model_config: PretrainedConfig, config: RESPConfig) -> None:
-        """Raise a ValueError, before any work, when this criterion cannot serve `config` on this model."""
+    def check(self, model_config: PretrainedConfig, export: ExportConfig) -> None:
+        """Raise a ValueError, before any work, when this criterion cannot serve this export of this model."""
+        return None
+
+    def prepare(
+        self, model: nn.Module, longest_sequence: int, reserve_bytes: int = 0
+    ) -> ScoringMemoryEstimate | None:
+        """Before any generation: refuse a scoring pass over sequences of `longest_sequence` tokens that cannot fit
+        beside `reserve_bytes` other phases hold, and settle what was left to it; returns the memory estimate
+        (None: nothing to estimate)."""
         return None
 
     @abc.abstractmethod

@@ -25,11 +25,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..architectures import get_architecture
 from ..compensation import FeatureMeans, check_bias_compensation, compensate_bias
-from .activations import POSITIONS, Positions, collect_input_stats
+from .activations import POSITIONS, ActivationScoringConfig, Positions, collect_input_stats
 from .base import LayerScores, Scorer, Scores, prunable_linears, register_scorer
 
 if TYPE_CHECKING:
-    from ..configuration_resp import RESPConfig
+    from ..runtimes import ExportConfig
     from ..surgery import PruningPlan
 
 __all__ = ["FLAPScorer"]
@@ -47,6 +47,7 @@ class FLAPScorer(Scorer):
     """
 
     requires = "activations"
+    config_class = ActivationScoringConfig
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class FLAPScorer(Scorer):
         self.feature_means: FeatureMeans | None = None
 
     @classmethod
-    def from_config(cls, config: RESPConfig) -> FLAPScorer:
+    def from_config(cls, config: ActivationScoringConfig, seed: int = 0) -> FLAPScorer:
         return cls(batch_size=config.batch_size)
 
     def score(
@@ -109,10 +110,10 @@ class FLAPScorer(Scorer):
         self.last_stats = run
         return scores
 
-    def check(self, model_config: PretrainedConfig, config: RESPConfig) -> None:
+    def check(self, model_config: PretrainedConfig, export: ExportConfig) -> None:
         """The export must be able to hold the compensation biases."""
         if self.bias_compensation:
-            check_bias_compensation(model_config, config.export, config.runtimes)
+            check_bias_compensation(model_config, export.mode, export.runtimes)
 
     def after_surgery(self, model: nn.Module, pruned: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
         """Bias compensation with the means of the last `score` (nothing when `bias_compensation` is off)."""

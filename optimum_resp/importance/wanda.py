@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .activations import POSITIONS, Positions, collect_input_stats
+from .activations import POSITIONS, ActivationScoringConfig, Positions, collect_input_stats
 from .base import LayerScores, Scorer, Scores, empty_scores, prunable_linears, register_scorer, structure_sums
-
-if TYPE_CHECKING:
-    from ..configuration_resp import RESPConfig
 
 __all__ = ["WandaSPScorer"]
 
@@ -36,6 +32,7 @@ class WandaSPScorer(Scorer):
     """
 
     requires = "activations"
+    config_class = ActivationScoringConfig
 
     def __init__(self, positions: Positions = "labelled", batch_size: int = 1, progress: bool = True) -> None:
         super().__init__()
@@ -48,7 +45,7 @@ class WandaSPScorer(Scorer):
         self.progress = progress
 
     @classmethod
-    def from_config(cls, config: RESPConfig) -> WandaSPScorer:
+    def from_config(cls, config: ActivationScoringConfig, seed: int = 0) -> WandaSPScorer:
         return cls(batch_size=config.batch_size)
 
     def score(
