@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .architectures import get_architecture
-from .calibration import Trace
+from .calibration import Trace, trace_token_ids
 from .importance.data import CalibrationCollator, build_examples, quiet_progress
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,7 @@ def recover_with_lora(
             )
         }
     )
-    examples = build_examples(
-        tokenizer, [t.prompt for t in traces], [t.completion for t in traces], "decode", max_length
-    )
+    examples = build_examples(*trace_token_ids(tokenizer, traces), "decode", max_length)
     peft_model = get_peft_model(
         model,
         LoraConfig(

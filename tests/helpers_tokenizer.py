@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 # The testbed's Qwen3-style chat template and special tokens (same turn markers, same `enable_thinking`
@@ -33,11 +33,17 @@ def build_tiny_tokenizer(
     chat_template: str | None = QWEN3_STYLE_CHAT_TEMPLATE,
     think_special: bool = False,
     name: str = "tiny-qwen3",
+    bos: bool = False,
+    merges: Sequence[tuple[str, str]] = (),
 ) -> PreTrainedTokenizerFast:
-    """Build a byte-level (no merges) fast tokenizer that round-trips any text, with Qwen3 special tokens."""
+    """Build a byte-level fast tokenizer that round-trips any text, with Qwen3 special tokens; with `bos`, it adds a
+    `<s>` BOS to every encoding (as Llama-3's does); with `merges`, byte-level BPE merges (no merges by default, so
+    every character is one token)."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(SPECIAL_TOKENS)
@@ -52,6 +58,11 @@ def build_tiny_tokenizer(
         tokenizer.add_special_tokens({"additional_special_tokens": THINK_TOKENS})
     else:
         tokenizer.add_tokens(THINK_TOKENS)
+    if bos:
+        tokenizer.add_special_tokens({"bos_token": "<s>"})
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+        )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
@@ -81,9 +92,10 @@ def build_tiny_qwen3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3
 class ScriptedModel:
     """A stand-in for a causal LM: ``generate`` answers each prompt with a scripted reply, like HF would.
 
-    ``script(prompt_text) -> reply_text``; the reply is tokenized, followed by ``<|im_end|>`` unless
-    ``end=False``, cut at ``max_new_tokens``, and finished rows are right-filled with the pad id. Every call
-    is recorded (input ids, attention mask, generation config) so tests can check padding and batching.
+    ``script(prompt_text) -> reply``: a reply text is tokenized, a list of ids is generated as it is; either is
+    followed by ``<|im_end|>`` unless ``end=False``, cut at ``max_new_tokens``, and finished rows are right-filled
+    with the pad id. Every call is recorded (input ids, attention mask, generation config, and the ids generated)
+    so tests can check padding, batching and what was generated.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, script, end: bool = True) -> None:
@@ -103,10 +115,16 @@ class ScriptedModel:
         for row, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
             prompt_ids = [tok for tok, m in zip(row, mask, strict=True) if m]
             prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-            ids = self.tokenizer.encode(self.script(prompt), add_special_tokens=False)
+            reply = self.script(prompt)
+            ids = (
+                list(reply)
+                if isinstance(reply, list)
+                else self.tokenizer.encode(reply, add_special_tokens=False)
+            )
             if self.end:
                 ids = ids + [end_id]
             replies.append(ids[:max_new])
+        self.calls[-1]["generated"] = replies
         width = max(len(r) for r in replies)
         pad = generation_config.pad_token_id
         new = torch.tensor([r + [pad] * (width - len(r)) for r in replies], dtype=torch.long)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 from optimum_resp.architectures import get_architecture, layer_sizes
 from optimum_resp.importance import (
@@ -150,13 +149,6 @@ def assert_scores_close(scores, reference, rtol=1e-4, atol=1e-9):
             torch.testing.assert_close(got[name], want[name].double(), rtol=rtol, atol=atol)
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    words = "<unk> <pad> <|im_start|> <|im_end|> user assistant hello world two plus".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-
-
 # ---------------------------------------------------------------------------------------------------------
 def test_registry_and_json_roundtrip(tmp_path):
     assert SCORERS["taylor"] is TaylorScorer and TaylorScorer.name == "taylor"
@@ -178,42 +170,32 @@ def test_registry_and_json_roundtrip(tmp_path):
 
 
 def test_build_examples_boundary_labels_and_truncation():
-    tok = word_tokenizer()
-    ids = {w: tok.convert_tokens_to_ids(w) for w in ("<|im_start|>", "user", "two", "plus", "hello", "world")}
-    prompt, completion = "<|im_start|> user two", "plus hello world"
-    # The joined text would merge "two" and "plus" into one unknown word: tokenizing separately keeps the boundary.
-    decode = build_examples(tok, [prompt + " plus"], ["hello world"], loss="decode")
-    assert decode[0]["labels"] == [-100] * 4 + [ids["hello"], ids["world"]]
-    glued = build_examples(tok, ["<|im_start|> user two"], ["plus hello"], loss="decode")
-    assert glued[0]["input_ids"] == [ids["<|im_start|>"], ids["user"], ids["two"], ids["plus"], ids["hello"]]
-    assert glued[0]["labels"][:3] == [-100] * 3 and glued[0]["labels"][3:] == [ids["plus"], ids["hello"]]
+    prompt, completion = [1, 2, 3], [4, 5, 6]
+    decode = build_examples([prompt], [completion], loss="decode")
+    # The label boundary falls exactly between the ids the model was prompted with and those it generated.
+    assert decode[0]["input_ids"] == [1, 2, 3, 4, 5, 6]
+    assert decode[0]["labels"] == [-100] * 3 + [4, 5, 6]
 
-    full = build_examples(tok, [prompt], [completion], loss="full")
-    assert full[0]["labels"] == full[0]["input_ids"] and len(full[0]["input_ids"]) == 6
+    full = build_examples([prompt], [completion], loss="full")
+    assert full[0]["labels"] == full[0]["input_ids"] == [1, 2, 3, 4, 5, 6]
 
     # max_length cuts the completion after the whole prompt; a pair with an empty completion is skipped.
-    cut = build_examples(tok, [prompt, prompt], [completion, ""], loss="decode", max_length=4)
-    assert len(cut) == 1 and cut[0]["input_ids"] == [
-        ids["<|im_start|>"],
-        ids["user"],
-        ids["two"],
-        ids["plus"],
-    ]
-    assert cut[0]["labels"] == [-100, -100, -100, ids["plus"]]
+    cut = build_examples([prompt, prompt], [completion, []], loss="decode", max_length=4)
+    assert len(cut) == 1 and cut[0]["input_ids"] == [1, 2, 3, 4]
+    assert cut[0]["labels"] == [-100, -100, -100, 4]
 
 
 def test_build_examples_refuses_unusable_input():
-    tok = word_tokenizer()
     with pytest.raises(ValueError, match="no \\(prompt, completion\\) pairs"):
-        build_examples(tok, [], [])
+        build_examples([], [])
     with pytest.raises(ValueError, match="completions are empty.*Generate"):
-        build_examples(tok, ["user two", "user plus"], ["", ""])
+        build_examples([[1, 2], [1, 3]], [[], []])
     with pytest.raises(ValueError, match="one completion per prompt"):
-        build_examples(tok, ["user"], ["a", "b"])
+        build_examples([[1]], [[2], [3]])
     with pytest.raises(ValueError, match="Raise max_length"):
-        build_examples(tok, ["user two plus"], ["hello"], max_length=3)
+        build_examples([[1, 2, 3]], [[4]], max_length=3)
     with pytest.raises(ValueError, match="loss must be"):
-        build_examples(tok, ["user"], ["hello"], loss="prompt")
+        build_examples([[1]], [[2]], loss="prompt")
 
 
 def test_collator_right_pads():

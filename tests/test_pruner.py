@@ -394,8 +394,40 @@ def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
     assert PruningPlan.full(pruner.model.config).layers[0].sizes.num_attention_heads == 8
 
 
+def test_stages_score_the_ids_the_model_was_prompted_with_and_generated(monkeypatch):
+    from optimum_resp.generation import end_token_ids
+    from optimum_resp.importance import TaylorScorer
+
+    tokenizer = build_tiny_tokenizer(bos=True, name="adds-bos")  # the chat template renders no BOS
+    model = tiny_model(tokenizer)
+    ends, generated = set(end_token_ids(tokenizer, model)), []
+    stock_generate = model.generate
+
+    def recording_generate(input_ids, attention_mask, **kwargs):
+        out = stock_generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        width = input_ids.shape[1]
+        for row, mask, sequence in zip(input_ids.tolist(), attention_mask.tolist(), out.tolist()):
+            new = sequence[width:]
+            cut = next((i + 1 for i, t in enumerate(new) if t in ends), len(new))
+            generated.append([t for t, m in zip(row, mask) if m] + new[:cut])
+        return out
+
+    class RecordingScorer(TaylorScorer):
+        def score(self, model, examples=None):
+            self.examples = examples
+            return super().score(model, examples)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    scorer = RecordingScorer(progress=False)
+    config = small_config(num_stages=1, regeneration_milestones=[])
+    RESPPruner(model, tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS)
+    scored = [e["input_ids"] for e in scorer.examples]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in scored)
+    assert sorted(scored) == sorted(generated) and len(scored) == len(PROMPTS)
+
+
 def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
-    from optimum_resp.calibration import load_traces
+    from optimum_resp.calibration import load_traces, trace_token_ids
     from optimum_resp.importance import build_examples
 
     tokenizer = build_tiny_tokenizer()
@@ -422,7 +454,7 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
     assert plain.plan == result.plan  # recovery changes weights, not structure
 
     traces = load_traces(tmp_path / "run" / "dense_traces.jsonl")
-    examples = build_examples(tokenizer, [t.prompt for t in traces], [t.completion for t in traces])
+    examples = build_examples(*trace_token_ids(tokenizer, traces))
 
     def loss(m):
         with torch.no_grad():
