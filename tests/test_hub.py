@@ -317,7 +317,7 @@ def test_push_uploads_exactly_the_saved_folder(pruned, tmp_path, monkeypatch, xe
         assert [c["summary"] for c in hub.commits][-1] == "second push"
 
     assert {path: content for path, (content, _) in before.items()} == uploaded
-    assert {"config.json", "model.safetensors", "README.md", "modeling_resp.py"} <= set(uploaded)
+    assert {"config.json", "model.safetensors", "README.md", "modeling_per_layer.py"} <= set(uploaded)
     assert _snapshot(folder) == before  # the local folder is only read
 
 

@@ -250,11 +250,11 @@ def test_save_and_reload_gives_identical_logits(tmp_path, model_type, export):
     saved = json.loads((tmp_path / "config.json").read_text())
     if export == "uniform":
         assert saved["model_type"] == model_type and "auto_map" not in saved
-        assert not (tmp_path / "modeling_resp.py").exists()
+        assert not (tmp_path / "modeling_per_layer.py").exists()
     else:
         assert saved["model_type"] == f"resp_{model_type}"
         assert set(saved["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
-        assert (tmp_path / "modeling_resp.py").exists() and (tmp_path / "configuration_resp.py").exists()
+        assert {"modeling_per_layer.py", "configuration_per_layer.py"} <= {p.name for p in tmp_path.iterdir()}
         assert len(saved["per_layer_config"]) == model.config.num_hidden_layers
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded) is type(pruned)
@@ -314,6 +314,34 @@ def test_per_layer_loads_with_trust_remote_code_without_optimum_resp(tmp_path, m
     with torch.no_grad():
         expected = pruned(input_ids=input_ids, attention_mask=attention_mask).logits
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_a_per_layer_folder_saved_with_the_old_file_names_still_loads(tmp_path):
+    # Before the rename, save_pretrained wrote configuration_resp.py / modeling_resp.py and an auto_map naming them.
+    model = make_model("qwen3")
+    pruned = prune_model(model, random_plan(model.config, 0.4, per_layer=True), export="per_layer")
+    pruned.save_pretrained(tmp_path)
+    for new, old in (
+        ("configuration_per_layer", "configuration_resp"),
+        ("modeling_per_layer", "modeling_resp"),
+    ):
+        text = (tmp_path / f"{new}.py").read_text().replace("configuration_per_layer", "configuration_resp")
+        (tmp_path / f"{old}.py").write_text(text)
+        (tmp_path / f"{new}.py").unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_resp.RESPQwen3Config",
+        "AutoModelForCausalLM": "modeling_resp.RESPQwen3ForCausalLM",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # optimum_resp's registered classes
+    assert type(reloaded) is type(pruned)
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, attention_mask=attention_mask).logits,
+            pruned(input_ids=input_ids, attention_mask=attention_mask).logits,
+        )
 
 
 def test_per_layer_auto_classes_are_registered_on_import():
