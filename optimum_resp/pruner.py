@@ -764,7 +764,7 @@ class RESPPruner:
         unless `overwrite=True`, which also removes another run's records there (its resume state would no
         longer describe the folder's model).
         """
-        from .hub import write_model_card
+        from .model_card import write_model_card
 
         if self.result is None:
             raise ValueError("Nothing to save yet: call prune() first.")

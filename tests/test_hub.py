@@ -17,12 +17,11 @@ from transformers import AutoModelForCausalLM
 
 from optimum_resp.accounting import size_report
 from optimum_resp.configuration_resp import RESPConfig
-from optimum_resp.hub import (
-    HubPushError,
+from optimum_resp.hub import HubPushError, push_to_hub
+from optimum_resp.model_card import (
     base_model_license,
     build_eval_results,
     export_mode,
-    push_to_hub,
     render_model_card,
     write_model_card,
 )
