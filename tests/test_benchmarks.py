@@ -313,6 +313,7 @@ def bench_real(monkeypatch, tmp_path):
     return module
 
 
+@pytest.mark.slow
 def test_real_model_benchmark_runs_every_phase_resumes_and_measures_fidelity(bench_real, tmp_path, capsys):
     """The whole pipeline of bench_real.py on the testbed reasoner (`--quick`): each phase in its own process,
     a record per row, nothing left to do after, and a deleted phase is the only one planned again."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer, single_torch_thread
+from conftest import single_torch_thread, tiny_model, tiny_tokenizer
+from scripted_model import ScriptedModel
 
 from optimum_resp.calibration import (
     CalibrationPrompt,
@@ -102,7 +103,7 @@ def test_prompts_from_a_local_gsm8k_file_are_shuffled_with_gold_and_solution():
 
 
 def test_self_traces_judge_correctness_and_carry_the_end_token():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
     golds = {p.question: p.gold for p in prompts}
 
@@ -126,7 +127,7 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
 
 
 def test_gold_traces_use_the_human_solution():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=3)
     traces = build_traces(
         None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None)
@@ -156,7 +157,7 @@ def test_selection_filters():
 
 
 def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
     solved_times = {0: 4, 1: 0, 2: 2, 3: 3}  # prompt index -> how many of 4 samples are right
 
@@ -177,7 +178,7 @@ def test_generator_interface():
     assert get_generator("auto").name == "auto"
     with pytest.raises(ValueError, match=r"Unknown generator 'tgi'; choose one of \['auto', 'hf', 'vllm'\]"):
         get_generator("tgi")
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     model = ScriptedModel(tokenizer, lambda prompt: "<think>\nhm\n</think>\n\n\\boxed{4}")
     settings = GenerationSettings(max_new_tokens=40)
     via_interface = get_generator("hf").generate(model, tokenizer, ["p1", "p22"], settings)
@@ -186,9 +187,9 @@ def test_generator_interface():
 
 
 def test_hf_generator_runs_a_real_model():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with single_torch_thread():
-        model = build_tiny_qwen3(tokenizer)
+        model = tiny_model(tokenizer=tokenizer)
         out = HFGenerator().generate(
             model, tokenizer, ["hello", "a longer prompt"], GenerationSettings(max_new_tokens=5)
         )
@@ -215,7 +216,7 @@ def _scored(tokenizer, traces) -> list[list[int]]:
 
 
 def test_scored_ids_are_the_generated_ids_with_a_tokenizer_that_adds_bos():
-    tokenizer = build_tiny_tokenizer(bos=True, name="adds-bos")
+    tokenizer = tiny_tokenizer(bos=True, name="adds-bos")
     model = ScriptedModel(tokenizer, lambda prompt: "<think>\n2+3=5\n</think>\n\n\\boxed{5}")
     config = RESPConfig(generation={"max_new_tokens": 64})
     traces = build_traces(model, tokenizer, as_prompts(["What is 2+3?", "And 4+4?"]), config, HFGenerator())
@@ -233,7 +234,7 @@ def test_scored_ids_are_the_generated_ids_when_bpe_merges_across_the_boundary():
     # ":" + " " and " " + "7" merge: the joined text "Answer: 7" would tokenize across the prompt/completion
     # boundary, and the completion " 7" alone as one token, while the model generated " " and "7" apart.
     merges = [(":", "Ġ"), ("Ġ", "7")]
-    tokenizer = build_tiny_tokenizer(chat_template=None, merges=merges, name="merges")
+    tokenizer = tiny_tokenizer(chat_template=None, merges=merges, name="merges")
     space, seven = tokenizer.convert_tokens_to_ids(["Ġ", "7"])
     model = ScriptedModel(tokenizer, lambda prompt: [space, seven])
     config = RESPConfig(generation={"max_new_tokens": 8})
@@ -246,7 +247,7 @@ def test_scored_ids_are_the_generated_ids_when_bpe_merges_across_the_boundary():
 
 
 def test_traces_saved_without_ids_load_and_score_their_text_as_before(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     fresh = Trace(
         "q", "<|im_start|>user\nq<|im_end|>\n", "ok<|im_end|>", 3, False, prompt_ids=[1], completion_ids=[2]
     )
@@ -265,7 +266,7 @@ def test_traces_saved_without_ids_load_and_score_their_text_as_before(tmp_path):
 
 
 def test_gold_and_text_traces_carry_their_tokens():
-    tokenizer = build_tiny_tokenizer(bos=True, name="gold-bos")
+    tokenizer = tiny_tokenizer(bos=True, name="gold-bos")
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=2, seed=0)
     gold = build_traces(None, tokenizer, prompts, RESPConfig(calibration_source="gold"), HFGenerator())
     for t, p in zip(gold, prompts):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
+from conftest import single_torch_thread, tiny_model, tiny_tokenizer
 from hub_server import FakeHub
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM
@@ -78,9 +78,9 @@ def _no_credentials_no_offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """A tiny Qwen3 really pruned by RESP (1 stage, per_layer export) and saved: (folder, report)."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with single_torch_thread():
-        model = build_tiny_model(tokenizer)
+        model = tiny_model(tokenizer=tokenizer)
         resp = RESPConfig(
             target_sparsity=0.3,
             num_stages=1,
@@ -391,8 +391,8 @@ def test_pruner_push_to_hub_saves_and_uploads_the_folder(tmp_path, monkeypatch):
     """RESPPruner.push_to_hub: refuses before writing without a token; otherwise the Hub gets the saved folder."""
     from optimum_resp.hub import HubPushError
 
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     resp = RESPConfig(
         target_sparsity=0.2,
         num_stages=1,

@@ -102,6 +102,7 @@ def test_shipped_checkpoint_generates_traces(shipped):
     assert right >= 6  # it scores ~98% on this split
 
 
+@pytest.mark.slow
 def test_training_script_quick_run(tmp_path):
     out = tmp_path / "ckpt"
     cmd = [
