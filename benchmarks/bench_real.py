@@ -401,7 +401,7 @@ def phase_fidelity(row: Row, record: Record, source: Path) -> None:
 
 def phase_chunk(row: Row, record: Record, source: Path, k: int) -> None:
     from optimum_resp.evaluation import EvalConfig, evaluate_model
-    from optimum_resp.generation import adds_special_tokens
+    from optimum_resp.generation import encode_prompts
 
     model, tokenizer = _load(source if row.method == "dense" else run_folder(row, record))
     config = EvalConfig(
@@ -421,8 +421,7 @@ def phase_chunk(row: Row, record: Record, source: Path, k: int) -> None:
         "engine": result.summary["engine"],
     }
     if row.method == "dense" and k * SETTINGS["chunk"] < SETTINGS["fidelity_problems"]:
-        prompts = [c.prompt for c in result.completions]
-        ids = tokenizer(prompts, add_special_tokens=adds_special_tokens(tokenizer, prompts))["input_ids"]
+        ids = encode_prompts(tokenizer, [c.prompt for c in result.completions])
         lines = [
             json.dumps({"problem": k * SETTINGS["chunk"] + i, "prompt_ids": p, "answer_ids": c.token_ids})
             for i, (p, c) in enumerate(zip(ids, result.completions, strict=True))

@@ -52,7 +52,7 @@ from transformers import (
 
 from optimum_resp.memory import release_heap
 from optimum_resp.testbed import DATA_SIZES
-from optimum_resp.testbed.compositional import MAX_VALUE, generate_splits_v2
+from optimum_resp.testbed.compositional import MAX_VALUE, generate_splits
 from optimum_resp.testbed.problems import Problem
 from optimum_resp.testbed.tokenizer import IM_END, build_testbed_tokenizer
 
@@ -369,7 +369,7 @@ def make_splits(args: argparse.Namespace) -> dict[str, list[Problem]]:
     """
     n_eval = max(args.eval_n, 1)
     held = {split: max(n_eval, DATA_SIZES[split]) for split in ("test", "held_out_frames")}
-    splits = generate_splits_v2({"train": args.train_offset + args.num_train, **held}, seed=args.seed)
+    splits = generate_splits({"train": args.train_offset + args.num_train, **held}, seed=args.seed)
     for split in held:
         splits[split] = splits[split][:n_eval]
     splits["train"] = splits["train"][args.train_offset :]

@@ -28,15 +28,10 @@ from .importance.base import LayerScores
 from .runtimes import ExportConfig
 from .surgery import LayerKeep, PruningPlan
 
-__all__ = ["Allocation", "Normalization", "allocate", "default_protected_layers", "max_removable_params"]
+__all__ = ["Allocation", "Normalization", "allocate", "max_removable_params"]
 
 Allocation = Literal["global", "uniform"]
 Normalization = Literal["resp", "params", "none"]
-
-
-def default_protected_layers(num_layers: int) -> list[int]:
-    """RESP's default: the first int(0.1 * L) layers and the last one."""
-    return sorted(set(range(int(0.1 * num_layers))) | {num_layers - 1})
 
 
 def _min_channels(width: int, multiple: int) -> int:

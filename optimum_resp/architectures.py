@@ -34,7 +34,7 @@ from .modeling import (
     RESPQwen3Config,
     RESPQwen3ForCausalLM,
 )
-from .modeling.modeling_resp import DOWN_PROJ_BIAS, O_PROJ_BIAS
+from .modeling.modeling_per_layer import DOWN_PROJ_BIAS, O_PROJ_BIAS
 from .registry import Registry
 
 __all__ = [

@@ -166,6 +166,37 @@ def adds_special_tokens(tokenizer: Any, prompts: Sequence[str]) -> bool:
     return not (bos and all(p.startswith(bos) for p in prompts))
 
 
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """The token ids a model is prompted with (a BOS added unless the template rendered it): every generator
+    feeds these, and a calibration trace records them, so the ids scored are the ids the model saw."""
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    encoded = tokenizer(prompts, add_special_tokens=adds_special_tokens(tokenizer, prompts))["input_ids"]
+    return [list(ids) for ids in encoded]
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Text that follows a prompt (a completion, a solution) as ids: no special token added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of prompts' ids, left-padded to the longest, and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else its eos (padding is masked out)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    logger.info("Tokenizer has no pad token: padding with eos %r", tokenizer.eos_token)
+    return tokenizer.eos_token_id
+
+
 def strip_ids(tokenizer: Any) -> set[int]:
     """Special-token ids removed from decoded text; the think tags are kept even when they are special."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -247,48 +278,32 @@ def generate(
     hidden = strip_ids(tokenizer)
     device = _model_device(model)
 
-    add_special = adds_special_tokens(tokenizer, prompts)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    encoded = encode_prompts(tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
 
-    old_side = tokenizer.padding_side
-    old_pad = tokenizer.pad_token
+    pad_id = _pad_id(tokenizer)
+    gen_config = _build_generation_config(settings, pad_id, end_ids)
     results: list[Completion | None] = [None] * len(prompts)
-    try:
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-            logger.info("Tokenizer has no pad token: padding with eos %r", tokenizer.eos_token)
-        pad_id = tokenizer.pad_token_id
-        gen_config = _build_generation_config(settings, pad_id, end_ids)
-        for batch_start, batch in zip(
-            range(0, len(order), settings.batch_size),
-            tqdm(batches, desc="generate", unit="batch", disable=not show_progress),
-            strict=True,
-        ):
-            batch_prompts = [prompts[i] for i in batch]
-            enc = tokenizer(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=add_special)
-            input_ids = enc["input_ids"].to(device)
-            attention_mask = enc["attention_mask"].to(device)
-            torch.manual_seed(seed + batch_start)
-            start = time.perf_counter()
-            out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # count the whole generation, not just the kernel launches
-            stats.elapsed_s += time.perf_counter() - start
-            sequences = out.sequences if hasattr(out, "sequences") else out
-            new_tokens = sequences[:, input_ids.shape[1] :].tolist()
-            for row, idx in enumerate(batch):
-                completion = finish_completion(tokenizer, prompts[idx], new_tokens[row], set(end_ids), hidden)
-                stats.generated_tokens += completion.num_tokens
-                results[idx] = completion
-    finally:
-        tokenizer.padding_side = old_side
-        if old_pad is None:
-            tokenizer.pad_token = None
+    for batch_start, batch in zip(
+        range(0, len(order), settings.batch_size),
+        tqdm(batches, desc="generate", unit="batch", disable=not show_progress),
+        strict=True,
+    ):
+        input_ids, attention_mask = _left_pad([encoded[i] for i in batch], pad_id)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        torch.manual_seed(seed + batch_start)
+        start = time.perf_counter()
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # count the whole generation, not just the kernel launches
+        stats.elapsed_s += time.perf_counter() - start
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        new_tokens = sequences[:, input_ids.shape[1] :].tolist()
+        for row, idx in enumerate(batch):
+            completion = finish_completion(tokenizer, prompts[idx], new_tokens[row], set(end_ids), hidden)
+            stats.generated_tokens += completion.num_tokens
+            results[idx] = completion
     logger.info(
         "Generated %d tokens for %d prompts in %.1fs (%.1f tokens/s)",
         stats.generated_tokens,
@@ -306,6 +321,8 @@ __all__ = [
     "GenerationStats",
     "adds_special_tokens",
     "build_prompt",
+    "encode_prompts",
+    "encode_text",
     "end_token_ids",
     "finish_completion",
     "generate",

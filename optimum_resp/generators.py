@@ -17,7 +17,7 @@ from .generation import (
     CompletionList,
     GenerationSettings,
     GenerationStats,
-    adds_special_tokens,
+    encode_prompts,
     end_token_ids,
     finish_completion,
     generate,
@@ -159,8 +159,7 @@ class VLLMGenerator(TraceGenerator):
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
         end_ids = end_token_ids(tokenizer, model)
-        add_special = adds_special_tokens(tokenizer, prompts)
-        ids = tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
+        ids = encode_prompts(tokenizer, prompts)
         sample = settings.do_sample
         params = SamplingParams(
             n=1,
@@ -185,7 +184,7 @@ class VLLMGenerator(TraceGenerator):
         ) as llm:
             start = time.perf_counter()
             outputs = llm.generate(
-                [TokensPrompt(prompt_token_ids=list(i)) for i in ids], params, use_tqdm=show_progress
+                [TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=show_progress
             )
             stats.elapsed_s = time.perf_counter() - start
         hidden, ends = strip_ids(tokenizer), set(end_ids)

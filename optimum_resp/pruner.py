@@ -45,14 +45,16 @@ from .calibration import (
     TraceGenerator,
     as_prompts,
     build_traces,
+    chat_prompts,
     check_traces,
     get_generator,
     select_by_difficulty,
+    trace_token_ids,
 )
 from .compensation import add_biases
 from .configuration_resp import RESPConfig
 from .files import umask_permissions
-from .generation import adds_special_tokens, build_prompt
+from .generation import encode_prompts
 from .importance import Scorer, build_examples, scorer_class
 from .loading import load_model, load_model_config, load_tokenizer
 from .memory import ScoringMemoryEstimate, release_heap
@@ -367,9 +369,8 @@ class RESPPruner:
         generation = c.calibration.generation
         if c.calibration.source == "text":
             return None
-        chat = [build_prompt(self.tokenizer, p.question, thinking=generation.thinking) for p in prompts]
-        ids = self.tokenizer(chat, add_special_tokens=adds_special_tokens(self.tokenizer, chat))["input_ids"]
-        lengths = [len(i) for i in ids]
+        chat = chat_prompts(self.tokenizer, prompts, generation.thinking)
+        lengths = [len(i) for i in encode_prompts(self.tokenizer, chat)]
         too_long = [i for i, n in enumerate(lengths) if n >= c.max_length]
         if too_long:
             raise ValueError(
@@ -517,13 +518,7 @@ class RESPPruner:
             traces = self._regenerate(state.model, state.prompts, traces, stage=k)
             regenerated = sorted({*regenerated, *due})
         with self._clock("scoring") as cost:
-            examples = build_examples(
-                self.tokenizer,
-                [t.prompt for t in traces],
-                [t.completion for t in traces],
-                c.loss,
-                c.max_length,
-            )
+            examples = build_examples(*trace_token_ids(self.tokenizer, traces), c.loss, c.max_length)
             if not self._scorer_prepared:  # traces from data: checked now, at their real lengths
                 self._prepare_scorer(max(len(e["input_ids"]) for e in examples))
             scores = self.scorer.score(state.model, examples)
@@ -753,7 +748,7 @@ class RESPPruner:
         unless `overwrite=True`, which also removes another run's records there (its resume state would no
         longer describe the folder's model).
         """
-        from .hub import write_model_card
+        from .model_card import write_model_card
 
         if self.result is None:
             raise ValueError("Nothing to save yet: call prune() first.")

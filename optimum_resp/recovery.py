@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .architectures import get_architecture
-from .calibration import Trace
+from .calibration import Trace, trace_token_ids
 from .config_mixin import ConfigMixin, check_keys, to_plain
 from .importance.data import CalibrationCollator, build_examples, quiet_progress
 from .registry import Registry
@@ -148,9 +148,7 @@ def recover_with_lora(
             )
         }
     )
-    examples = build_examples(
-        tokenizer, [t.prompt for t in traces], [t.completion for t in traces], "decode", max_length
-    )
+    examples = build_examples(*trace_token_ids(tokenizer, traces), "decode", max_length)
     lora = dataclasses.replace(
         config.lora, target_modules=config.lora.target_modules or targets, task_type="CAUSAL_LM"
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from optimum_resp.accounting import decoder_linear_params
-from optimum_resp.allocation import allocate, default_protected_layers, max_removable_params
+from optimum_resp.allocation import allocate, max_removable_params
 from optimum_resp.architectures import get_architecture, layer_sizes
 from optimum_resp.importance.base import LayerScores
 from optimum_resp.runtimes import ExportConfig
@@ -101,8 +101,7 @@ def test_group_step_removes_a_whole_kv_group():
 
 def test_protected_layers_are_never_pruned():
     config = tiny_config("qwen3", num_hidden_layers=10)
-    protected = default_protected_layers(10)
-    assert protected == [0, 9]
+    protected = [0, 9]
     scores = random_scores(config)
     scores[0].channels *= 0  # even if they look unimportant
     plan = allocate(

@@ -16,11 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def bench_quality(tmp_path, monkeypatch):
+    """The quality benchmark's command line (its records, statistics and rendering are modules beside it), with
+    its records kept under tmp_path."""
     spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(sys.modules["quality_records"], "RUNS", tmp_path / "runs")
     return module
+
+
+@pytest.fixture
+def records(bench_quality):
+    return sys.modules["quality_records"]
+
+
+@pytest.fixture
+def stats(bench_quality):
+    return sys.modules["quality_stats"]
+
+
+@pytest.fixture
+def rendering(bench_quality):
+    return sys.modules["quality_render"]
 
 
 @pytest.fixture
@@ -47,17 +64,17 @@ def settings(tmp_path):
     )
 
 
-def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality, settings):
-    path = bench_quality.run_record_path
+def test_run_record_is_named_by_everything_that_decides_the_result(records, settings):
+    path = records.run_record_path
     base = path(settings, "resp", 0.4, {}, 0)
     assert base == path(settings, "resp", 0.4, {}, 0)
-    assert base.parent == bench_quality.RUNS and base.name.startswith("resp-0.40-s0-")
+    assert base.parent == records.RUNS and base.name.startswith("resp-0.40-s0-")
     assert base != path(settings, "resp", 0.4, {"num_stages": 8}, 0)
     assert base != path(settings, "resp", 0.3, {}, 0)
     assert base != path(settings, "magnitude", 0.4, {}, 0)
     assert base != path(settings, "resp", 0.4, {}, 1)
     quick = path(argparse.Namespace(**{**vars(settings), "quick": True}), "resp", 0.4, {}, 0)
-    assert quick.parent == bench_quality.RUNS / "quick"  # smoke runs stay out of the kept (committed) records
+    assert quick.parent == records.RUNS / "quick"  # smoke runs stay out of the kept (committed) records
     Path(settings.eval_data["hard"]).write_text('{"question": "q2", "answer": "#### 2"}\n')  # other eval data
     assert base != path(settings, "resp", 0.4, {}, 0)
     before = path(settings, "resp", 0.4, {}, 0)
@@ -65,29 +82,29 @@ def test_run_record_is_named_by_everything_that_decides_the_result(bench_quality
     assert before != path(settings, "resp", 0.4, {}, 0)
 
 
-def test_stopped_benchmark_resumes_from_the_kept_records(bench_quality, settings, monkeypatch):
+def test_stopped_benchmark_resumes_from_the_kept_records(records, settings, monkeypatch):
     record = {"method": "resp", "target": 0.4, "accuracy": 0.5, "wall_seconds": 12.0}
-    path = bench_quality.run_record_path(settings, "resp", 0.4, {"num_stages": 8}, 1)
+    path = records.run_record_path(settings, "resp", 0.4, {"num_stages": 8}, 1)
     path.parent.mkdir()
     path.write_text(json.dumps(record))
 
     def no_worker(*args, **kwargs):
         raise AssertionError("a kept run must not be run again")
 
-    monkeypatch.setattr(bench_quality.subprocess, "run", no_worker)
-    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=1) == record
+    monkeypatch.setattr(records.subprocess, "run", no_worker)
+    assert records.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=1) == record
     with pytest.raises(AssertionError, match="must not be run again"):  # another seed is another run
-        bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=0)
+        records.run_one(settings, "resp", 0.4, {"num_stages": 8}, seed=0)
     # an override equal to the keyed reference is the reference run (the stage sweep's point and the table's row)
-    reference = bench_quality.run_record_path(settings, "resp", 0.4, {}, 0)
+    reference = records.run_record_path(settings, "resp", 0.4, {}, 0)
     reference.write_text(json.dumps(dict(record, seed=0)))
-    assert bench_quality.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
+    assert records.run_one(settings, "resp", 0.4, {"num_stages": 4})["seed"] == 0
 
 
-def test_a_changed_library_default_re_keys_only_the_runs_it_changes(bench_quality, monkeypatch):
-    canonical, today = bench_quality.canonical_overrides, bench_quality.RESPConfig().num_stages
+def test_a_changed_library_default_re_keys_only_the_runs_it_changes(records, monkeypatch):
+    canonical, today = records.canonical_overrides, records.RESPConfig().num_stages
     # records keyed when the default was 2 stages; the library's default is now `today`
-    monkeypatch.setattr(bench_quality, "KEY_DEFAULTS", {"num_stages": 2})
+    monkeypatch.setattr(records, "KEY_DEFAULTS", {"num_stages": 2})
     assert canonical("resp", {}) == {"num_stages": today} == canonical("resp", {"num_stages": today})
     assert canonical("resp", {"num_stages": 2}) == {}  # the old default stays addressable
     assert canonical("resp", {"recovery": "lora"}) == {"num_stages": today, "recovery": "lora"}
@@ -95,15 +112,17 @@ def test_a_changed_library_default_re_keys_only_the_runs_it_changes(bench_qualit
     assert canonical("wanda-sp", {}) == {}  # its preset sets its own stages (one shot): not re-keyed
     assert canonical("flap", {"allocation": "uniform"}) == {"allocation": "uniform"}
     # the worker builds what the key names
-    assert bench_quality.keyed_config("resp", {}).num_stages == 2
-    assert bench_quality.keyed_config("resp", canonical("resp", {})).num_stages == today
+    assert records.keyed_config("resp", {}).num_stages == 2
+    assert records.keyed_config("resp", canonical("resp", {})).num_stages == today
 
 
-def test_plan_lists_kept_runs_and_runs_left_without_running_any(bench_quality, monkeypatch, capsys, tmp_path):
+def test_plan_lists_kept_runs_and_runs_left_without_running_any(
+    bench_quality, records, monkeypatch, capsys, tmp_path
+):
     def no_worker(*args, **kwargs):
         raise AssertionError("--plan must not run anything")
 
-    monkeypatch.setattr(bench_quality.subprocess, "run", no_worker)
+    monkeypatch.setattr(records.subprocess, "run", no_worker)
     monkeypatch.setattr(bench_quality, "write_results", no_worker)
     monkeypatch.setattr(bench_quality, "HERE", tmp_path)  # where quality.json would go
     argv = ["--quick", "--eval-splits", "test", "--plan"]
@@ -114,7 +133,7 @@ def test_plan_lists_kept_runs_and_runs_left_without_running_any(bench_quality, m
     assert lines[-1] == "0 runs kept, 10 to run"
     assert sum(line.endswith(": to run") for line in lines) == 10
     args = bench_quality.resolve(bench_quality.parse_args(argv))
-    kept = bench_quality.run_record_path(args, "magnitude", 0.3, {}, 0)
+    kept = records.run_record_path(args, "magnitude", 0.3, {}, 0)
     kept.parent.mkdir(parents=True)
     kept.write_text(json.dumps({"method": "magnitude", "wall_seconds": 360.0}))
     bench_quality.main(argv)
@@ -138,19 +157,19 @@ def _run(accuracy: float, correct: str, tokens: float, speedup: float = 1.0) -> 
     }
 
 
-def test_seed_statistics_pool_the_problems_and_effective_speedup_counts_longer_answers(bench_quality):
+def test_seed_statistics_pool_the_problems_and_effective_speedup_counts_longer_answers(stats, rendering):
     runs = [_run(0.5, "1100", 100.0, 1.5), _run(1.0, "1111", 200.0, 1.5)]
-    summary = bench_quality.seeds_summary(runs, "test")
+    summary = stats.seeds_summary(runs, "test")
     assert summary["mean"] == 0.75 and summary["seeds"] == 2
     assert summary["sd"] == pytest.approx(0.3536, abs=1e-4)
-    assert (summary["low"], summary["high"]) == bench_quality.wilson(6, 8)  # 6 of the 8 pooled problems
+    assert (summary["low"], summary["high"]) == stats.wilson(6, 8)  # 6 of the 8 pooled problems
     assert summary["low"] < 0.75 < summary["high"]
     dense = _run(1.0, "1111", 100.0)
-    ratio, decode, eff = bench_quality.effective(runs, dense)
+    ratio, decode, eff = stats.effective(runs, dense)
     assert ratio == pytest.approx(1.5)  # (1.0 + 2.0) / 2
     assert decode == 1.5 and eff == pytest.approx((1.5 + 0.75) / 2)  # twice the tokens halve the speedup
-    assert bench_quality.cell(runs[:1], "test", interval=False) == "0.500"  # one seed: no sd
-    assert "±" in bench_quality.cell(runs, "test")
+    assert rendering.cell(runs[:1], "test", interval=False) == "0.500"  # one seed: no sd
+    assert "±" in rendering.cell(runs, "test")
 
 
 def test_quality_benchmark_refuses_settings_it_cannot_render(bench_quality):
@@ -207,7 +226,7 @@ def test_prune_cost_benchmark_times_every_phase_and_writes_its_block(tmp_path, m
     )
 
 
-def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
+def test_quality_tables_and_plot_render_from_records(bench_quality, rendering, tmp_path):
     args = bench_quality.resolve(
         bench_quality.parse_args(["--quick", "--eval-splits", "test", "--seeded-methods", "resp"])
     )
@@ -242,29 +261,29 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, tmp_path):
         fractions=[],
         norms=[],
     )
-    text = bench_quality.render(args, data, "--quick")
+    text = rendering.render(args, data, "--quick")
     assert "| resp | 2 | 0.625 ± 0.177 [" in text and "| magnitude | 1 | 0.250 [" in text
     assert "| magnitude | per_layer | 30% | 3.00x | 1.40x | 0.47x |" in text  # 3x the tokens: slower overall
     assert (
         "Best mean on `test`: 2 stages; the fewest stages whose pooled 95% interval overlaps the best's: 2"
         in text
     )
-    bench_quality.plot(args, data, tmp_path / "q.png")
+    rendering.plot(args, data, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
-    assert "| resp | 0.625 ± 0.177 |" in bench_quality.readme_summary(args, data, "--quick")
+    assert "| resp | 0.625 ± 0.177 |" in rendering.readme_summary(args, data, "--quick")
 
 
-def test_stage_default_is_the_fewest_stages_the_seeds_cannot_tell_from_the_best(bench_quality):
+def test_stage_default_is_the_fewest_stages_the_seeds_cannot_tell_from_the_best(stats):
     def sweep_point(stages: int, correct: list[str]) -> dict:
         return dict(num_stages=stages, runs=[_run(c.count("1") / len(c), c, 100.0) for c in correct])
 
     few = sweep_point(2, ["1" * 50 + "0" * 50] * 3)  # 0.50
     some = sweep_point(4, ["1" * 75 + "0" * 25] * 3)  # 0.75 [0.70, 0.79] over 300 problems
     many = sweep_point(8, ["1" * 80 + "0" * 20] * 3)  # 0.80 [0.75, 0.84], the best
-    best, enough = bench_quality.stage_choice([few, some, many], "test")
+    best, enough = stats.stage_choice([few, some, many], "test")
     assert best is many and enough is some
     sure = sweep_point(8, ["1" * 90 + "0" * 10] * 3)  # 0.90 [0.86, 0.93]: no cheaper interval comes near it
-    assert bench_quality.stage_choice([few, some, sure], "test") == (sure, sure)
+    assert stats.stage_choice([few, some, sure], "test") == (sure, sure)
 
 
 def test_testbed_benchmark_lists_every_split_a_training_run_checked(monkeypatch):
@@ -294,6 +313,7 @@ def bench_real(monkeypatch, tmp_path):
     return module
 
 
+@pytest.mark.slow
 def test_real_model_benchmark_runs_every_phase_resumes_and_measures_fidelity(bench_real, tmp_path, capsys):
     """The whole pipeline of bench_real.py on the testbed reasoner (`--quick`): each phase in its own process,
     a record per row, nothing left to do after, and a deleted phase is the only one planned again."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer, single_torch_thread
+from conftest import single_torch_thread, tiny_model, tiny_tokenizer
+from scripted_model import ScriptedModel
 
 from optimum_resp.calibration import (
     CalibrationPrompt,
@@ -22,9 +24,11 @@ from optimum_resp.calibration import (
     save_traces,
     select_by_difficulty,
     select_traces,
+    trace_token_ids,
 )
 from optimum_resp.configuration_resp import RESPConfig
 from optimum_resp.generation import Completion, GenerationSettings, generate
+from optimum_resp.importance import build_examples
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -99,7 +103,7 @@ def test_prompts_from_a_local_gsm8k_file_are_shuffled_with_gold_and_solution():
 
 
 def test_self_traces_judge_correctness_and_carry_the_end_token():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
     golds = {p.question: p.gold for p in prompts}
 
@@ -123,7 +127,7 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
 
 
 def test_gold_traces_use_the_human_solution():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=3)
     traces = build_traces(
         None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None)
@@ -153,7 +157,7 @@ def test_selection_filters():
 
 
 def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=4, seed=0)
     solved_times = {0: 4, 1: 0, 2: 2, 3: 3}  # prompt index -> how many of 4 samples are right
 
@@ -174,7 +178,7 @@ def test_generator_interface():
     assert get_generator("auto").name == "auto"
     with pytest.raises(ValueError, match=r"Unknown generator 'tgi'; choose one of \['auto', 'hf', 'vllm'\]"):
         get_generator("tgi")
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     model = ScriptedModel(tokenizer, lambda prompt: "<think>\nhm\n</think>\n\n\\boxed{4}")
     settings = GenerationSettings(max_new_tokens=40)
     via_interface = get_generator("hf").generate(model, tokenizer, ["p1", "p22"], settings)
@@ -183,11 +187,95 @@ def test_generator_interface():
 
 
 def test_hf_generator_runs_a_real_model():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with single_torch_thread():
-        model = build_tiny_qwen3(tokenizer)
+        model = tiny_model(tokenizer=tokenizer)
         out = HFGenerator().generate(
             model, tokenizer, ["hello", "a longer prompt"], GenerationSettings(max_new_tokens=5)
         )
     assert len(out) == 2 and all(1 <= c.num_tokens <= 5 for c in out)
     assert torch.is_tensor(torch.tensor(out[0].token_ids))
+
+
+# ------------------------------------------------------------------------------------ token ids end to end
+
+
+def _fed_and_generated(model: ScriptedModel) -> list[list[int]]:
+    """Each prompt's ids as the model was fed them (padding removed), followed by the ids it generated."""
+    rows = []
+    for call in model.calls:
+        for row, mask, generated in zip(
+            call["input_ids"].tolist(), call["attention_mask"].tolist(), call["generated"]
+        ):
+            rows.append([t for t, m in zip(row, mask) if m] + generated)
+    return rows
+
+
+def _scored(tokenizer, traces) -> list[list[int]]:
+    return [e["input_ids"] for e in build_examples(*trace_token_ids(tokenizer, traces))]
+
+
+def test_scored_ids_are_the_generated_ids_with_a_tokenizer_that_adds_bos():
+    tokenizer = tiny_tokenizer(bos=True, name="adds-bos")
+    model = ScriptedModel(tokenizer, lambda prompt: "<think>\n2+3=5\n</think>\n\n\\boxed{5}")
+    config = RESPConfig(generation={"max_new_tokens": 64})
+    traces = build_traces(model, tokenizer, as_prompts(["What is 2+3?", "And 4+4?"]), config, HFGenerator())
+    fed = _fed_and_generated(model)
+    assert all(
+        row[0] == tokenizer.bos_token_id for row in fed
+    )  # the template has no BOS: the tokenizer adds it
+    assert sorted(_scored(tokenizer, traces)) == sorted(fed)
+    # Tokenizing the text again (what a trace saved without ids falls back to) loses the BOS the model saw.
+    old = [dataclasses.replace(t, prompt_ids=None, completion_ids=None) for t in traces]
+    assert all(row[0] != tokenizer.bos_token_id for row in _scored(tokenizer, old))
+
+
+def test_scored_ids_are_the_generated_ids_when_bpe_merges_across_the_boundary():
+    # ":" + " " and " " + "7" merge: the joined text "Answer: 7" would tokenize across the prompt/completion
+    # boundary, and the completion " 7" alone as one token, while the model generated " " and "7" apart.
+    merges = [(":", "Ġ"), ("Ġ", "7")]
+    tokenizer = tiny_tokenizer(chat_template=None, merges=merges, name="merges")
+    space, seven = tokenizer.convert_tokens_to_ids(["Ġ", "7"])
+    model = ScriptedModel(tokenizer, lambda prompt: [space, seven])
+    config = RESPConfig(generation={"max_new_tokens": 8})
+    (trace,) = build_traces(model, tokenizer, as_prompts(["What is 3+4?"]), config, HFGenerator())
+    assert trace.prompt.endswith("Answer:") and trace.completion == " 7<|im_end|>"
+    assert _scored(tokenizer, [trace]) == _fed_and_generated(model)
+    assert trace.completion_ids == [space, seven, tokenizer.eos_token_id]
+    old = dataclasses.replace(trace, prompt_ids=None, completion_ids=None)
+    assert old.token_ids(tokenizer)[1] == tokenizer.convert_tokens_to_ids(["Ġ7", "<|im_end|>"])
+
+
+def test_traces_saved_without_ids_load_and_score_their_text_as_before(tmp_path):
+    tokenizer = tiny_tokenizer()
+    fresh = Trace(
+        "q", "<|im_start|>user\nq<|im_end|>\n", "ok<|im_end|>", 3, False, prompt_ids=[1], completion_ids=[2]
+    )
+    path = tmp_path / "traces.jsonl"
+    save_traces([fresh], path)
+    assert load_traces(path) == [fresh] and fresh.token_ids(tokenizer) == ([1], [2])
+    # A line written before traces kept their ids (the keys of the version that wrote run folders until now).
+    old_line = {k: v for k, v in fresh.to_dict().items() if k not in ("prompt_ids", "completion_ids")}
+    path.write_text(json.dumps(old_line) + "\n")
+    (old,) = load_traces(path)
+    assert old.prompt_ids is None and old.completion_ids is None
+    prompt_ids, completion_ids = old.token_ids(tokenizer)
+    assert prompt_ids == tokenizer(old.prompt, add_special_tokens=False)["input_ids"]
+    assert completion_ids == tokenizer(old.completion, add_special_tokens=False)["input_ids"]
+    assert completion_ids == tokenizer.convert_tokens_to_ids(["o", "k", "<|im_end|>"])
+
+
+def test_gold_and_text_traces_carry_their_tokens():
+    tokenizer = tiny_tokenizer(bos=True, name="gold-bos")
+    prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=2, seed=0)
+    gold = build_traces(None, tokenizer, prompts, RESPConfig(calibration_source="gold"), HFGenerator())
+    for t, p in zip(gold, prompts):
+        assert t.prompt_ids[0] == tokenizer.bos_token_id  # prompted as a generator would prompt it
+        assert t.completion_ids == tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+    text = build_traces(
+        None, tokenizer, prompts, RESPConfig(calibration_source="text", loss="full"), HFGenerator()
+    )
+    assert all(t.prompt_ids == [] for t in text)
+    assert text[0].completion_ids == tokenizer(prompts[0].question, add_special_tokens=False)["input_ids"]

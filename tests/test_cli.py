@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.commands.cli import main
@@ -20,8 +20,8 @@ GSM8K = str(Path(__file__).parent / "fixtures" / "gsm8k_sample.jsonl")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer=tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -173,6 +173,7 @@ def test_vllm_generator_without_vllm_is_refused_before_loading(model_dir, tmp_pa
     assert not loaded and not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_optimum_cli_mounts_the_resp_commands(tmp_path):
     import subprocess
     import sys

@@ -7,7 +7,8 @@ from pathlib import Path
 import datasets
 import huggingface_hub.constants
 import pytest
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
+from scripted_model import ScriptedModel
 
 from optimum_resp.evaluation import (
     TASKS,
@@ -58,7 +59,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tiny_tokenizer()
+    return tiny_tokenizer()
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -397,7 +398,7 @@ def test_too_few_rows_for_fewshot(tokenizer, tmp_path):
 
 
 def test_end_to_end_on_tiny_random_qwen3(tokenizer, tmp_path):
-    model = build_tiny_qwen3(tokenizer)
+    model = tiny_model(tokenizer=tokenizer)
     config = EvalConfig(
         task="gsm8k",
         data=str(GSM8K_FILE),

@@ -7,18 +7,13 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from conftest import tiny_model
 
 from optimum_resp.evaluation import answer_fidelity
 from optimum_resp.surgery import prune_model
-from optimum_resp.testing_utils import random_plan, tiny_config
+from optimum_resp.testing_utils import random_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(model_type: str = "qwen3"):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
 
 
 def _pairs(seed: int = 0, n: int = 7) -> list[tuple[list[int], list[int]]]:
@@ -49,7 +44,7 @@ def _reference(model, pairs):
 @pytest.mark.parametrize("model_type", ["qwen3", "qwen2", "llama"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_batched_left_padded_scores_equal_one_sequence_at_a_time(model_type, batch_size):
-    model, pairs = _model(model_type), _pairs()
+    model, pairs = tiny_model(model_type), _pairs()
     result = answer_fidelity(model, pairs, batch_size=batch_size, show_progress=False)
     nll, agree, tokens = _reference(model, pairs)
     assert (result.tokens, result.sequences) == (tokens, len(pairs))
@@ -58,7 +53,7 @@ def test_batched_left_padded_scores_equal_one_sequence_at_a_time(model_type, bat
 
 
 def test_a_model_agrees_fully_with_its_own_greedy_answers_and_a_pruned_one_less():
-    model = _model()
+    model = tiny_model()
     prompts = [p for p, _ in _pairs(seed=1, n=5)]
     pairs = []
     with torch.no_grad():
@@ -75,7 +70,7 @@ def test_a_model_agrees_fully_with_its_own_greedy_answers_and_a_pruned_one_less(
 
 
 def test_empty_input_is_refused():
-    model = _model()
+    model = tiny_model()
     with pytest.raises(ValueError, match="non-empty prompt and answer"):
         answer_fidelity(model, [([1, 2], [])])
     with pytest.raises(ValueError, match="batch_size"):

@@ -3,7 +3,8 @@
 import logging
 
 import pytest
-from helpers_tokenizer import ScriptedModel, build_tiny_qwen3, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
+from scripted_model import ScriptedModel
 
 from optimum_resp.generation import (
     GenerationSettings,
@@ -18,12 +19,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tiny_tokenizer()
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def tiny_qwen3(tokenizer):
-    return build_tiny_qwen3(tokenizer)
+    return tiny_model(tokenizer=tokenizer)
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -79,7 +80,7 @@ def test_build_prompt_thinking_switch_and_fewshot(tokenizer):
 
 def test_template_without_thinking_switch_ignores_flag():
     template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}[assistant]"
-    tok = build_tiny_tokenizer(chat_template=template, name="no-switch")
+    tok = tiny_tokenizer(chat_template=template, name="no-switch")
     assert not supports_thinking_switch(tok)
     assert (
         build_prompt(tok, "hi", thinking=False)
@@ -89,7 +90,7 @@ def test_template_without_thinking_switch_ignores_flag():
 
 
 def test_missing_chat_template_falls_back_and_warns_once(caplog):
-    tok = build_tiny_tokenizer(chat_template=None, name="no-template-for-warning-test")
+    tok = tiny_tokenizer(chat_template=None, name="no-template-for-warning-test")
     with caplog.at_level(logging.WARNING, logger="optimum_resp.generation"):
         first = build_prompt(tok, "How many?", fewshot=[("One plus one?", "2")])
         second = build_prompt(tok, "Again?")
@@ -145,7 +146,7 @@ def test_generate_cuts_at_end_of_turn_and_keeps_order(tokenizer):
 
 
 def test_generate_keeps_special_think_tags_and_strips_other_specials():
-    tok = build_tiny_tokenizer(think_special=True, name="think-special")
+    tok = tiny_tokenizer(think_special=True, name="think-special")
     assert tok.convert_tokens_to_ids("<think>") in tok.all_special_ids
     reply = "<think>reason</think><|im_start|>\n\\boxed{3}"
     model = ScriptedModel(tok, lambda prompt: reply)
@@ -155,7 +156,7 @@ def test_generate_keeps_special_think_tags_and_strips_other_specials():
 
 
 def test_generate_pad_falls_back_to_eos_and_is_restored():
-    tok = build_tiny_tokenizer(name="no-pad")
+    tok = tiny_tokenizer(name="no-pad")
     tok.pad_token = None
     assert tok.pad_token is None
     model = ScriptedModel(tok, lambda prompt: "42")

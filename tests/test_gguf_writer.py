@@ -15,7 +15,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from conftest import tiny_model, tiny_tokenizer  # noqa: E402
 from tokenizers import pre_tokenizers  # noqa: E402
 from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
@@ -60,7 +60,7 @@ F32, F16, Q8_0 = (
 def per_layer_folder(tmp_path: Path, model_type: str = "qwen3", tied: bool = True, **overrides) -> Path:
     """A per_layer export of a tiny random model with the testbed's tokenizer, saved."""
     tokenizer = AutoTokenizer.from_pretrained(testbed_model_path())
-    dense = build_tiny_model(tokenizer, model_type, tie_word_embeddings=tied, **overrides)
+    dense = tiny_model(model_type, tokenizer=tokenizer, tie_word_embeddings=tied, **overrides)
     pruned = prune_model(dense, random_plan(dense.config, 0.4, per_layer=True, seed=3), export="per_layer")
     folder = tmp_path / f"{model_type}-per-layer"
     pruned.save_pretrained(folder)
@@ -121,7 +121,7 @@ def test_encode_matches_the_stored_shape():
 def recipes_of(model_type: str, tied: bool):
     config = tiny_config(model_type, tie_word_embeddings=tied)
     model = prune_model(
-        build_tiny_model(build_tiny_tokenizer(), model_type, tie_word_embeddings=tied),
+        tiny_model(model_type, tokenizer=tiny_tokenizer(), tie_word_embeddings=tied),
         random_plan(config, 0.4, per_layer=True, seed=3),
         export="per_layer",
     )
@@ -229,7 +229,7 @@ def test_refusals_before_anything_is_written(tmp_path, monkeypatch):
 
     tokenizer = AutoTokenizer.from_pretrained(testbed_model_path())
     stock = tmp_path / "uniform"
-    build_tiny_model(tokenizer).save_pretrained(stock)
+    tiny_model(tokenizer=tokenizer).save_pretrained(stock)
     refused(tmp_path, stock, r"stock qwen3 checkpoint.*convert_hf_to_gguf.py")
 
     compensated = per_layer_folder(tmp_path, tied=True)
@@ -282,10 +282,8 @@ def test_cli_refusal_exit_code(tmp_path, capsys, monkeypatch):
 
 @needs_converter
 def test_unknown_pre_tokenizer_is_refused_unless_named(tmp_path):
-    tokenizer = (
-        build_tiny_tokenizer()
-    )  # byte-level without GPT-2's regex: llama.cpp has no such pre-tokenizer
-    dense = build_tiny_model(tokenizer, "llama")
+    tokenizer = tiny_tokenizer()  # byte-level without GPT-2's regex: llama.cpp has no such pre-tokenizer
+    dense = tiny_model("llama", tokenizer=tokenizer)
     folder = tmp_path / "llama"
     prune_model(dense, random_plan(dense.config, 0.3, per_layer=True), export="per_layer").save_pretrained(
         folder

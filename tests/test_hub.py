@@ -10,19 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer, single_torch_thread
+from conftest import single_torch_thread, tiny_model, tiny_tokenizer
 from hub_server import FakeHub
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.accounting import size_report
 from optimum_resp.configuration_resp import RESPConfig
-from optimum_resp.hub import (
-    HubPushError,
+from optimum_resp.hub import HubPushError, push_to_hub
+from optimum_resp.model_card import (
     base_model_license,
     build_eval_results,
     export_mode,
-    push_to_hub,
     render_model_card,
     write_model_card,
 )
@@ -79,9 +78,9 @@ def _no_credentials_no_offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """A tiny Qwen3 really pruned by RESP (1 stage, per_layer export) and saved: (folder, report)."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with single_torch_thread():
-        model = build_tiny_model(tokenizer)
+        model = tiny_model(tokenizer=tokenizer)
         resp = RESPConfig(
             target_sparsity=0.3,
             num_stages=1,
@@ -317,7 +316,7 @@ def test_push_uploads_exactly_the_saved_folder(pruned, tmp_path, monkeypatch, xe
         assert [c["summary"] for c in hub.commits][-1] == "second push"
 
     assert {path: content for path, (content, _) in before.items()} == uploaded
-    assert {"config.json", "model.safetensors", "README.md", "modeling_resp.py"} <= set(uploaded)
+    assert {"config.json", "model.safetensors", "README.md", "modeling_per_layer.py"} <= set(uploaded)
     assert _snapshot(folder) == before  # the local folder is only read
 
 
@@ -392,8 +391,8 @@ def test_pruner_push_to_hub_saves_and_uploads_the_folder(tmp_path, monkeypatch):
     """RESPPruner.push_to_hub: refuses before writing without a token; otherwise the Hub gets the saved folder."""
     from optimum_resp.hub import HubPushError
 
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     resp = RESPConfig(
         target_sparsity=0.2,
         num_stages=1,

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from optimum_resp.allocation import allocate
@@ -36,17 +36,6 @@ ARCHS = ["qwen3", "llama"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model(model_type: str, seed: int = 0):
-    """A 2-layer tiny model; Llama has q/k/v/o and MLP biases, filled with random values."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, num_hidden_layers=2))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.normal_(0, 0.1)
-    return model.eval()
 
 
 def make_examples(n: int = 4, seed: int = 0, vocab: int = 128):
@@ -165,13 +154,13 @@ def test_scorers_are_registered_with_what_they_need():
 
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_magnitude_is_the_squared_l2_norm_of_each_structure(model_type):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True, num_hidden_layers=2)
     assert_scores_equal(MagnitudeScorer().score(model), brute_scores(model, "magnitude"))
 
 
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_wanda_sp_and_flap_match_brute_force(model_type):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True, num_hidden_layers=2)
     examples = make_examples()
     inputs = captured_inputs(model, examples)
     # Batched with padding (batch 3 over 4 examples of different lengths): padding must not count.
@@ -188,7 +177,7 @@ def test_wanda_sp_and_flap_match_brute_force(model_type):
 
 
 def test_labelled_positions_differ_from_all_positions():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True, num_hidden_layers=2)
     examples = make_examples()
     labelled = WandaSPScorer(progress=False).score(model, examples)
     everything = WandaSPScorer(positions="all", batch_size=4, progress=False)
@@ -215,7 +204,7 @@ def test_feature_stats_stay_accurate_with_a_large_offset():
 
 
 def test_collection_restores_the_model_and_counts_only_labelled_tokens():
-    model = make_model("qwen3").train()
+    model = tiny_model("qwen3", random_biases=True, num_hidden_layers=2).train()
     stats, run = collect_input_stats(model, [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}])
     assert model.training and not any(m._forward_pre_hooks for m in model.modules())
     assert run.num_tokens == 2 and stats[(1, "mlp.down_proj")].count == 2
@@ -224,7 +213,7 @@ def test_collection_restores_the_model_and_counts_only_labelled_tokens():
 
 
 def test_scorers_work_on_a_per_layer_pruned_model():
-    model = make_model("llama")
+    model = tiny_model("llama", random_biases=True, num_hidden_layers=2)
     pruned = prune_model(
         model, random_plan(model.config, 0.4, per_layer=True, spread=0.9), export="per_layer"
     )
@@ -270,7 +259,7 @@ def layer_output_means(model, pruned, plan, inputs):
 
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_compensation_keeps_each_layers_mean_output(model_type, tmp_path):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True, num_hidden_layers=2)
     examples = make_examples()
     scorer = FLAPScorer(progress=False)
     scorer.score(model, examples)
@@ -322,8 +311,9 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_compensated_model_loads_with_trust_remote_code_without_optimum_resp(tmp_path):
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True, num_hidden_layers=2)
     examples = make_examples(2)
     scorer = FLAPScorer(progress=False)
     scorer.score(model, examples)
@@ -353,7 +343,7 @@ def test_compensated_model_loads_with_trust_remote_code_without_optimum_resp(tmp
 
 
 def test_uniform_compensation_needs_native_biases():
-    qwen3 = make_model("qwen3")
+    qwen3 = tiny_model("qwen3", random_biases=True, num_hidden_layers=2)
     examples = make_examples(2)
     scorer = FLAPScorer(progress=False)
     scorer.score(qwen3, examples)
@@ -376,7 +366,7 @@ def test_uniform_compensation_needs_native_biases():
     )
 
     # Llama with attention_bias and mlp_bias has the biases: uniform works, and only pruned layers change.
-    llama = make_model("llama")
+    llama = tiny_model("llama", random_biases=True, num_hidden_layers=2)
     check_bias_compensation(llama.config, "uniform")
     scorer.score(llama, examples)
     sizes = layer_sizes(llama.config)[0]
@@ -402,8 +392,8 @@ def test_uniform_compensation_needs_native_biases():
 
 @pytest.mark.parametrize("importance", ["magnitude", "wanda-sp", "flap"])
 def test_pruner_runs_with_each_baseline(importance):
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, num_hidden_layers=3)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer, num_hidden_layers=3)
     resp_config = RESPConfig(
         importance=importance,
         target_sparsity=0.2,

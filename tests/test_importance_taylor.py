@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from conftest import tiny_model
 
 from optimum_resp.architectures import get_architecture, layer_sizes
 from optimum_resp.importance import (
@@ -28,23 +27,13 @@ from optimum_resp.importance import (
 )
 from optimum_resp.importance.taylor import bf16_autocast_supported
 from optimum_resp.surgery import prune_model
-from optimum_resp.testing_utils import random_plan, tiny_config
+from optimum_resp.testing_utils import random_plan
 
 WORKER = Path(__file__).with_name("_dist_taylor_worker.py")
 REPO = WORKER.parent.parent
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model(model_type: str = "qwen3", seed: int = 0):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type), attn_implementation="sdpa")
-    with torch.no_grad():  # random (non-zero) biases so their Taylor terms are exercised
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.normal_(0, 0.1)
-    return model.eval()
 
 
 def make_examples(lengths=(10, 12, 7, 9, 11), prompt_len: int = 4, seed: int = 0, vocab: int = 128):
@@ -150,13 +139,6 @@ def assert_scores_close(scores, reference, rtol=1e-4, atol=1e-9):
             torch.testing.assert_close(got[name], want[name].double(), rtol=rtol, atol=atol)
 
 
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    words = "<unk> <pad> <|im_start|> <|im_end|> user assistant hello world two plus".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-
-
 # ---------------------------------------------------------------------------------------------------------
 def test_registry_and_json_roundtrip(tmp_path):
     assert SCORERS["taylor"] is TaylorScorer and TaylorScorer.name == "taylor"
@@ -178,42 +160,32 @@ def test_registry_and_json_roundtrip(tmp_path):
 
 
 def test_build_examples_boundary_labels_and_truncation():
-    tok = word_tokenizer()
-    ids = {w: tok.convert_tokens_to_ids(w) for w in ("<|im_start|>", "user", "two", "plus", "hello", "world")}
-    prompt, completion = "<|im_start|> user two", "plus hello world"
-    # The joined text would merge "two" and "plus" into one unknown word: tokenizing separately keeps the boundary.
-    decode = build_examples(tok, [prompt + " plus"], ["hello world"], loss="decode")
-    assert decode[0]["labels"] == [-100] * 4 + [ids["hello"], ids["world"]]
-    glued = build_examples(tok, ["<|im_start|> user two"], ["plus hello"], loss="decode")
-    assert glued[0]["input_ids"] == [ids["<|im_start|>"], ids["user"], ids["two"], ids["plus"], ids["hello"]]
-    assert glued[0]["labels"][:3] == [-100] * 3 and glued[0]["labels"][3:] == [ids["plus"], ids["hello"]]
+    prompt, completion = [1, 2, 3], [4, 5, 6]
+    decode = build_examples([prompt], [completion], loss="decode")
+    # The label boundary falls exactly between the ids the model was prompted with and those it generated.
+    assert decode[0]["input_ids"] == [1, 2, 3, 4, 5, 6]
+    assert decode[0]["labels"] == [-100] * 3 + [4, 5, 6]
 
-    full = build_examples(tok, [prompt], [completion], loss="full")
-    assert full[0]["labels"] == full[0]["input_ids"] and len(full[0]["input_ids"]) == 6
+    full = build_examples([prompt], [completion], loss="full")
+    assert full[0]["labels"] == full[0]["input_ids"] == [1, 2, 3, 4, 5, 6]
 
     # max_length cuts the completion after the whole prompt; a pair with an empty completion is skipped.
-    cut = build_examples(tok, [prompt, prompt], [completion, ""], loss="decode", max_length=4)
-    assert len(cut) == 1 and cut[0]["input_ids"] == [
-        ids["<|im_start|>"],
-        ids["user"],
-        ids["two"],
-        ids["plus"],
-    ]
-    assert cut[0]["labels"] == [-100, -100, -100, ids["plus"]]
+    cut = build_examples([prompt, prompt], [completion, []], loss="decode", max_length=4)
+    assert len(cut) == 1 and cut[0]["input_ids"] == [1, 2, 3, 4]
+    assert cut[0]["labels"] == [-100, -100, -100, 4]
 
 
 def test_build_examples_refuses_unusable_input():
-    tok = word_tokenizer()
     with pytest.raises(ValueError, match="no \\(prompt, completion\\) pairs"):
-        build_examples(tok, [], [])
+        build_examples([], [])
     with pytest.raises(ValueError, match="completions are empty.*Generate"):
-        build_examples(tok, ["user two", "user plus"], ["", ""])
+        build_examples([[1, 2], [1, 3]], [[], []])
     with pytest.raises(ValueError, match="one completion per prompt"):
-        build_examples(tok, ["user"], ["a", "b"])
+        build_examples([[1]], [[2], [3]])
     with pytest.raises(ValueError, match="Raise max_length"):
-        build_examples(tok, ["user two plus"], ["hello"], max_length=3)
+        build_examples([[1, 2, 3]], [[4]], max_length=3)
     with pytest.raises(ValueError, match="loss must be"):
-        build_examples(tok, ["user"], ["hello"], loss="prompt")
+        build_examples([[1]], [[2]], loss="prompt")
 
 
 def test_collator_right_pads():
@@ -228,7 +200,7 @@ def test_collator_right_pads():
 @pytest.mark.parametrize("model_type", ["qwen3", "llama"])
 def test_all_matches_autograd_reference(model_type):
     """abs_after='all' == |W * mean_i grad(loss_i)| per structure, whatever the batching (5 samples, batch 2)."""
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True)
     examples = make_examples()
     scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False, bf16_autocast=False)
     scores = scorer.score(model, examples)
@@ -241,7 +213,7 @@ def test_all_matches_autograd_reference(model_type):
 
 def test_batch_mode_matches_per_sample_reference():
     """abs_after='batch' at batch size 1 == mean over samples of |W * grad(loss_i)|, and differs from 'all'."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples()
     scores = TaylorScorer(abs_after="batch", batch_size=1, progress=False, bf16_autocast=False).score(
         model, examples
@@ -256,7 +228,7 @@ def test_batch_mode_matches_per_sample_reference():
 
 
 def test_loss_is_decode_only_token_mean_per_sample():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples(lengths=(9, 16, 6))
     # One padded batch of samples of different lengths.
     scorer = TaylorScorer(abs_after="all", batch_size=3, progress=False, bf16_autocast=False)
@@ -280,7 +252,7 @@ def test_loss_is_decode_only_token_mean_per_sample():
 
 
 def test_model_state_restored_after_scoring():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     model.train()
     model.model.embed_tokens.weight.requires_grad_(False)  # a user's own freezing pattern is kept
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -304,7 +276,7 @@ def test_model_state_restored_after_scoring():
 
 
 def test_per_layer_pruned_model_with_different_layer_sizes():
-    model = make_model("qwen2")
+    model = tiny_model("qwen2", random_biases=True)
     pruned = prune_model(
         model, random_plan(model.config, 0.4, per_layer=True, seed=3), export="per_layer"
     ).eval()
@@ -327,9 +299,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): each scores its shard; the summed scores equal a 1-process run."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples()  # 5 samples: the shards are uneven (3 and 2), padding must not count
     model.save_pretrained(tmp_path / "model")
     (tmp_path / "examples.json").write_text(json.dumps(examples))
@@ -369,7 +342,7 @@ def test_two_processes_match_one(tmp_path):
 
 def test_gradient_checkpointing_gives_the_plain_scores_and_is_switched_off_after():
     """Recomputing activations in the backward pass changes memory, not the scores."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples(lengths=(14, 9, 12, 7))
     for mode in ("batch", "all"):
         plain = TaylorScorer(abs_after=mode, batch_size=2, progress=False, bf16_autocast=False).score(
@@ -383,7 +356,7 @@ def test_gradient_checkpointing_gives_the_plain_scores_and_is_switched_off_after
 
 
 def test_gradient_checkpointing_really_recomputes_in_the_backward_pass(monkeypatch):
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     mlp = type(model.model.layers[0].mlp)
     forward, calls = mlp.forward, []
 
@@ -402,11 +375,13 @@ def test_gradient_checkpointing_really_recomputes_in_the_backward_pass(monkeypat
     assert len(calls) == 2 * layers  # the forward, then each layer again during the backward pass
 
 
-@pytest.mark.skipif(not bf16_autocast_supported(make_model("qwen3")), reason="no bf16 matmuls on this CPU")
+@pytest.mark.skipif(
+    not bf16_autocast_supported(tiny_model("qwen3", random_biases=True)), reason="no bf16 matmuls on this CPU"
+)
 def test_bf16_autocast_runs_the_matmuls_in_bf16_and_gives_close_scores(monkeypatch):
     """Autocast changes the forward's precision, not what is measured: the scores stay close to float32, the
     gradients reach the float32 weights, and the model's own forward is left as it was."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples(lengths=(14, 9, 12, 7))
     with torch.no_grad():
         before = model(torch.tensor([examples[0]["input_ids"]])).logits
@@ -426,11 +401,13 @@ def test_bf16_autocast_runs_the_matmuls_in_bf16_and_gives_close_scores(monkeypat
         torch.testing.assert_close(model(torch.tensor([examples[0]["input_ids"]])).logits, before)
 
 
-@pytest.mark.skipif(not bf16_autocast_supported(make_model("qwen3")), reason="no bf16 matmuls on this CPU")
+@pytest.mark.skipif(
+    not bf16_autocast_supported(tiny_model("qwen3", random_biases=True)), reason="no bf16 matmuls on this CPU"
+)
 def test_bf16_with_checkpointing_keeps_no_cast_cache_and_gives_the_plain_bf16_scores(monkeypatch):
     """Autocast's cache would hold every layer's bf16 weight copy through a checkpointed forward (which keeps
     nothing else of a layer): off there, on for the plain pass (whose backward keeps those copies anyway)."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples(lengths=(14, 9, 12, 7))
     mlp = type(model.model.layers[0].mlp)
     forward, cache = mlp.forward, []
@@ -450,7 +427,7 @@ def test_bf16_with_checkpointing_keeps_no_cast_cache_and_gives_the_plain_bf16_sc
 
 
 def test_bf16_autocast_default_follows_the_weights_dtype_and_the_device():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     cpu_bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert bf16_autocast_supported(model) is cpu_bf16
     assert (
@@ -460,7 +437,7 @@ def test_bf16_autocast_default_follows_the_weights_dtype_and_the_device():
 
 def test_batches_group_similar_lengths_longest_first():
     """Sequences are scored longest first, so a batch pads little (and the largest batch runs first)."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     examples = make_examples(lengths=(10, 50, 12, 48))  # in this order, batches of 2 would pad 76 of 196
     scorer = TaylorScorer(abs_after="all", batch_size=2, progress=False, bf16_autocast=False)
     grouped = scorer.score(model, examples)

@@ -34,7 +34,7 @@ if importlib.util.find_spec("llama_cpp") is None or not _CONVERTER or not Path(_
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from helpers_tokenizer import build_tiny_model  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from optimum_resp import RESPConfig, RESPPruner  # noqa: E402
@@ -43,7 +43,7 @@ from optimum_resp.surgery import LayerKeep, PruningPlan, prune_model  # noqa: E4
 from optimum_resp.testbed import testbed_model_path  # noqa: E402
 from optimum_resp.testing_utils import random_plan  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # an inference engine
 
 PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]]
 # A real Qwen2 has num_attention_heads * head_dim == hidden_size (llama.cpp's Qwen2 relies on it); the
@@ -116,7 +116,7 @@ def keep_query_heads_plan(config, seed: int = 0) -> PruningPlan:
 @pytest.mark.parametrize("model_type", ["qwen3", "llama"])
 def test_uniform_exports_that_lost_heads_groups_and_channels_load_and_match(tmp_path, model_type):
     tokenizer = reasoner_tokenizer()
-    dense = build_tiny_model(tokenizer, model_type, **SHAPES[model_type])
+    dense = tiny_model(model_type, tokenizer=tokenizer, **SHAPES[model_type])
     plan = random_plan(dense.config, 0.4, per_layer=False, seed=1)
     pruned = prune_model(dense, plan, export="uniform").eval()
     sizes, dense_sizes = layer_sizes(pruned.config)[0], layer_sizes(dense.config)[0]
@@ -129,7 +129,7 @@ def test_uniform_exports_that_lost_heads_groups_and_channels_load_and_match(tmp_
 
 def test_qwen2_uniform_export_that_keeps_its_query_heads_loads_and_matches(tmp_path):
     tokenizer = reasoner_tokenizer()
-    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    dense = tiny_model("qwen2", tokenizer=tokenizer, **SHAPES["qwen2"])
     assert_runs_as_in_transformers(dense, tokenizer, tmp_path / "dense")
     pruned = prune_model(dense, keep_query_heads_plan(dense.config), export="uniform").eval()
     assert_runs_as_in_transformers(pruned, tokenizer, tmp_path / "pruned")
@@ -138,7 +138,7 @@ def test_qwen2_uniform_export_that_keeps_its_query_heads_loads_and_matches(tmp_p
 def test_qwen2_uniform_export_that_lost_query_heads_does_not_load_and_says_so(tmp_path, caplog):
     """What the model card and the export warning promise, checked against llama.cpp itself."""
     tokenizer = reasoner_tokenizer()
-    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    dense = tiny_model("qwen2", tokenizer=tokenizer, **SHAPES["qwen2"])
     config = RESPConfig(
         target_sparsity=0.4,
         structures=["kv_heads"],  # only KV groups (with their query heads) can go: query heads are lost
@@ -172,7 +172,7 @@ def test_qwen2_uniform_export_that_lost_query_heads_does_not_load_and_says_so(tm
 def test_runtime_compatible_qwen2_prune_keeps_query_heads_and_loads(tmp_path, caplog):
     """runtimes=['llama.cpp']: the prune keeps what llama.cpp's Qwen2 loader fixes, and the export loads."""
     tokenizer = reasoner_tokenizer()
-    dense = build_tiny_model(tokenizer, "qwen2", **SHAPES["qwen2"])
+    dense = tiny_model("qwen2", tokenizer=tokenizer, **SHAPES["qwen2"])
     config = RESPConfig(
         target_sparsity=0.3,
         num_stages=2,
@@ -206,7 +206,7 @@ def test_llama_cpps_converter_refuses_per_layer_exports(tmp_path):
     """llama.cpp's converter knows stock architectures only: a per_layer export is refused there (`optimum-resp
     export-gguf` writes it instead, tests/test_llama_cpp_per_layer.py)."""
     tokenizer = reasoner_tokenizer()
-    dense = build_tiny_model(tokenizer, "qwen3")
+    dense = tiny_model("qwen3", tokenizer=tokenizer)
     pruned = prune_model(dense, random_plan(dense.config, 0.4, per_layer=True, seed=2), export="per_layer")
     with pytest.raises(RuntimeError, match="RESPQwen3ForCausalLM"):
         convert(save(pruned, tokenizer, tmp_path / "per_layer"))

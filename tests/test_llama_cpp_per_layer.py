@@ -28,7 +28,7 @@ if importlib.util.find_spec("llama_cpp") is None or not _CONVERTER or not Path(_
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from helpers_tokenizer import build_tiny_model  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from optimum_resp import RESPConfig, RESPPruner  # noqa: E402
@@ -41,7 +41,7 @@ from optimum_resp.integrations.llama_cpp import LlamaCppModel, write_gguf  # noq
 from optimum_resp.surgery import LayerKeep, PruningPlan, prune_model  # noqa: E402
 from optimum_resp.testbed import testbed_data_path, testbed_model_path  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # an inference engine
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -83,7 +83,7 @@ def uneven_plan(config, seed: int = 0) -> PruningPlan:
 def per_layer_export(tmp_path: Path, model_type: str, **overrides):
     """(pruned model, its saved folder) for a tiny random model pruned with `uneven_plan`."""
     tok = tokenizer()
-    dense = build_tiny_model(tok, model_type, **overrides)
+    dense = tiny_model(model_type, tokenizer=tok, **overrides)
     pruned = prune_model(dense, uneven_plan(dense.config), export="per_layer").eval()
     folder = tmp_path / model_type
     pruned.save_pretrained(folder)

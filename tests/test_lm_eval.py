@@ -13,21 +13,21 @@ import textwrap
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from optimum_resp import RESPConfig, RESPPruner
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # an inference engine
 
 PAIRS = [("Question: 2 + 3 =", " 5"), ("Tom has 4 apples.", " He eats one."), ("x", "yz")]
 
 
 @pytest.fixture(scope="module")
 def per_layer_folder(tmp_path_factory):
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=3)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer, seed=3)
     config = RESPConfig(
         target_sparsity=0.4,
         num_stages=1,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 
 from optimum_resp.loading import (
     ModelLoadError,
@@ -23,8 +23,8 @@ from optimum_resp.loading import (
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory):
     """A tiny model whose lm_head is the embedding matrix: its checkpoint holds the tensor once."""
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, tie_word_embeddings=True)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer, tie_word_embeddings=True)
     path = tmp_path_factory.mktemp("tied")
     model.save_pretrained(path)
     return path
@@ -80,9 +80,9 @@ def test_bias_compensated_per_layer_models_load(tmp_path):
 
     from optimum_resp.pruner import RESPPruner
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = small_config(importance="flap", num_stages=1, regeneration_milestones=[])
-    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf")
+    pruner = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf")
     result = pruner.prune(PROMPTS)
     pruner.save_pretrained(tmp_path / "flap")
     assert json.loads((tmp_path / "flap" / "config.json").read_text())["down_proj_bias"]
@@ -149,8 +149,8 @@ def test_auto_dtype_loads_a_bf16_checkpoint_in_float32_on_a_cpu_without_bf16_mat
     with bf16 matmuls, or an explicit dtype, the checkpoint's own dtype stays."""
     import optimum_resp.loading as loading
 
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model(tokenizer).to(torch.bfloat16).save_pretrained(tmp_path)
+    tokenizer = tiny_tokenizer()
+    tiny_model(tokenizer=tokenizer).to(torch.bfloat16).save_pretrained(tmp_path)
     monkeypatch.setattr(loading, "cpu_has_bf16_matmuls", lambda: bf16_matmuls)
     with caplog.at_level("WARNING", logger="optimum_resp.loading"):
         auto = load_model(tmp_path)

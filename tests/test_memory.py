@@ -6,7 +6,7 @@ import platform
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from conftest import tiny_model
 
 from optimum_resp import memory
 from optimum_resp.memory import (
@@ -15,7 +15,6 @@ from optimum_resp.memory import (
     estimate_scoring_memory,
     release_heap,
 )
-from optimum_resp.testing_utils import tiny_config
 
 
 def _rss_bytes() -> int:
@@ -38,12 +37,6 @@ def test_release_heap_returns_freed_blocks_that_malloc_keeps():
     assert release_heap() is True
     assert _rss_bytes() < held - 96 * 2**20  # most of the 128 MiB is back with the OS
     assert len(keep) == 64 * 1024
-
-
-def _tiny_qwen3(**overrides):
-    torch.manual_seed(0)
-    config = tiny_config("qwen3", **overrides)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
 def _measured_kept_bytes(model, batch: int, length: int, bf16_autocast: bool = False) -> int:
@@ -80,7 +73,7 @@ def _measured_kept_bytes(model, batch: int, length: int, bf16_autocast: bool = F
 def test_scoring_estimate_extrapolates_the_kept_bytes_exactly(batch, length, bf16):
     """The probe passes are short; what they fix must hold at the real length and batch (and under bf16
     autocast, whose bf16 copies of the weights are kept for the backward pass too)."""
-    model = _tiny_qwen3()
+    model = tiny_model()
     estimate = estimate_scoring_memory(model, batch, length, bf16_autocast=bf16)
     measured = _measured_kept_bytes(model, batch, length, bf16)
     assert estimate.activation_bytes == pytest.approx(measured, rel=0.02)
@@ -92,7 +85,7 @@ def test_scoring_estimate_extrapolates_the_kept_bytes_exactly(batch, length, bf1
 
 
 def test_scoring_estimate_scales_with_batch_and_length_and_checkpointing_cuts_it():
-    model = _tiny_qwen3(num_hidden_layers=4)
+    model = tiny_model(num_hidden_layers=4)
     base = estimate_scoring_memory(model, 2, 512)
     assert estimate_scoring_memory(model, 4, 512).activation_bytes == pytest.approx(
         2 * base.activation_bytes, rel=0.01
@@ -104,7 +97,7 @@ def test_scoring_estimate_scales_with_batch_and_length_and_checkpointing_cuts_it
 
 
 def test_a_scoring_pass_that_cannot_fit_is_refused_with_its_fixes(monkeypatch):
-    model = _tiny_qwen3()
+    model = tiny_model()
     need = estimate_scoring_memory(model, 4, 1000).peak_bytes
     monkeypatch.setattr(memory, "free_memory", lambda device: need // 2)
     with pytest.raises(ScoringMemoryError, match="batch 4 x 1000 tokens") as err:
@@ -123,7 +116,7 @@ def test_a_scoring_pass_that_cannot_fit_is_refused_with_its_fixes(monkeypatch):
 
 
 def test_unset_gradient_checkpointing_is_chosen_from_the_estimate(monkeypatch):
-    model = _tiny_qwen3()
+    model = tiny_model()
     plain = estimate_scoring_memory(model, 4, 1000, False).peak_bytes
     ckpt = estimate_scoring_memory(model, 4, 1000, True).peak_bytes
     assert ckpt < plain
@@ -143,7 +136,7 @@ def test_unset_gradient_checkpointing_is_chosen_from_the_estimate(monkeypatch):
 def test_the_probe_frees_what_it_ran():
     """Nothing of the probe passes outlives them: a saved tensor returned as is by the pack hook would close
     a reference cycle through its own grad_fn that is never freed (1.6 GiB a call on the 0.6B shape)."""
-    model = _tiny_qwen3(vocab_size=32000)
+    model = tiny_model(vocab_size=32000)
     estimate_scoring_memory(model, 2, 512)
     release_heap()
     before = _rss_bytes()
@@ -156,7 +149,7 @@ def test_the_probe_frees_what_it_ran():
 def test_checkpointed_estimate_keeps_the_head_once_and_the_layer_inputs():
     """With checkpointing the layers keep only their inputs; what the head keeps (the float32 log-softmax of the
     loss) is counted once, not again as the logits' gradient, which is transient."""
-    model = _tiny_qwen3(vocab_size=32000, num_hidden_layers=4)
+    model = tiny_model(vocab_size=32000, num_hidden_layers=4)
     batch, length = 2, 300
     ckpt = estimate_scoring_memory(model, batch, length, gradient_checkpointing=True)
     plain = estimate_scoring_memory(model, batch, length)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from optimum_resp.calibration import as_prompts
@@ -29,10 +29,6 @@ PROMPTS = [f"What is {a} plus {b}?" for a, b in [(2, 3), (7, 5), (10, 4), (6, 6)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model(tokenizer, seed: int = 0):
-    return build_tiny_model(tokenizer, seed=seed)
 
 
 def small_config(**overrides) -> RESPConfig:
@@ -50,8 +46,8 @@ def small_config(**overrides) -> RESPConfig:
 
 
 def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     dense_logits_input = torch.randint(3, 200, (2, 9))
     pruner = RESPPruner(model, tokenizer, small_config(), generator="hf")
     result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
@@ -97,8 +93,8 @@ def test_prune_runs_all_stages_regenerates_and_checkpoints(tmp_path):
 
 
 def test_traces_are_the_models_own_and_decode_only(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     pruner = RESPPruner(
         model, tokenizer, small_config(num_stages=1, regeneration_milestones=[]), generator="hf"
     )
@@ -114,8 +110,8 @@ def test_traces_are_the_models_own_and_decode_only(tmp_path):
 
 
 def test_uniform_export_gives_a_stock_model():
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     config = small_config(
         export="uniform", allocation="uniform", protected_layers=[], regeneration_milestones=[]
     )
@@ -125,8 +121,8 @@ def test_uniform_export_gives_a_stock_model():
 
 
 def test_channel_multiple_holds_through_every_stage():
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     config = small_config(
         target_sparsity=0.2, channel_multiple=16, structures=["channels"], regeneration_milestones=[]
     )
@@ -160,8 +156,8 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads(1)
-    from helpers_tokenizer import build_tiny_tokenizer
-    from test_pruner import PROMPTS, small_config, tiny_model
+    from conftest import tiny_model, tiny_tokenizer
+    from test_pruner import PROMPTS, small_config
     from optimum_resp.importance import TaylorScorer
     from optimum_resp.pruner import RESPPruner
 
@@ -175,11 +171,11 @@ WORKER = textwrap.dedent(
                 time.sleep(600)
             return scores
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = small_config()
     scorer = SlowSecondStage(abs_after=config.scoring.abs_after, batch_size=config.scoring.batch_size,
                              seed=config.seed, progress=False)
-    RESPPruner(tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS, sys.argv[1])
+    RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS, sys.argv[1])
     """
 )
 
@@ -190,13 +186,13 @@ PRUNE = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads(1)
-    from helpers_tokenizer import build_tiny_tokenizer
-    from test_pruner import PROMPTS, small_config, tiny_model
+    from conftest import tiny_model, tiny_tokenizer
+    from test_pruner import PROMPTS, small_config
     from optimum_resp.pruner import RESPPruner
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = sys.argv[2] if len(sys.argv) > 2 else None
-    result = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator="hf").prune(PROMPTS, run)
+    result = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, small_config(), generator="hf").prune(PROMPTS, run)
     with open(sys.argv[1], "wb") as f:
         pickle.dump({{"plan": result.plan, "sparsities": [s.sparsity for s in result.stages]}}, f)
     """
@@ -215,6 +211,7 @@ def _prune_in_subprocess(out: Path, run_dir: Path | None) -> dict:
         return pickle.load(f)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_keep_sets(tmp_path):
     tests_dir = str(Path(__file__).parent)
     script = tmp_path / "worker.py"
@@ -265,8 +262,8 @@ class _NoGeneration:
 
 
 def test_bad_inputs_are_refused_before_work(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
     with pytest.raises(ValueError, match="'gpt2' is not supported.*qwen3"):
         RESPPruner(gpt2, tokenizer, small_config())
@@ -317,8 +314,8 @@ def test_bad_inputs_are_refused_before_work(tmp_path):
 
 def test_the_output_folder_is_checked_before_the_memory_probes(tmp_path, monkeypatch):
     """The scoring-memory estimate runs three probe passes of the model: an unusable output_dir is refused first."""
-    tokenizer = build_tiny_tokenizer()
-    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(), generator=_NoGeneration())
+    tokenizer = tiny_tokenizer()
+    pruner = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, small_config(), generator=_NoGeneration())
     monkeypatch.setattr(
         "optimum_resp.importance.taylor.check_scoring_memory",
         lambda *a, **k: pytest.fail("probed before the folder check"),
@@ -332,8 +329,10 @@ def test_the_output_folder_is_checked_before_the_memory_probes(tmp_path, monkeyp
 
 
 def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=1), generator="hf")
+    tokenizer = tiny_tokenizer()
+    pruner = RESPPruner(
+        tiny_model(tokenizer=tokenizer), tokenizer, small_config(num_stages=1), generator="hf"
+    )
     out = tmp_path / "run"
     with RunFolder(out).lock():  # what a running prune holds
         with pytest.raises(ValueError, match=rf"{out} is in use by another prune \(pid \d+\)"):
@@ -346,8 +345,8 @@ def test_a_second_prune_into_a_busy_folder_is_refused(tmp_path):
 
 
 def test_a_run_folder_with_another_config_is_refused(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     RESPPruner(
         model, tokenizer, small_config(num_stages=1, regeneration_milestones=[]), generator="hf"
     ).prune(PROMPTS, tmp_path)
@@ -359,8 +358,8 @@ def test_a_run_folder_with_another_config_is_refused(tmp_path):
 
 
 def test_all_truncated_traces_without_keep_truncated_is_an_error():
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     # A random model never says <|im_end|> within 3 tokens... make sure by banning it.
     model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     config = small_config(generation={"max_new_tokens": 3}, keep_truncated=False)
@@ -371,8 +370,8 @@ def test_all_truncated_traces_without_keep_truncated_is_an_error():
 
 
 def test_gold_and_text_sources(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     gold = small_config(calibration_source="gold", num_stages=1, regeneration_milestones=[])
     with pytest.raises(ValueError, match="needs a human-written solution for every prompt"):
         RESPPruner(model, tokenizer, gold, generator="hf").prune(PROMPTS)
@@ -385,8 +384,8 @@ def test_gold_and_text_sources(tmp_path):
 
 
 def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     small_config(num_stages=2).save_pretrained(tmp_path / "cfg")
@@ -395,12 +394,44 @@ def test_from_pretrained_loads_model_tokenizer_and_config(tmp_path):
     assert PruningPlan.full(pruner.model.config).layers[0].sizes.num_attention_heads == 8
 
 
+def test_stages_score_the_ids_the_model_was_prompted_with_and_generated(monkeypatch):
+    from optimum_resp.generation import end_token_ids
+    from optimum_resp.importance import TaylorScorer
+
+    tokenizer = tiny_tokenizer(bos=True, name="adds-bos")  # the chat template renders no BOS
+    model = tiny_model(tokenizer=tokenizer)
+    ends, generated = set(end_token_ids(tokenizer, model)), []
+    stock_generate = model.generate
+
+    def recording_generate(input_ids, attention_mask, **kwargs):
+        out = stock_generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        width = input_ids.shape[1]
+        for row, mask, sequence in zip(input_ids.tolist(), attention_mask.tolist(), out.tolist()):
+            new = sequence[width:]
+            cut = next((i + 1 for i, t in enumerate(new) if t in ends), len(new))
+            generated.append([t for t, m in zip(row, mask) if m] + new[:cut])
+        return out
+
+    class RecordingScorer(TaylorScorer):
+        def score(self, model, examples=None):
+            self.examples = examples
+            return super().score(model, examples)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    scorer = RecordingScorer(progress=False)
+    config = small_config(num_stages=1, regeneration_milestones=[])
+    RESPPruner(model, tokenizer, config, generator="hf", scorer=scorer).prune(PROMPTS)
+    scored = [e["input_ids"] for e in scorer.examples]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in scored)
+    assert sorted(scored) == sorted(generated) and len(scored) == len(PROMPTS)
+
+
 def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
-    from optimum_resp.calibration import load_traces
+    from optimum_resp.calibration import load_traces, trace_token_ids
     from optimum_resp.importance import build_examples
 
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     config = small_config(
         num_stages=1,
         regeneration_milestones=[],
@@ -423,7 +454,7 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
     assert plain.plan == result.plan  # recovery changes weights, not structure
 
     traces = load_traces(tmp_path / "run" / "dense_traces.jsonl")
-    examples = build_examples(tokenizer, [t.prompt for t in traces], [t.completion for t in traces])
+    examples = build_examples(*trace_token_ids(tokenizer, traces))
 
     def loss(m):
         with torch.no_grad():
@@ -440,8 +471,8 @@ def test_lora_recovery_is_merged_and_lowers_the_loss_on_dense_traces(tmp_path):
 
 
 def test_flap_compensation_survives_resume(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     config = small_config(importance="flap", num_stages=2, regeneration_milestones=[])
     first = RESPPruner(model, tokenizer, config, generator="hf").prune(PROMPTS, tmp_path / "run")
     assert first.model.config.down_proj_bias and first.model.model.layers[1].mlp.down_proj.bias is not None
@@ -470,7 +501,7 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
         i = next(i for i, p in enumerate(prompts) if p.question in prompt)
         return f"<think>\nwork\n</think>\n\n\\boxed{{{prompts[i].gold if call <= i else -1}}}", False
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = small_config(
         num_stages=2,
         regeneration_milestones=[0.1],
@@ -478,7 +509,7 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
         selection_keep_fraction=0.5,
     )
     first = RESPPruner(
-        tiny_model(tokenizer), tokenizer, config, task="gsm8k", generator=FakeGenerator(script)
+        tiny_model(tokenizer=tokenizer), tokenizer, config, task="gsm8k", generator=FakeGenerator(script)
     )
     first.prune(prompts, tmp_path)
     selected = json.loads((tmp_path / "selected_prompts.json").read_text())
@@ -493,7 +524,7 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
 
     shutil.rmtree(stage2)
     resumed_gen = FakeGenerator(script)
-    RESPPruner(tiny_model(tokenizer), tokenizer, config, task="gsm8k", generator=resumed_gen).prune(
+    RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, task="gsm8k", generator=resumed_gen).prune(
         prompts, tmp_path
     )
     assert len(resumed_gen.calls) == 1  # one regeneration, no difficulty sampling
@@ -503,9 +534,9 @@ def test_difficulty_selection_is_kept_across_resume(tmp_path):
 def test_partial_regeneration_replaces_only_a_fraction_of_traces(tmp_path):
     from optimum_resp.calibration import load_traces
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = small_config(num_stages=2, regeneration_milestones=[0.1], regeneration_fraction=0.5)
-    RESPPruner(tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, tmp_path)
+    RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, tmp_path)
     before = {t.question: t for t in load_traces(tmp_path / "dense_traces.jsonl")}
     after = load_traces(tmp_path / "stages" / "stage_002" / "traces.jsonl")
     assert sorted(t.question for t in after) == sorted(PROMPTS)
@@ -551,8 +582,8 @@ def custom_scorer():
 
 
 def test_the_pruner_drives_a_registered_scorer_through_its_protocol(custom_scorer):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     with pytest.raises(ValueError, match="single channels only"):  # check: before any generation
         RESPPruner(
             model,
@@ -598,8 +629,8 @@ class _ScriptedGenerator:
 
 
 def test_dense_traces_that_never_finish_are_refused_unless_allowed(tmp_path, caplog):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     gen = _ScriptedGenerator(tokenizer, "<think>\nlet me see, 2 and 3 and 2 and 3", truncated=True)
     with pytest.raises(
         ValueError, match=r"None of the dense model's 6 calibration traces finished within max_new_tokens=10"
@@ -616,8 +647,8 @@ def test_dense_traces_that_never_finish_are_refused_unless_allowed(tmp_path, cap
 
 
 def test_traces_that_are_almost_never_right_are_warned_about_and_reported(caplog):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     prompts = [{"question": q, "gold": "99"} for q in PROMPTS]
     wrong = _ScriptedGenerator(
         tokenizer, "<think>\nhm\n</think>\n\nThe answer is \\boxed{1}.", truncated=False
@@ -639,10 +670,10 @@ def test_traces_that_are_almost_never_right_are_warned_about_and_reported(caplog
 def test_each_stage_records_its_phases_cost(tmp_path):
     from optimum_resp.report import PruneReport
 
-    tokenizer = build_tiny_tokenizer()
-    result = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=2), generator="hf").prune(
-        PROMPTS, output_dir=tmp_path / "run"
-    )
+    tokenizer = tiny_tokenizer()
+    result = RESPPruner(
+        tiny_model(tokenizer=tokenizer), tokenizer, small_config(num_stages=2), generator="hf"
+    ).prune(PROMPTS, output_dir=tmp_path / "run")
     first, second = result.report.stages
     assert set(first.phases) == {"dense generation", "scoring", "allocation", "surgery", "checkpoint"}
     assert set(second.phases) == {"regeneration", "scoring", "allocation", "surgery", "checkpoint"}
@@ -662,8 +693,10 @@ def test_every_generation_round_hands_its_freed_heap_back_before_scoring(monkeyp
 
     events = []
     monkeypatch.setattr(pruner_module, "release_heap", lambda: events.append("release") or True)
-    tokenizer = build_tiny_tokenizer()
-    pruner = RESPPruner(tiny_model(tokenizer), tokenizer, small_config(num_stages=2), generator="hf")
+    tokenizer = tiny_tokenizer()
+    pruner = RESPPruner(
+        tiny_model(tokenizer=tokenizer), tokenizer, small_config(num_stages=2), generator="hf"
+    )
     score = pruner.scorer.score
     monkeypatch.setattr(pruner.scorer, "score", lambda *a, **k: events.append("score") or score(*a, **k))
     pruner.prune(PROMPTS)
@@ -679,8 +712,8 @@ def test_every_generation_round_hands_its_freed_heap_back_before_scoring(monkeyp
 def test_a_scoring_pass_that_cannot_fit_is_refused_before_generation(tmp_path, monkeypatch):
     from optimum_resp import memory
 
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     seen = {}
 
     def free(device):  # just too little, even with checkpointing, at the longest sequence the prune can meet
@@ -706,8 +739,8 @@ def test_a_scoring_pass_that_cannot_fit_is_refused_before_generation(tmp_path, m
 
 
 def test_a_pruner_that_loaded_its_model_frees_the_dense_weights(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     model.config.tie_word_embeddings = (
         True  # shared weights stay shared once freed (moving to meta unties them)
     )
@@ -736,9 +769,9 @@ def test_scoring_turns_checkpointing_on_only_when_the_plain_pass_would_not_fit(m
     from optimum_resp.calibration import as_prompts
     from optimum_resp.importance.taylor import bf16_autocast_supported
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     for fits, expected in ((True, False), (False, True)):
-        model = tiny_model(tokenizer)
+        model = tiny_model(tokenizer=tokenizer)
         pruner = RESPPruner(model, tokenizer, small_config(num_stages=1), generator="hf")
         longest = pruner._check_prompt_lengths(as_prompts(PROMPTS))
         autocast = bf16_autocast_supported(
@@ -767,8 +800,8 @@ def test_gold_traces_are_checked_at_their_real_length_before_the_first_scoring(m
     from optimum_resp import memory
     from optimum_resp.calibration import CalibrationPrompt
 
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     lengths = []
     check = memory.check_scoring_memory
     monkeypatch.setattr(
@@ -850,8 +883,8 @@ def test_a_prune_is_pruned_further_against_the_original_dense_model(tmp_path, ex
 
 
 def test_config_may_be_a_dict_a_config_or_a_path(tmp_path):
-    tokenizer = build_tiny_tokenizer()
-    model = tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     assert RESPPruner(model, tokenizer, {"target_sparsity": 0.25}).config.target_sparsity == 0.25
     small_config(num_stages=2).save_pretrained(tmp_path / "cfg")
     assert RESPPruner(model, tokenizer, tmp_path / "cfg").config.num_stages == 2
@@ -865,9 +898,9 @@ def test_config_may_be_a_dict_a_config_or_a_path(tmp_path):
 
 def test_from_pretrained_checks_the_recipe_before_the_weights_load(tmp_path, monkeypatch):
     """A recipe the model cannot take is refused from config.json alone: no minutes of loading an 8B model first."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     folder = tmp_path / "dense"
-    tiny_model(tokenizer).save_pretrained(folder)
+    tiny_model(tokenizer=tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     monkeypatch.setattr(
         "optimum_resp.pruner.load_model", lambda *a, **k: pytest.fail("the weights loaded before the check")

@@ -230,6 +230,7 @@ def _same_logits(a, b, tokenizer) -> None:
         assert torch.equal(a(ids).logits, b(ids).logits)
 
 
+@pytest.mark.slow
 def test_real_qwen2_coder_prunes_on_its_own_chat_traces_and_reloads(tmp_path):
     """Qwen2.5-Coder-0.5B-Instruct: its tokenizer and chat template through calibration (the model's own
     greedy traces), decode-only Taylor scoring, allocation, surgery, regeneration, save and reload."""
@@ -257,6 +258,7 @@ def test_real_qwen2_coder_prunes_on_its_own_chat_traces_and_reloads(tmp_path):
     _same_logits(result.model, reloaded, tokenizer)
 
 
+@pytest.mark.slow
 def test_real_smollm2_llama_prunes_and_reloads_per_layer_and_uniform(tmp_path):
     """SmolLM2-135M-Instruct: real Llama weights (9 query / 3 KV heads) and its own tokenizer and template."""
     from optimum_resp.architectures import layer_sizes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from test_pruner import PROMPTS, small_config
 
 from optimum_resp.accounting import SizeReport
@@ -51,21 +51,21 @@ def _mode(path) -> int:
 
 
 def test_a_run_killed_before_stage_1_reuses_its_dense_traces(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     config = small_config()
     with pytest.raises(Interrupted):
         RESPPruner(
-            build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=DiesWhenScoring()
+            tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf", scorer=DiesWhenScoring()
         ).prune(PROMPTS, run)
     assert (run / RunFolder.DENSE_TRACES).is_file() and not RunFolder(run).stage_dirs()
     saved = load_traces(run / RunFolder.DENSE_TRACES)
 
     generator = CountingGenerator()
-    resumed = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator=generator).prune(
+    resumed = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator=generator).prune(
         PROMPTS, run
     )
-    fresh = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS)
+    fresh = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(PROMPTS)
     # One generation (the regeneration at milestone 0.1), not two: the dense traces came from the folder.
     assert generator.calls == 1
     assert load_traces(run / RunFolder.DENSE_TRACES) == saved
@@ -73,23 +73,23 @@ def test_a_run_killed_before_stage_1_reuses_its_dense_traces(tmp_path):
 
 
 def test_a_run_of_another_model_or_other_prompts_is_not_resumed(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     config = small_config(num_stages=1, regeneration_milestones=[])
-    RESPPruner(build_tiny_model(tokenizer, seed=0), tokenizer, config, generator="hf").prune(PROMPTS, run)
+    RESPPruner(tiny_model(tokenizer=tokenizer, seed=0), tokenizer, config, generator="hf").prune(PROMPTS, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
-    other = RESPPruner(build_tiny_model(tokenizer, seed=1), tokenizer, config, generator="hf")
+    other = RESPPruner(tiny_model(tokenizer=tokenizer, seed=1), tokenizer, config, generator="hf")
     with pytest.raises(ValueError, match="another model or calibration set: the model's config or weights"):
         other.prune(PROMPTS, run)
-    same_model = RESPPruner(build_tiny_model(tokenizer, seed=0), tokenizer, config, generator="hf")
+    same_model = RESPPruner(tiny_model(tokenizer=tokenizer, seed=0), tokenizer, config, generator="hf")
     with pytest.raises(ValueError, match="the calibration prompts differ"):
         same_model.prune(list(reversed(PROMPTS)), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing overwritten
 
     # The same model loaded from elsewhere (another source path) is the same run: it resumes.
     moved = RESPPruner(
-        build_tiny_model(tokenizer, seed=0), tokenizer, config, generator="hf", source="/moved"
+        tiny_model(tokenizer=tokenizer, seed=0), tokenizer, config, generator="hf", source="/moved"
     )
     assert moved.prune(PROMPTS, run).plan.to_dict() == json.loads(
         (run / "stages/stage_001/plan.json").read_text()
@@ -97,8 +97,8 @@ def test_a_run_of_another_model_or_other_prompts_is_not_resumed(tmp_path):
 
 
 def test_fingerprint_sees_one_changed_weight_and_ignores_use_cache():
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
     prompts = as_prompts(PROMPTS)
     first = fingerprint(model, prompts, "a")
     model.config.use_cache = not model.config.use_cache
@@ -110,27 +110,27 @@ def test_fingerprint_sees_one_changed_weight_and_ignores_use_cache():
 
 
 def test_leftovers_of_interrupted_writes_are_removed_on_resume(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     config = small_config(num_stages=2, regeneration_milestones=[])
-    RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, run)
+    RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, run)
     stray_file = run / ".dense_traces.jsonl.abc123.tmp"
     stray_file.write_text("half a file")
     stray_stage = run / "stages" / ".stage_003.xyz"
     stray_stage.mkdir()
     (stray_stage / "plan.json").write_text("{")
-    RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, run)
+    RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(PROMPTS, run)
     assert not stray_file.exists() and not stray_stage.exists()
     assert [p.name for p in RunFolder(run).stage_dirs()] == ["stage_002"]  # only the last stage is kept
 
 
 def test_files_get_the_users_umask_not_0600(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     previous = os.umask(0o022)
     try:
         run = tmp_path / "run"
         pruner = RESPPruner(
-            build_tiny_model(tokenizer),
+            tiny_model(tokenizer=tokenizer),
             tokenizer,
             small_config(num_stages=1, regeneration_milestones=[]),
             generator="hf",
@@ -150,9 +150,9 @@ def test_files_get_the_users_umask_not_0600(tmp_path):
 
 
 def test_run_folder_status_and_history_mirror_what_the_pruner_wrote(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = RunFolder(tmp_path / "run")
-    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, small_config(), generator="hf")
+    pruner = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, small_config(), generator="hf")
     result = pruner.prune(PROMPTS, run.path)
     assert run.status == "running" and run.load_report() is None
     assert run.load_history() == result.stages
@@ -164,9 +164,9 @@ def test_run_folder_status_and_history_mirror_what_the_pruner_wrote(tmp_path):
 
 
 def test_prune_report_round_trips_through_its_json_form():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     result = RESPPruner(
-        build_tiny_model(tokenizer), tokenizer, small_config(recovery="lora"), generator="hf"
+        tiny_model(tokenizer=tokenizer), tokenizer, small_config(recovery="lora"), generator="hf"
     ).prune(PROMPTS)
     report = result.report
     data = json.loads(json.dumps(report.to_dict()))
@@ -210,7 +210,7 @@ def test_a_damaged_trace_file_names_the_file_and_line(tmp_path):
 
 def _one_stage(tokenizer, generator="hf", **overrides):
     config = small_config(**{"num_stages": 1, "regeneration_milestones": [], **overrides})
-    return RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator=generator)
+    return RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator=generator)
 
 
 def _files(folder):
@@ -218,9 +218,9 @@ def _files(folder):
 
 
 def test_save_pretrained_never_writes_over_the_source_folder_or_another_run(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     source = tmp_path / "dense"
-    build_tiny_model(tokenizer).save_pretrained(source)
+    tiny_model(tokenizer=tokenizer).save_pretrained(source)
     tokenizer.save_pretrained(source)
     dense = _files(source)
     pruner = RESPPruner.from_pretrained(
@@ -288,11 +288,11 @@ class _Unfinished:
 
 
 def test_a_run_refused_for_unfinished_traces_keeps_them_and_resumes_once_allowed(tmp_path):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = RunFolder(tmp_path / "run")
     generator = _Unfinished()
     refused = RESPPruner(
-        build_tiny_model(tokenizer),
+        tiny_model(tokenizer=tokenizer),
         tokenizer,
         small_config(num_stages=1, regeneration_milestones=[], allow_unfinished_traces=False),
         generator=generator,
@@ -334,21 +334,21 @@ def test_a_run_folder_of_the_flat_config_resumes(tmp_path):
     flat = FLAT_CONFIG.read_text()
     config = RESPConfig.from_dict(json.loads(flat))
     assert config.recovery is not None and config.export.runtimes == ["vllm"]  # every section has a setting
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     DiesInStage2.calls = 0
     scorer = DiesInStage2.from_config(config.scoring, seed=config.seed)
     with pytest.raises(Interrupted):
-        RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(
+        RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf", scorer=scorer).prune(
             PROMPTS, run
         )
     assert [p.name for p in RunFolder(run).stage_dirs()] == ["stage_001"]
     (run / RunFolder.CONFIG).write_text(flat)  # as the flat version wrote it
 
     generator = CountingGenerator()
-    resumed = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator=generator)
+    resumed = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator=generator)
     result = resumed.prune(PROMPTS, run)
-    fresh = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf").prune(PROMPTS)
+    fresh = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(PROMPTS)
     assert generator.calls == 1  # stage 2's regeneration: the dense traces and stage 1 came from the folder
     assert [s.stage for s in result.stages] == [1, 2] and result.plan == fresh.plan
     assert result.report.recovery.method == "lora"
@@ -356,20 +356,20 @@ def test_a_run_folder_of_the_flat_config_resumes(tmp_path):
     (run / RunFolder.CONFIG).write_text(flat)
     with pytest.raises(ValueError, match=r"different config .*'scoring.abs_after': \('all', 'batch'\)"):
         RESPPruner(
-            build_tiny_model(tokenizer), tokenizer, config.override(taylor_abs_after="batch"), generator="hf"
+            tiny_model(tokenizer=tokenizer), tokenizer, config.override(taylor_abs_after="batch"), generator="hf"
         ).prune(PROMPTS, run)
 
 
 def test_a_damaged_run_record_names_a_fix_that_works(tmp_path, caplog):
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     config = small_config(num_stages=2, regeneration_milestones=[])
     with pytest.raises(Interrupted):
         RESPPruner(
-            build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
+            tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
         ).prune(PROMPTS, run)
     (run / RunFolder.RUN).write_text('{"status": "runn')  # a damaged record
-    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf")
+    pruner = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf")
     with pytest.raises(
         ValueError, match=r'resp_run.json is damaged.*replace the file with \{"status": "running"\}'
     ):
@@ -397,16 +397,16 @@ class _DiesAtStage(TaylorScorer):
 def test_a_stage_checkpoint_missing_a_file_names_it_and_the_fix(tmp_path):
     import shutil
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     run = tmp_path / "run"
     config = small_config(num_stages=2, regeneration_milestones=[])
     with pytest.raises(Interrupted):
         RESPPruner(
-            build_tiny_model(tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
+            tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf", scorer=_DiesAtStage(2)
         ).prune(PROMPTS, run)
     stage = run / RunFolder.STAGES / "stage_001"
     (stage / "rng.pt").unlink()
-    pruner = RESPPruner(build_tiny_model(tokenizer), tokenizer, config, generator="hf")
+    pruner = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf")
     with pytest.raises(
         ValueError, match=rf"{stage} is incomplete or damaged \(it has no rng.pt\)\. Delete that"
     ):
@@ -418,10 +418,10 @@ def test_a_stage_checkpoint_missing_a_file_names_it_and_the_fix(tmp_path):
 def test_many_stages_are_warned_about_and_keep_one_checkpoint(tmp_path, caplog):
     from optimum_resp.pruner import MANY_STAGES
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     caplog.set_level("WARNING", logger="optimum_resp")
     many = RESPPruner(
-        build_tiny_model(tokenizer),
+        tiny_model(tokenizer=tokenizer),
         tokenizer,
         small_config(num_stages=MANY_STAGES + 1),
         scorer=DiesWhenScoring(),

@@ -11,7 +11,7 @@ import json
 import logging
 
 import pytest
-from helpers_tokenizer import build_tiny_model, build_tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 
 from optimum_resp import RESPConfig, RESPPruner
 from optimum_resp.architectures import ARCHITECTURES
@@ -198,17 +198,19 @@ def test_checkpoint_traits():
 
 
 def test_per_layer_prunes_for_llama_cpp_are_refused_only_where_its_graph_cannot_take_the_model():
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     per_layer = dict(export="per_layer", allocation="global", protected_layers=None, runtimes=["llama.cpp"])
     with pytest.raises(
         ValueError, match=r"'llama.cpp', where this model's per_layer export will not load.*openelm"
     ):
-        RESPPruner(build_tiny_model(tokenizer), tokenizer, quick(**per_layer), generator="hf")  # untied Qwen3
-    tied = build_tiny_model(tokenizer, tie_word_embeddings=True)
+        RESPPruner(
+            tiny_model(tokenizer=tokenizer), tokenizer, quick(**per_layer), generator="hf"
+        )  # untied Qwen3
+    tied = tiny_model(tokenizer=tokenizer, tie_word_embeddings=True)
     pruner = RESPPruner(tied, tokenizer, quick(**per_layer), generator="hf")
     assert pruner.config.structures == ["query_heads", "kv_heads", "channels"]  # nothing forced, nothing kept
     for model_type in ("qwen2", "llama"):  # llama.cpp's deci graph: biases and an untied output load
-        RESPPruner(build_tiny_model(tokenizer, model_type), tokenizer, quick(**per_layer), generator="hf")
+        RESPPruner(tiny_model(model_type, tokenizer=tokenizer), tokenizer, quick(**per_layer), generator="hf")
     with pytest.raises(
         ValueError, match="FLAP bias compensation adds biases, and runtimes includes 'llama.cpp'"
     ):
@@ -216,22 +218,24 @@ def test_per_layer_prunes_for_llama_cpp_are_refused_only_where_its_graph_cannot_
 
 
 def test_runtimes_narrow_the_structures_of_a_uniform_qwen2_prune(caplog):
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, "qwen2")
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("qwen2", tokenizer=tokenizer)
     with caplog.at_level(logging.INFO, logger="optimum_resp"):
         pruner = RESPPruner(model, tokenizer, quick(runtimes=["llama.cpp"]), generator="hf")
     assert pruner.config.structures == ["channels"]
     assert any("channels only" in r.getMessage() and "llama.cpp" in r.getMessage() for r in caplog.records)
     # The same request for Qwen3 changes nothing: llama.cpp's Qwen3 reads head_dim.
-    qwen3 = RESPPruner(build_tiny_model(tokenizer), tokenizer, quick(runtimes=["llama.cpp"]), generator="hf")
+    qwen3 = RESPPruner(
+        tiny_model(tokenizer=tokenizer), tokenizer, quick(runtimes=["llama.cpp"]), generator="hf"
+    )
     assert qwen3.config.structures == ["query_heads", "kv_heads", "channels"]
     with pytest.raises(ValueError, match=r"leaves nothing to prune from structures \['query_heads'\]"):
         RESPPruner(model, tokenizer, quick(runtimes=["vllm"], structures=["query_heads"]), generator="hf")
 
 
 def test_uniform_qwen2_that_loses_query_heads_warns_and_its_card_says_where_it_runs(tmp_path, caplog):
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, "qwen2")
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("qwen2", tokenizer=tokenizer)
     pruner = RESPPruner(model, tokenizer, quick(structures=["kv_heads"]), generator="hf")
     with caplog.at_level(logging.WARNING, logger="optimum_resp"):
         result = pruner.prune(PROMPTS)
@@ -252,8 +256,8 @@ def test_uniform_qwen2_that_loses_query_heads_warns_and_its_card_says_where_it_r
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_per_layer_card_and_info_say_where_it_runs(tmp_path, capsys, tied):
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, tie_word_embeddings=tied)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer, tie_word_embeddings=tied)
     pruner = RESPPruner(model, tokenizer, quick(export="per_layer", allocation="global"), generator="hf")
     result = pruner.prune(PROMPTS)
     assert result.report.checkpoint_traits == ([] if tied else ["untied_embeddings"])

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
 from optimum_resp.accounting import size_report
@@ -33,17 +34,6 @@ from optimum_resp.testing_utils import random_plan, tiny_config
 ARCHS = ["qwen3", "qwen2", "llama"]
 EXPORTS = ["uniform", "per_layer"]
 KINDS = ["query_heads", "kv_heads", "channels", "all"]
-
-
-def make_model(model_type: str, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), attn_implementation="sdpa")
-    # Random biases too, so a bias that is not sliced with its rows shows up in the logits.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.normal_(0, 0.1)
-    return model.eval()
 
 
 def kind_plan(config, kind: str, export: str) -> PruningPlan:
@@ -125,7 +115,7 @@ def assert_same_outputs(reference, candidate):
 @pytest.mark.parametrize("export", EXPORTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_pruned_equals_zeroed_dense(model_type, export, kind):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True)
     plan = kind_plan(model.config, kind, export)
     pruned = prune_model(model, plan, export=export)
     assert pruned.num_parameters() < model.num_parameters()
@@ -143,7 +133,7 @@ def test_pruned_equals_zeroed_dense(model_type, export, kind):
 
 
 def test_export_modes_give_the_expected_classes():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     uniform = prune_model(model, random_plan(model.config, 0.3), export="uniform")
     assert type(uniform).__name__ == "Qwen3ForCausalLM" and uniform.config.model_type == "qwen3"
     assert not uniform.config.is_heterogeneous
@@ -155,7 +145,7 @@ def test_export_modes_give_the_expected_classes():
 
 
 def test_original_model_is_untouched():
-    model = make_model("qwen2")
+    model = tiny_model("qwen2", random_biases=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prune_model(model, kind_plan(model.config, "all", "per_layer"), export="per_layer")
     after = model.state_dict()
@@ -165,7 +155,7 @@ def test_original_model_is_untouched():
 
 def test_pruning_a_pruned_model_composes():
     """Progressive pruning: indices of the second plan refer to the once-pruned model."""
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     plan1 = kind_plan(model.config, "all", "per_layer")
     once = prune_model(model, plan1, export="per_layer")
     plan2 = random_plan(once.config, 0.3, per_layer=True, seed=5)
@@ -182,7 +172,7 @@ def test_pruning_a_pruned_model_composes():
 
 
 def test_tied_embeddings_stay_tied():
-    model = make_model("qwen3", tie_word_embeddings=True)
+    model = tiny_model("qwen3", tie_word_embeddings=True, random_biases=True)
     pruned = prune_model(model, random_plan(model.config, 0.4), export="uniform")
     assert pruned.lm_head.weight.data_ptr() == pruned.model.embed_tokens.weight.data_ptr()
     assert pruned.lm_head.weight is pruned.model.embed_tokens.weight  # one Parameter, as in the source
@@ -190,7 +180,7 @@ def test_tied_embeddings_stay_tied():
 
 
 def test_dtype_and_requires_grad_are_kept():
-    model = make_model("llama").to(torch.bfloat16)
+    model = tiny_model("llama", random_biases=True).to(torch.bfloat16)
     pruned = prune_model(model, random_plan(model.config, 0.4, per_layer=True), export="per_layer")
     assert {p.dtype for p in pruned.parameters()} == {torch.bfloat16}
     assert all(p.requires_grad for p in pruned.parameters())
@@ -242,7 +232,7 @@ def test_slice_linear_shapes(bias, dtype, rows, cols):
 @pytest.mark.parametrize("model_type", ARCHS)
 @pytest.mark.parametrize("export", EXPORTS)
 def test_save_and_reload_gives_identical_logits(tmp_path, model_type, export):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True)
     pruned = prune_model(
         model, random_plan(model.config, 0.4, per_layer=export == "per_layer"), export=export
     )
@@ -250,11 +240,11 @@ def test_save_and_reload_gives_identical_logits(tmp_path, model_type, export):
     saved = json.loads((tmp_path / "config.json").read_text())
     if export == "uniform":
         assert saved["model_type"] == model_type and "auto_map" not in saved
-        assert not (tmp_path / "modeling_resp.py").exists()
+        assert not (tmp_path / "modeling_per_layer.py").exists()
     else:
         assert saved["model_type"] == f"resp_{model_type}"
         assert set(saved["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
-        assert (tmp_path / "modeling_resp.py").exists() and (tmp_path / "configuration_resp.py").exists()
+        assert {"modeling_per_layer.py", "configuration_per_layer.py"} <= {p.name for p in tmp_path.iterdir()}
         assert len(saved["per_layer_config"]) == model.config.num_hidden_layers
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded) is type(pruned)
@@ -287,9 +277,10 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qwen3", "llama"])
 def test_per_layer_loads_with_trust_remote_code_without_optimum_resp(tmp_path, model_type):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True)
     pruned = prune_model(model, random_plan(model.config, 0.5, per_layer=True), export="per_layer")
     pruned.save_pretrained(tmp_path)
     input_ids, attention_mask = padded_batch()
@@ -314,6 +305,34 @@ def test_per_layer_loads_with_trust_remote_code_without_optimum_resp(tmp_path, m
     with torch.no_grad():
         expected = pruned(input_ids=input_ids, attention_mask=attention_mask).logits
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_a_per_layer_folder_saved_with_the_old_file_names_still_loads(tmp_path):
+    # Before the rename, save_pretrained wrote configuration_resp.py / modeling_resp.py and an auto_map naming them.
+    model = tiny_model("qwen3", random_biases=True)
+    pruned = prune_model(model, random_plan(model.config, 0.4, per_layer=True), export="per_layer")
+    pruned.save_pretrained(tmp_path)
+    for new, old in (
+        ("configuration_per_layer", "configuration_resp"),
+        ("modeling_per_layer", "modeling_resp"),
+    ):
+        text = (tmp_path / f"{new}.py").read_text().replace("configuration_per_layer", "configuration_resp")
+        (tmp_path / f"{old}.py").write_text(text)
+        (tmp_path / f"{new}.py").unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_resp.RESPQwen3Config",
+        "AutoModelForCausalLM": "modeling_resp.RESPQwen3ForCausalLM",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # optimum_resp's registered classes
+    assert type(reloaded) is type(pruned)
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, attention_mask=attention_mask).logits,
+            pruned(input_ids=input_ids, attention_mask=attention_mask).logits,
+        )
 
 
 def test_per_layer_auto_classes_are_registered_on_import():
@@ -345,7 +364,7 @@ def decoder_linear_tensor_params(model) -> list[int]:
 @pytest.mark.parametrize("model_type", ARCHS)
 @pytest.mark.parametrize("export", EXPORTS)
 def test_reported_sparsity_matches_tensors(model_type, export):
-    model = make_model(model_type)
+    model = tiny_model(model_type, random_biases=True)
     pruned = prune_model(
         model, random_plan(model.config, 0.4, per_layer=export == "per_layer"), export=export
     )
@@ -398,7 +417,7 @@ def test_unsupported_architecture_names_the_supported_ones():
     ],
 )
 def test_bad_plans_are_refused_with_layer_and_fix(changes, message):
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     keeps = list(PruningPlan.full(model.config).layers)
     keeps[2] = LayerKeep(**{**{k: tuple(v) for k, v in keeps[2].to_dict().items()}, **changes})
     plan = PruningPlan(tuple(keeps))
@@ -409,7 +428,7 @@ def test_bad_plans_are_refused_with_layer_and_fix(changes, message):
 
 
 def test_wrong_layer_count_and_non_uniform_export_are_refused():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     with pytest.raises(PruningPlanError, match="plan has 3 layers but the model has 4"):
         prune_model(model, PruningPlan(PruningPlan.full(model.config).layers[:3]))
     with pytest.raises(PruningPlanError, match="uniform export needs the same"):
@@ -419,14 +438,14 @@ def test_wrong_layer_count_and_non_uniform_export_are_refused():
 
 
 def test_plan_round_trips_through_json():
-    model = make_model("qwen3")
+    model = tiny_model("qwen3", random_biases=True)
     plan = kind_plan(model.config, "all", "per_layer")
     assert PruningPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
 def test_uniform_llama_with_head_count_stock_llama_refuses():
     """Stock LlamaConfig needs hidden_size % heads == 0; uniform export says so, per_layer works."""
-    model = make_model("llama", hidden_size=64)
+    model = tiny_model("llama", hidden_size=64, random_biases=True)
     plan = kind_plan(model.config, "kv_heads", "uniform")  # 6 heads: 64 % 6 != 0
     with pytest.raises(PruningPlanError, match="stock LlamaConfig refuses.*export='per_layer'"):
         prune_model(model, plan, export="uniform")
@@ -435,7 +454,7 @@ def test_uniform_llama_with_head_count_stock_llama_refuses():
 
 def test_untied_heads_stay_untied_even_if_the_config_says_tied():
     """Surgery mirrors the tensors it is given: it never ties (or unties) lm_head behind the model's back."""
-    model = make_model("qwen3", tie_word_embeddings=True)
+    model = tiny_model("qwen3", tie_word_embeddings=True, random_biases=True)
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() + 1.0)
     pruned = prune_model(model, random_plan(model.config, 0.4), export="uniform")
     assert pruned.lm_head.weight.data_ptr() != pruned.model.embed_tokens.weight.data_ptr()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optimum_resp.testbed import SPLITS, generate_split_v2, testbed_data_path, testbed_model_path
+from optimum_resp.testbed import SPLITS, generate_split, testbed_data_path, testbed_model_path
 from optimum_resp.testbed.tokenizer import build_testbed_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def small_tokenizer():
 
 
 def test_tokenizer_round_trip_and_digits(small_tokenizer):
-    p = generate_split_v2("held_out_frames", 1, seed=11)[0]
+    p = generate_split("held_out_frames", 1, seed=11)[0]
     for text in (p.question, p.solution, p.gold, p.options):
         ids = small_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert small_tokenizer.decode(ids) == text
@@ -75,7 +75,7 @@ def test_shipped_checkpoint_loads(shipped):
 
 def test_shipped_checkpoint_generates_traces(shipped):
     model, tok = shipped
-    probs = generate_split_v2("test", 8)  # the generator the shipped model was trained on
+    probs = generate_split("test", 8)  # the generator the shipped model was trained on
     prompts = [
         tok.apply_chat_template(
             [{"role": "user", "content": p.gsm8k_prompt()}],
@@ -102,6 +102,7 @@ def test_shipped_checkpoint_generates_traces(shipped):
     assert right >= 6  # it scores ~98% on this split
 
 
+@pytest.mark.slow
 def test_training_script_quick_run(tmp_path):
     out = tmp_path / "ckpt"
     cmd = [

@@ -11,19 +11,13 @@ import pytest
 from optimum_resp.evaluation.extraction import extract_gsm8k_gold
 from optimum_resp.testbed import compositional
 from optimum_resp.testbed.compositional import (
-    FRAMES,
-    GRAMMAR,
-    NAMES,
-    NUMBER_WORDS,
-    PART,
-    SPLITS_V2,
-    TIMES,
-    generate_split_v2,
-    generate_splits_v2,
-    made_up_name,
-    make_problem_v2,
-    write_testbed_v2,
+    SPLIT_SPECS,
+    generate_split,
+    generate_splits,
+    make_problem,
+    write_testbed,
 )
+from optimum_resp.testbed.grammar import FRAMES, GRAMMAR, NAMES, NUMBER_WORDS, PART, TIMES, made_up_name
 from optimum_resp.testbed.problems import ITEMS
 from optimum_resp.testbed.tokenizer import build_testbed_tokenizer
 
@@ -86,7 +80,7 @@ def _mentions(question: str, value: int, op: str) -> bool:
 def test_problems_compute_what_they_say(family, num_steps):
     rng = random.Random(num_steps)
     for _ in range(50):
-        p = make_problem_v2(rng, num_steps, family)
+        p = make_problem(rng, num_steps, family)
         assert p.num_steps == num_steps == len(p.steps)
         for step in p.steps:
             expected = {"add": step.a + step.b, "sub": step.a - step.b, "mul": step.a * step.b}.get(step.op)
@@ -113,7 +107,7 @@ def test_problems_compute_what_they_say(family, num_steps):
 
 
 def test_wording_varies_numbers_as_words_distractors_and_facts_out_of_order():
-    problems = generate_split_v2("train", 400, seed=0)
+    problems = generate_split("train", 400, seed=0)
     questions = [p.question for p in problems]
     assert any(
         re.search(r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b", q) for q in questions
@@ -139,15 +133,15 @@ def test_wording_varies_numbers_as_words_distractors_and_facts_out_of_order():
 
 
 def test_splits_are_reproducible_disjoint_and_drawn_from_their_family(tmp_path):
-    assert generate_split_v2("test", 30, seed=3) == generate_split_v2("test", 30, seed=3)
-    assert generate_split_v2("test", 30, seed=3) != generate_split_v2("test", 30, seed=4)
-    paths = write_testbed_v2(tmp_path, {"train": 300, "test": 60, "held_out_frames": 60, "hard": 30}, seed=0)
+    assert generate_split("test", 30, seed=3) == generate_split("test", 30, seed=3)
+    assert generate_split("test", 30, seed=3) != generate_split("test", 30, seed=4)
+    paths = write_testbed(tmp_path, {"train": 300, "test": 60, "held_out_frames": 60, "hard": 30}, seed=0)
     rows = {k: [json.loads(line) for line in v.read_text().splitlines()] for k, v in paths.items()}
-    questions = {split: {r["question"] for r in rows[f"gsm8k_{split}"]} for split in SPLITS_V2}
+    questions = {split: {r["question"] for r in rows[f"gsm8k_{split}"]} for split in SPLIT_SPECS}
     assert not questions["train"] & (questions["test"] | questions["held_out_frames"] | questions["hard"])
     for q in questions["held_out_frames"]:  # family B: no training name
         assert _people(q) <= set(NAMES["B"]), q
-    hard = generate_split_v2("hard", 20, seed=0)
+    hard = generate_split("hard", 20, seed=0)
     assert all(6 <= p.num_steps <= 8 for p in hard)
     assert [r["Problem"] for r in rows["mathqa_test"]] == [r["question"] for r in rows["gsm8k_test"]]
     for r in rows["mathqa_test"]:
@@ -159,7 +153,7 @@ def test_training_names_are_unbounded_so_a_model_must_copy_them():
     made_up = [made_up_name(rng) for _ in range(2000)]
     assert not set(made_up) & set(NAMES["A"] + NAMES["B"])
     assert len(set(made_up)) > 1500 and all(re.fullmatch(r"[A-Z][a-z]+", n) for n in made_up)
-    people = [_people(p.question) for p in generate_split_v2("train", 400, seed=0)]
+    people = [_people(p.question) for p in generate_split("train", 400, seed=0)]
     real = set(NAMES["A"])
     # about half the people are made up, so most names in training are seen once
     share = sum(len(ps - real) for ps in people) / sum(len(ps) for ps in people)
@@ -169,49 +163,47 @@ def test_training_names_are_unbounded_so_a_model_must_copy_them():
 
 def test_impossible_settings_are_refused():
     with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
-        make_problem_v2(random.Random(0), 0)
+        make_problem(random.Random(0), 0)
     with pytest.raises(ValueError, match="family must be one of"):
-        make_problem_v2(random.Random(0), 2, "C")
+        make_problem(random.Random(0), 2, "C")
     with pytest.raises(ValueError, match=r"steps must be two integers 1 <= low <= high"):
-        generate_split_v2("train", 5, steps=(0, 3))
+        generate_split("train", 5, steps=(0, 3))
     with pytest.raises(ValueError, match="unknown split 'dev'"):
-        generate_split_v2("dev", 5)
+        generate_split("dev", 5)
     with pytest.raises(ValueError, match=r"unknown splits \['dev'\]"):
-        write_testbed_v2("unused", {"dev": 5})
+        write_testbed("unused", {"dev": 5})
 
 
 def test_a_request_larger_than_the_problems_it_can_make_is_refused(monkeypatch):
-    one = make_problem_v2(random.Random(0), 2)
-    monkeypatch.setattr(
-        compositional, "make_problem_v2", lambda rng, n, family: one
-    )  # a space of one problem
+    one = make_problem(random.Random(0), 2)
+    monkeypatch.setattr(compositional, "make_problem", lambda rng, n, family: one)  # a space of one problem
     with pytest.raises(
         ValueError, match=r"asked for 3 distinct test problems with 2-5 steps, but only 1 could be made"
     ):
-        generate_split_v2("test", 3)
+        generate_split("test", 3)
 
 
-def test_generate_splits_v2_keeps_train_off_every_evaluation_question():
-    splits = generate_splits_v2({"train": 200, "test": 40, "hard": 10}, seed=1)
+def test_generate_splits_keeps_train_off_every_evaluation_question():
+    splits = generate_splits({"train": 200, "test": 40, "hard": 10}, seed=1)
     assert {k: len(v) for k, v in splits.items()} == {"train": 200, "test": 40, "hard": 10}
     train = {p.question for p in splits["train"]}
     assert not train & {p.question for p in splits["test"] + splits["hard"]}
     # the evaluation splits do not depend on how much training data is asked for
-    assert generate_splits_v2({"train": 5, "test": 40}, seed=1)["test"] == splits["test"]
+    assert generate_splits({"train": 5, "test": 40}, seed=1)["test"] == splits["test"]
     with pytest.raises(ValueError, match=r"unknown splits \['dev'\]"):
-        generate_splits_v2({"dev": 5})
+        generate_splits({"dev": 5})
 
 
-def test_v2_tokenizer_is_built_from_the_training_family_and_round_trips_held_out_text():
+def test_tokenizer_is_built_from_the_training_family_and_round_trips_held_out_text():
     tok = build_testbed_tokenizer(num_problems=300, seed=0)
-    held_out = generate_split_v2("held_out_frames", 20, seed=0)
+    held_out = generate_split("held_out_frames", 20, seed=0)
     for p in held_out:  # family B words are spelled with trained pieces: nothing is lost or unknown
         for text in (p.question, p.solution):
             assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     # ... and with pieces training solutions contain, so a model trained on family A has learned to write
     # every token a held-out answer needs (the made-up training names cover the letters of B's names)
     trained = set()
-    for p in generate_split_v2("train", 1000, seed=1):
+    for p in generate_split("train", 1000, seed=1):
         trained |= set(tok(p.solution, add_special_tokens=False)["input_ids"])
     needed = set().union(*(tok(p.solution, add_special_tokens=False)["input_ids"] for p in held_out))
     assert needed <= trained, tok.convert_ids_to_tokens(sorted(needed - trained))
@@ -222,7 +214,7 @@ def test_shipped_files_are_the_generators_output(tmp_path):
     from optimum_resp.testbed import DATA_SIZES, SPLITS, testbed_data_path
 
     assert tuple(DATA_SIZES) == SPLITS
-    paths = write_testbed_v2(tmp_path, DATA_SIZES, seed=0)
+    paths = write_testbed(tmp_path, DATA_SIZES, seed=0)
     for split, n in DATA_SIZES.items():
         for task in ("gsm8k", "mathqa"):
             shipped = testbed_data_path(task, split)
@@ -236,7 +228,7 @@ def test_shipped_files_are_the_generators_output(tmp_path):
 
 @pytest.fixture(scope="module")
 def eval_problems():
-    return generate_split_v2("test", 200, seed=0) + generate_split_v2("held_out_frames", 100, seed=0)
+    return generate_split("test", 200, seed=0) + generate_split("held_out_frames", 100, seed=0)
 
 
 def test_solution_and_gold_formats(eval_problems):

@@ -39,6 +39,8 @@ from optimum_resp.surgery import prune_model
 from optimum_resp.testbed import testbed_data_path, testbed_model_path
 from optimum_resp.testing_utils import random_plan, tiny_config
 
+pytestmark = pytest.mark.slow  # vLLM engines
+
 GREEDY = GenerationSettings(max_new_tokens=256, batch_size=32)
 ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=256 * 2**20, seed=0)
 LOGPROB_ATOL = 1e-3  # float32: vLLM's CPU kernels and transformers' eager attention sum in other orders

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..evaluation.tasks import TaskSpec, get_task, load_task_dataset
-from ..generation import build_prompt, end_token_ids
+from ..generation import build_prompt, encode_prompts, encode_text, end_token_ids
 from ..generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
 
@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_traces", "check_traces", "prompts_from_task", "select_by_difficulty", "select_traces"]
+__all__ = [
+    "build_traces",
+    "chat_prompts",
+    "check_traces",
+    "prompts_from_task",
+    "select_by_difficulty",
+    "select_traces",
+]
 
 # Above this fraction of unfinished traces, or below this fraction of right answers, a prune is warned about.
 WARN_TRUNCATED_FRACTION = 0.5
@@ -68,6 +75,12 @@ def _judge(task: TaskSpec | None, prompt: CalibrationPrompt, completion: str) ->
     return bool(task.is_correct(answer, task.normalize_gold(prompt.gold)))
 
 
+def chat_prompts(tokenizer, prompts: Sequence[CalibrationPrompt], thinking: bool) -> list[str]:
+    """The calibration prompts as the model is asked them: its chat template, a generation prompt, thinking on or
+    off (the one place calibration renders them)."""
+    return [build_prompt(tokenizer, p.question, thinking=thinking) for p in prompts]
+
+
 def build_traces(
     model,
     tokenizer,
@@ -77,14 +90,26 @@ def build_traces(
     task: str | TaskSpec | None = None,
     seed: int | None = None,
 ) -> list[Trace]:
-    """Calibration traces for `prompts` from `config.calibration.source`, filtered as the config asks."""
+    """Calibration traces for `prompts` from `config.calibration.source`, filtered as the config asks; each
+    carries the ids its prompt is fed as and the ids generated (a gold solution or a text: its tokens)."""
     spec = get_task(task) if task is not None else None
     if config.calibration.source == "text":
-        return [Trace(p.question, "", p.question, 0, False) for p in prompts]
-    chat = [
-        build_prompt(tokenizer, p.question, thinking=config.calibration.generation.thinking) for p in prompts
-    ]
-    end_text = tokenizer.decode(end_token_ids(tokenizer, model)[:1])
+        return [
+            Trace(
+                p.question,
+                "",
+                p.question,
+                0,
+                False,
+                prompt_ids=[],
+                completion_ids=encode_text(tokenizer, p.question),
+            )
+            for p in prompts
+        ]
+    chat = chat_prompts(tokenizer, prompts, config.calibration.generation.thinking)
+    chat_ids = encode_prompts(tokenizer, chat)
+    end_id = end_token_ids(tokenizer, model)[0]
+    end_text = tokenizer.decode([end_id])
     if config.calibration.source == "gold":
         missing = [i for i, p in enumerate(prompts) if not p.solution]
         if missing:
@@ -92,7 +117,19 @@ def build_traces(
                 f"calibration_source='gold' needs a human-written solution for every prompt; prompts {missing[:10]} "
                 "have none. Load prompts with prompts_from_task (GSM8K 'answer', MathQA 'Rationale')."
             )
-        return [Trace(p.question, c, p.solution + end_text, 0, False, p.gold) for p, c in zip(prompts, chat)]
+        return [
+            Trace(
+                p.question,
+                c,
+                p.solution + end_text,
+                0,
+                False,
+                p.gold,
+                prompt_ids=ids,
+                completion_ids=encode_text(tokenizer, p.solution) + [end_id],
+            )
+            for p, c, ids in zip(prompts, chat, chat_ids)
+        ]
 
     completions = generator.generate(
         model, tokenizer, chat, config.calibration.generation, config.seed if seed is None else seed
@@ -106,8 +143,10 @@ def build_traces(
             truncated=c.truncated,
             gold=p.gold,
             correct=_judge(spec, p, c.text),
+            prompt_ids=ids,
+            completion_ids=list(c.token_ids),
         )
-        for p, c in zip(prompts, completions)
+        for p, c, ids in zip(prompts, completions, chat_ids)
     ]
     return select_traces(traces, config)
 
@@ -202,9 +241,7 @@ def select_by_difficulty(
     k = config.calibration.selection_difficulty_samples
     if any(p.gold is None for p in prompts):
         raise ValueError("Difficulty selection needs a gold answer for every prompt (use prompts_from_task).")
-    chat = [
-        build_prompt(tokenizer, p.question, thinking=config.calibration.generation.thinking) for p in prompts
-    ]
+    chat = chat_prompts(tokenizer, prompts, config.calibration.generation.thinking)
     failures = [0] * len(prompts)
     for sample in range(k):
         completions = generator.generate(

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..files import atomic_write
+from ..generation import encode_text
 
-__all__ = ["CalibrationPrompt", "Trace", "as_prompts", "load_traces", "save_traces"]
+__all__ = ["CalibrationPrompt", "Trace", "as_prompts", "load_traces", "save_traces", "trace_token_ids"]
 
 
 @dataclass
@@ -26,7 +27,8 @@ class CalibrationPrompt:
 
 @dataclass
 class Trace:
-    """A chat-formatted prompt and the completion the model (or a human) gave for it."""
+    """A chat-formatted prompt and the completion the model (or a human) gave for it, as text and as the token
+    ids the model was prompted with and generated (what scoring and recovery train on)."""
 
     question: str
     prompt: str
@@ -35,9 +37,24 @@ class Trace:
     truncated: bool
     gold: str | None = None
     correct: bool | None = None
+    prompt_ids: list[int] | None = None  # None in traces saved before ids were kept
+    completion_ids: list[int] | None = None  # ends with the end-of-turn token unless truncated
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def token_ids(self, tokenizer: Any) -> tuple[list[int], list[int]]:
+        """The prompt's and the completion's ids; a trace saved without them (by an older version) tokenizes
+        its text as that version scored it: each part alone, without special tokens."""
+        if self.prompt_ids is not None and self.completion_ids is not None:
+            return list(self.prompt_ids), list(self.completion_ids)
+        return encode_text(tokenizer, self.prompt), encode_text(tokenizer, self.completion)
+
+
+def trace_token_ids(tokenizer: Any, traces: Sequence[Trace]) -> tuple[list[list[int]], list[list[int]]]:
+    """The prompts' and the completions' ids of `traces` (see `Trace.token_ids`), as two aligned lists."""
+    pairs = [t.token_ids(tokenizer) for t in traces]
+    return [p for p, _ in pairs], [c for _, c in pairs]
 
 
 def as_prompts(prompts: Iterable[str | Mapping[str, Any] | CalibrationPrompt]) -> list[CalibrationPrompt]:

@@ -1,7 +1,7 @@
 """Importance criteria for RESP structured pruning: one score per query head, KV group and MLP channel.
 
-`get_scorer(name)` builds a registered criterion (`SCORERS`); `build_examples` turns prompts and the
-model's own traces into decode-only calibration examples.
+`get_scorer(name)` builds a registered criterion (`SCORERS`); `build_examples` turns the prompts' ids and
+the ids of the model's own traces into decode-only calibration examples.
 """
 
 from .activations import ActivationScoringConfig, FeatureStats, collect_input_stats

@@ -32,41 +32,34 @@ IGNORE_INDEX = -100
 LossMode = Literal["decode", "full"]
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    # No special tokens: the chat-formatted prompt and the trace already carry their own marker text.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def build_examples(
-    tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
     loss: LossMode = "decode",
     max_length: int | None = None,
 ) -> list[dict[str, list[int]]]:
-    """Tokenize (chat-formatted prompt, generated trace) pairs into calibration examples.
+    """Calibration examples from (prompt ids, generated ids) pairs: the ids the model was prompted with and
+    the ids it generated (`calibration.trace_token_ids`), never text tokenized again.
 
-    Prompt and completion are tokenized separately and concatenated, so the decode-only label
-    boundary falls exactly between prompt and trace tokens (tokenizing the joined text could merge
-    tokens across it). With `max_length`, the completion is cut to fit after the whole prompt; a pair
-    left without completion tokens (empty trace, or a prompt filling `max_length`) is skipped with a
-    warning.
+    The decode-only label boundary falls exactly between prompt and trace tokens. With `max_length`, the
+    completion is cut to fit after the whole prompt; a pair left without completion tokens (empty trace, or a
+    prompt filling `max_length`) is skipped with a warning.
     """
     if loss not in ("decode", "full"):
         raise ValueError(f"loss must be 'decode' (trace tokens only) or 'full' (every token); got {loss!r}.")
-    if len(prompts) != len(completions):
+    if len(prompt_ids) != len(completion_ids):
         raise ValueError(
-            f"Got {len(prompts)} prompts but {len(completions)} completions; pass one completion per prompt."
+            f"Got {len(prompt_ids)} prompts but {len(completion_ids)} completions; pass one completion per prompt."
         )
-    if len(prompts) == 0:
+    if len(prompt_ids) == 0:
         raise ValueError(
-            "build_examples got no (prompt, completion) pairs. Pass the chat-formatted prompts and the "
-            "model's generated traces for them (e.g. from the self-generated calibration step)."
+            "build_examples got no (prompt, completion) pairs. Pass the chat-formatted prompts' ids and the "
+            "model's generated ids for them (e.g. from the self-generated calibration step)."
         )
-    if all(not c for c in completions):
+    if all(not c for c in completion_ids):
         raise ValueError(
-            f"All {len(completions)} completions are empty, so there is no decode token to score. Generate "
-            "the model's traces for the prompts first (and check the generation step returned text)."
+            f"All {len(completion_ids)} completions are empty, so there is no decode token to score. Generate "
+            "the model's traces for the prompts first (and check the generation step returned tokens)."
         )
     if max_length is not None and max_length < 2:
         raise ValueError(
@@ -75,26 +68,25 @@ def build_examples(
 
     examples: list[dict[str, list[int]]] = []
     skipped_empty, skipped_long, truncated = 0, 0, 0
-    for prompt, completion in zip(prompts, completions):
+    for prompt, completion in zip(prompt_ids, completion_ids):
+        prompt, completion = [int(t) for t in prompt], [int(t) for t in completion]
         if not completion:
             skipped_empty += 1
             continue
-        prompt_ids = _encode(tokenizer, prompt)
-        completion_ids = _encode(tokenizer, completion)
         if max_length is not None:
-            room = max_length - len(prompt_ids)
+            room = max_length - len(prompt)
             if room < 1:
                 skipped_long += 1
                 continue
-            if len(completion_ids) > room:
-                completion_ids = completion_ids[:room]
+            if len(completion) > room:
+                completion = completion[:room]
                 truncated += 1
-        if not completion_ids or len(prompt_ids) + len(completion_ids) < 2:
+        if len(prompt) + len(completion) < 2:
             skipped_empty += 1
             continue
-        input_ids = prompt_ids + completion_ids
+        input_ids = prompt + completion
         if loss == "decode":
-            labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+            labels = [IGNORE_INDEX] * len(prompt) + completion
         else:
             labels = list(input_ids)
         examples.append({"input_ids": input_ids, "labels": labels})

@@ -1,7 +1,7 @@
 """Testbed: synthetic multi-step arithmetic word problems and a small shipped Qwen3 reasoner trained on them.
 
-`compositional` is the generator (many sentence frames per operation, distractors, a held-out family of frames
-and names); `problems` holds the records it makes. `data/` ships its splits in GSM8K and MathQA form, and
+`compositional` is the generator (distractors, several people, a held-out family of frames and names), drawing
+its sentences from `grammar` (many sentence frames per operation); `problems` holds the records it makes. `data/` ships its splits in GSM8K and MathQA form, and
 `tiny_reasoner/` the model trained on them.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from .compositional import SPLITS_V2, generate_split_v2, generate_splits_v2, make_problem_v2, write_testbed_v2
+from .compositional import SPLIT_SPECS, generate_split, generate_splits, make_problem, write_testbed
 from .problems import REASONING_SUFFIX, Problem, Step
 
 _HERE = Path(__file__).resolve().parent
 TASKS = ("gsm8k", "mathqa")
-SPLITS = tuple(SPLITS_V2)
+SPLITS = tuple(SPLIT_SPECS)
 """The shipped splits: train, test (training's frames), held_out_frames (frames and names never trained on), hard."""
 DATA_SIZES = {"train": 1000, "test": 500, "held_out_frames": 500, "hard": 200}
 """Problems per split in the shipped files (seed 0); the training script keeps its training problems off this
@@ -44,14 +44,14 @@ __all__ = [
     "DATA_SIZES",
     "REASONING_SUFFIX",
     "SPLITS",
-    "SPLITS_V2",
+    "SPLIT_SPECS",
     "TASKS",
     "Problem",
     "Step",
-    "generate_split_v2",
-    "generate_splits_v2",
-    "make_problem_v2",
+    "generate_split",
+    "generate_splits",
+    "make_problem",
     "testbed_data_path",
     "testbed_model_path",
-    "write_testbed_v2",
+    "write_testbed",
 ]

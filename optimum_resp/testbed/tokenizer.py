@@ -85,10 +85,10 @@ def build_testbed_tokenizer(
     The text comes from the generator's training family only, so words of the held-out frames are spelled with
     pieces the model has trained on, as unseen words are for a real model.
     """
-    from .compositional import generate_split_v2
+    from .compositional import generate_split
     from .problems import MATHQA_INSTRUCTION, REASONING_SUFFIX
 
-    probs = generate_split_v2("train", num_problems, seed=seed + 7, steps=(2, 8))
+    probs = generate_split("train", num_problems, seed=seed + 7, steps=(2, 8))
     texts: list[str] = [REASONING_SUFFIX, MATHQA_INSTRUCTION, "user\n", "assistant\n", "system\n"] * 2000
     for p in probs:
         texts += [p.question, p.solution, p.gold, p.mathqa_prompt(), p.mathqa_solution(), p.rationale]

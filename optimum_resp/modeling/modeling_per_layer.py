@@ -30,7 +30,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RotaryEmbedding,
 )
 
-from .configuration_resp import RESPLlamaConfig, RESPQwen2Config, RESPQwen3Config
+from .configuration_per_layer import RESPLlamaConfig, RESPQwen2Config, RESPQwen3Config
 
 # Config flags giving o_proj / down_proj a bias in every layer (stock Qwen3/Qwen2 have none there):
 # set on models whose pruning folded the removed inputs' mean into a bias (FLAP bias compensation).
@@ -129,7 +129,7 @@ class RESPLlamaForCausalLM(LlamaForCausalLM):
         _init_causal_lm(self, config, RESPLlamaModel)
 
 
-# save_pretrained writes `auto_map` and copies this file and configuration_resp.py beside the weights,
+# save_pretrained writes `auto_map` and copies this file and configuration_per_layer.py beside the weights,
 # so `from_pretrained(dir, trust_remote_code=True)` works where optimum_resp is not installed.
 for _config_cls, _model_cls in (
     (RESPQwen3Config, RESPQwen3ForCausalLM),
