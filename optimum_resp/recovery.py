@@ -29,7 +29,14 @@ from .validation import check_int, check_range
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECOVERY", "LoRARecoveryResult", "LoraRecoveryConfig", "RecoveryConfig", "recover_with_lora"]
+__all__ = [
+    "RECOVERY",
+    "LoRARecoveryResult",
+    "LoraRecoveryConfig",
+    "RecoveryConfig",
+    "lora_target_modules",
+    "recover_with_lora",
+]
 
 
 @dataclass
@@ -121,6 +128,13 @@ class _Examples(torch.utils.data.Dataset):
         return self.examples[i]
 
 
+def lora_target_modules(model: PreTrainedModel) -> list[str]:
+    """The module names LoRA adapts by default: every prunable linear of the model's architecture."""
+    spec = get_architecture(model)
+    paths = (spec.q_proj, spec.k_proj, spec.v_proj, spec.o_proj, spec.gate_proj, spec.up_proj, spec.down_proj)
+    return sorted({path.rsplit(".", 1)[-1] for path in paths})
+
+
 def recover_with_lora(
     model: PreTrainedModel,
     tokenizer,
@@ -133,21 +147,7 @@ def recover_with_lora(
     """Fine-tune LoRA adapters (`config.lora`; by default on every prunable linear) with the decode-only loss on
     `traces`, then merge them."""
     config = config or LoraRecoveryConfig()
-    spec = get_architecture(model)
-    targets = sorted(
-        {
-            path.rsplit(".", 1)[-1]
-            for path in (
-                spec.q_proj,
-                spec.k_proj,
-                spec.v_proj,
-                spec.o_proj,
-                spec.gate_proj,
-                spec.up_proj,
-                spec.down_proj,
-            )
-        }
-    )
+    targets = lora_target_modules(model)
     examples = build_examples(*trace_token_ids(tokenizer, traces), "decode", max_length)
     lora = dataclasses.replace(
         config.lora, target_modules=config.lora.target_modules or targets, task_type="CAUSAL_LM"
