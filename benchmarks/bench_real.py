@@ -12,8 +12,10 @@ tokenizer and chat template, calibrates on GSM8K train questions, and measures o
 
 Work is resumable at every grain: a record per row in benchmarks/real_runs/ (named by a hash of everything that
 decides its result: model checksum, method, sparsity, overrides, seed, calibration and evaluation settings, data
-checksums), written as each phase finishes (prune, fidelity and the first 100 problems row by row, then the
-other problems 100 at a time for all rows, so comparable figures arrive early); the prune's own run folder resumes a killed prune;
+checksums), written as each phase finishes (prune, fidelity and the first 50 problems row by row, then the
+other problems 50 at a time for all rows, so comparable figures arrive early and a killed phase loses little: on
+this project's 2-core CPU a 16-problem batch of 512 new tokens alone took tens of minutes under load); the
+prune's own run folder resumes a killed prune;
 bulky outputs (pruned models, dense answers) live in the cache folder, never in git.
 
     python benchmarks/bench_real.py                  # everything pending (many CPU hours; resumable), then render
@@ -65,7 +67,7 @@ SETTINGS: dict[str, Any] = {
     "calibration_generator": "hf",
     "eval_engine": "hf",
     "eval_tokens": 512,
-    "chunk": 100,
+    "chunk": 50,
     "fidelity_problems": 200,
 }
 """What decides every row's result besides its own recipe (part of each record's key). float32: on CPUs without

@@ -371,10 +371,12 @@ def test_real_model_records_are_keyed_by_what_decides_the_result(bench_real):
 def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real):
     """Dense references first, then each row's prune, fidelity and first accuracy chunk together, then the other
     chunks across rows: an interrupted run leaves whole comparisons on the same problems, not prunes alone."""
+    chunk = bench_real.SETTINGS["chunk"]
+    bench_real.SETTINGS["fidelity_problems"] = 2 * chunk  # the dense references span two chunks
     rows = [
-        bench_real.Row("dense", problems=200),
-        bench_real._row("resp", 0.2, problems=200),
-        bench_real._row("wanda-sp", 0.2, problems=100),
+        bench_real.Row("dense", problems=2 * chunk),
+        bench_real._row("resp", 0.2, problems=2 * chunk),
+        bench_real._row("wanda-sp", 0.2, problems=chunk),
     ]
     records = {row: bench_real.Record(bench_real.asdict(row), {}) for row in rows}
     plan = [(row.method, phase) for row, phase in bench_real.pending(records)]
@@ -390,6 +392,6 @@ def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real
         ("wanda-sp", "0"),
         ("resp", "1"),
     ]
-    records[rows[1]].chunks["0"] = {"n": 100}
+    records[rows[1]].chunks["0"] = {"n": chunk}
     records[rows[1]].prune = {"seconds": 1.0}
     assert ("resp", "0") not in [(r.method, p) for r, p in bench_real.pending(records)]

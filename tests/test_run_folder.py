@@ -356,7 +356,10 @@ def test_a_run_folder_of_the_flat_config_resumes(tmp_path):
     (run / RunFolder.CONFIG).write_text(flat)
     with pytest.raises(ValueError, match=r"different config .*'scoring.abs_after': \('all', 'batch'\)"):
         RESPPruner(
-            tiny_model(tokenizer=tokenizer), tokenizer, config.override(taylor_abs_after="batch"), generator="hf"
+            tiny_model(tokenizer=tokenizer),
+            tokenizer,
+            config.override(taylor_abs_after="batch"),
+            generator="hf",
         ).prune(PROMPTS, run)
 
 
