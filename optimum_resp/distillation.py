@@ -278,17 +278,6 @@ class DistillationResult:
     tokens: int
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
-
-
 def _last_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -353,7 +342,7 @@ def distill(
         trainer = DistillationTrainer(
             model=student,
             args=args,
-            train_dataset=_Rows(rows),
+            train_dataset=rows,  # a list is a map-style dataset to the DataLoader
             data_collator=DistillationCollator(0 if pad is None else pad),
             temperature=targets.temperature,
             hard_weight=hard_weight,

@@ -117,17 +117,6 @@ class LoRARecoveryResult:
     trainable_parameters: int
 
 
-class _Examples(torch.utils.data.Dataset):
-    def __init__(self, examples):
-        self.examples = examples
-
-    def __len__(self):
-        return len(self.examples)
-
-    def __getitem__(self, i):
-        return self.examples[i]
-
-
 def lora_target_modules(model: PreTrainedModel) -> list[str]:
     """The module names LoRA adapts by default: every prunable linear of the model's architecture."""
     spec = get_architecture(model)
@@ -174,7 +163,7 @@ def recover_with_lora(
         trainer = Trainer(
             model=peft_model,
             args=args,
-            train_dataset=_Examples(examples),
+            train_dataset=examples,  # a list is a map-style dataset to the DataLoader
             data_collator=CalibrationCollator(0 if pad is None else pad),
         )
         output = quiet_progress(trainer, "LoRA recovery").train()
