@@ -192,6 +192,8 @@ def _recipe(config: RESPConfig | None) -> str | None:
         parts.append(
             f"traces {decoding} up to {g.max_new_tokens} new tokens, thinking {'on' if g.thinking else 'off'}"
         )
+    if config.recovery is not None:
+        parts.append(f"then {config.recovery.describe()}")
     return ", ".join(parts)
 
 

@@ -59,6 +59,7 @@ from .importance import Scorer, build_examples, scorer_class
 from .loading import load_model, load_model_config, load_tokenizer
 from .memory import ScoringMemoryEstimate, release_heap
 from .profiling import PhaseClock
+from .recovery import RecoveryData
 from .report import PruneReport, RecoveryRecord, StageRecord
 from .run_folder import RunFolder, StageCheckpoint, fingerprint
 from .runtimes import checkpoint_traits, export_target
@@ -82,6 +83,18 @@ def _correct_fraction(traces: list[Trace]) -> float | None:
 def _reason(err: BaseException) -> str:
     """Why a run stopped, in a line for its record."""
     return "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+
+
+def _own_storage(model: PreTrainedModel, other: PreTrainedModel) -> PreTrainedModel:
+    """`model` with its own copy of every tensor it shares with `other` (surgery shares the tensors it does not
+    cut), so training `model` in place leaves `other` as it was; tied weights stay tied."""
+    theirs = {t.data_ptr() for t in other.state_dict().values() if t.device.type != "meta"}
+    with torch.no_grad():
+        for module in model.modules():
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                if tensor.data_ptr() in theirs:
+                    tensor.data = tensor.data.clone()
+    return model
 
 
 def compose_plans(outer: PruningPlan, inner: PruningPlan) -> PruningPlan:
@@ -437,16 +450,20 @@ class RESPPruner:
         self._clock = PhaseClock(next(self.model.parameters()).device)
         # Before any generation, and before a run folder is written:
         self.scoring_memory, self._scorer_prepared = None, False
-        self._prepare_scorer(self._check_prompt_lengths(prompts))
+        longest = self._check_prompt_lengths(prompts)
+        self._prepare_scorer(longest)
+        if self.config.recovery is not None and longest is not None:
+            self.config.recovery.check_memory(self.model, longest, self.config.target_sparsity)
         # A second prune into the same folder is refused while this one runs.
         with run.lock() if run is not None else contextlib.nullcontext():
             resumed = self._open_run(prompts, run)
             try:
                 state = self._start_or_resume(prompts, run, resumed)
+                recovery_data = self._prepare_recovery(state, run)  # while the dense model is loaded
                 for k, target in enumerate(self.config.stage_sparsities(self._start)):
                     if k >= len(state.history):
                         state = self._stage(state, k, target, run)
-                model, recovery = self._recover(state)
+                model, recovery = self._recover(state.model, recovery_data)
                 self.result = self._export(model, state, recovery)
             except BaseException as err:
                 if run is not None:
@@ -585,14 +602,41 @@ class RESPPruner:
         """Per-layer sizes of the dense model: the original one when this model is a prune of it."""
         return self.origin.dense_layers if self.origin is not None else layer_sizes(self.model.config)
 
-    def _recover(self, state: _State) -> tuple[PreTrainedModel, RecoveryRecord | None]:
-        """The configured recovery (LoRA self-distillation on the dense model's traces, merged into the weights)."""
+    def _prepare_recovery(self, state: _State, run: RunFolder | None) -> RecoveryData | None:
+        """The recovery's data (the dense traces, the run folder's `recovery/`), and what it takes from the dense
+        model before the first stage frees it (distillation: the teacher's targets; phase "recovery teacher")."""
         c = self.config
         if c.recovery is None:
-            return state.model, None
-        rec = c.recovery.run(state.model, self.tokenizer, state.dense_traces, c.max_length, c.seed)
-        return rec.model, RecoveryRecord(
-            c.recovery.method, rec.train_loss, rec.seconds, rec.trainable_parameters
+            return None
+        data = RecoveryData(
+            self.tokenizer,
+            state.dense_traces,
+            c.max_length,
+            c.seed,
+            run.path / RunFolder.RECOVERY if run is not None else None,
+        )
+        with self._clock("recovery teacher"):
+            c.recovery.prepare(self.model, data)
+        return data
+
+    def _recover(
+        self, model: PreTrainedModel, data: RecoveryData | None
+    ) -> tuple[PreTrainedModel, RecoveryRecord | None]:
+        """The configured recovery of the pruned model (its adapters, if any, merged into the weights)."""
+        c = self.config
+        if c.recovery is None or data is None:
+            return model, None
+        if not self._dense_released:  # recovery trains in place: the dense model must not learn with it
+            model = _own_storage(model, self.model)
+        result = c.recovery.run(model, data)
+        return result.model, RecoveryRecord(
+            c.recovery.method,
+            result.train_loss,
+            result.seconds,
+            result.trainable_parameters,
+            tokens=result.tokens,
+            kl_before=result.kl_before,
+            kl_after=result.kl_after,
         )
 
     def _export(self, model: PreTrainedModel, state: _State, recovery: RecoveryRecord | None) -> PruneResult:

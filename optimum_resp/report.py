@@ -61,12 +61,17 @@ class StageRecord(_Record):
 
 @dataclass
 class RecoveryRecord(_Record):
-    """LoRA recovery after the last stage."""
+    """Recovery after the last stage (`RESPConfig.recovery`)."""
 
     method: str
     train_loss: float | None
     seconds: float
     trainable_parameters: int
+    tokens: int | None = None
+    """Decode tokens trained on per epoch."""
+    kl_before: float | None = None
+    """Distillation: mean KL to the dense model's top-k distributions on its traces, before and after."""
+    kl_after: float | None = None
 
 
 @dataclass

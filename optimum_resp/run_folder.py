@@ -137,8 +137,9 @@ class RunFolder:
     REPORT = "resp_report.json"
     LOCK = ".resp.lock"
     BIASES = "added_biases.safetensors"
+    RECOVERY = "recovery"  # what recovery keeps to resume: teacher targets, Trainer checkpoints
     # Resume-only files and interrupted writes: never part of the published model.
-    WORK_FILES = (f"{STAGES}/*", f".*{TMP_SUFFIX}", RUN, LOCK)
+    WORK_FILES = (f"{STAGES}/*", f"{RECOVERY}/*", f".*{TMP_SUFFIX}", RUN, LOCK)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -290,6 +291,7 @@ class RunFolder:
         for name in (self.RUN, self.SELECTED, self.DENSE_TRACES):
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / self.STAGES, ignore_errors=True)
+        shutil.rmtree(self.path / self.RECOVERY, ignore_errors=True)
 
     def clean(self) -> list[Path]:
         """Remove what interrupted writes left behind (temp files, unfinished stage folders)."""

@@ -100,7 +100,7 @@ def test_stage_sparsities_are_a_linear_ramp():
         ),
         ({"batch_size": 0}, r"scoring: batch_size must be an integer >= 1"),
         ({"recovery": "lora", "lora_r": 0}, r"recovery: lora r must be an integer >= 1"),
-        ({"recovery": "qlora"}, r"Unknown recovery method 'qlora'; choose one of \['lora'\]"),
+        ({"recovery": "qlora"}, r"Unknown recovery method 'qlora'; choose one of \['distill', 'lora'\]"),
         ({"scoring": {"abs_after": "all", "batch_sise": 2}}, r"'batch_sise' \(did you mean 'batch_size'\?\)"),
         ({"bf16_autocast": "yes"}, r"bf16_autocast must be"),
         ({"seed": -3}, r"seed must be an integer >= 0"),

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from optimum_resp.distillation import (
+from optimum_resp.importance.data import IGNORE_INDEX
+from optimum_resp.recovery.distillation import (
     DistillationCollator,
     TeacherTargets,
     collect_teacher_targets,
@@ -20,7 +21,6 @@ from optimum_resp.distillation import (
     mean_distillation_loss,
     with_teacher,
 )
-from optimum_resp.importance.data import IGNORE_INDEX
 from optimum_resp.surgery import prune_model
 from optimum_resp.testing_utils import random_plan, tiny_config
 
@@ -148,8 +148,8 @@ def test_the_pruned_student_moves_toward_its_teacher(lora):
         progress=False,
     )
     # LoRA's few parameters move it less far in the same steps; both must move.
-    assert result.loss_after < (0.95 if lora else 0.7) * result.loss_before
-    assert result.loss_after == pytest.approx(mean_distillation_loss(result.model, examples, targets))
+    assert result.kl_after < (0.95 if lora else 0.7) * result.kl_before
+    assert result.kl_after == pytest.approx(mean_distillation_loss(result.model, examples, targets))
     assert not any("lora" in name for name, _ in result.model.named_parameters())
     assert result.tokens == targets.tokens
     dense_params = sum(p.numel() for p in student.parameters())
@@ -179,7 +179,7 @@ def test_a_killed_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch
 
     whole = distill(pruned_student(teacher), examples, targets, checkpoint_dir=tmp_path / "a", **kwargs)
 
-    from optimum_resp import distillation
+    from optimum_resp.recovery import distillation
 
     original = distillation.DistillationTrainer.__init__
 
@@ -195,3 +195,143 @@ def test_a_killed_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch
     resumed = distill(pruned_student(teacher), examples, targets, checkpoint_dir=tmp_path / "b", **kwargs)
     for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- in a prune
+
+
+def _prune_config(**recovery):
+    from optimum_resp.configuration_resp import RESPConfig
+
+    section = {
+        "method": "distill",
+        "top_k": 8,
+        "epochs": 3.0,
+        "learning_rate": 5e-3,
+        "batch_size": 2,
+        **recovery,
+    }
+    return RESPConfig(
+        target_sparsity=0.3,
+        num_stages=1,
+        regeneration_milestones=[],
+        num_calibration_prompts=6,
+        generation={"max_new_tokens": 16, "batch_size": 6},
+        batch_size=2,
+        protected_layers=[0],
+        allow_unfinished_traces=True,
+        recovery=section,
+    )
+
+
+PROMPTS = [f"What is {a} plus {b}?" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1), (2, 3)]]
+
+
+def test_distill_recovery_in_a_prune_lowers_the_kl_and_leaves_the_dense_model_as_it_was(tmp_path):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from optimum_resp.model_card import _recipe
+    from optimum_resp.pruner import RESPPruner
+    from optimum_resp.run_folder import RunFolder
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
+    dense = copy.deepcopy(model.state_dict())
+    pruner = RESPPruner(model, tokenizer, _prune_config(), generator="hf")
+    result = pruner.prune(PROMPTS, output_dir=tmp_path / "run")
+    record = result.report.recovery
+    assert record.method == "distill" and record.tokens > 0
+    assert record.kl_after < 0.7 * record.kl_before
+    assert record.trainable_parameters == result.model.num_parameters()  # all parameters by default
+    for (
+        name,
+        tensor,
+    ) in model.state_dict().items():  # surgery shares uncut tensors; training must not reach them
+        torch.testing.assert_close(tensor, dense[name], rtol=0, atol=0, msg=name)
+    targets = tmp_path / "run" / RunFolder.RECOVERY / "teacher_targets.safetensors"
+    assert TeacherTargets.load(targets).tokens == record.tokens
+    assert "distillation from the dense model" in _recipe(result.report.resp_config)
+    pruner.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / RunFolder.RECOVERY).exists()
+
+
+def test_a_prune_killed_during_distillation_resumes_without_the_teacher_pass(tmp_path, monkeypatch):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from optimum_resp.pruner import RESPPruner
+    from optimum_resp.recovery import distillation
+
+    tokenizer = tiny_tokenizer()
+    config = _prune_config(save_steps=2)
+    whole = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(
+        PROMPTS, output_dir=tmp_path / "a"
+    )
+
+    original = distillation.DistillationTrainer.__init__
+
+    def killing_init(self, *args, **kw):
+        original(self, *args, **kw)
+        self.add_callback(_Kill(2))
+
+    monkeypatch.setattr(distillation.DistillationTrainer, "__init__", killing_init)
+    with pytest.raises(KeyboardInterrupt):
+        RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(
+            PROMPTS, output_dir=tmp_path / "b"
+        )
+    monkeypatch.setattr(distillation.DistillationTrainer, "__init__", original)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher targets in the run folder should have been reused")
+
+    monkeypatch.setattr(distillation, "collect_teacher_targets", no_teacher)
+    resumed = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(
+        PROMPTS, output_dir=tmp_path / "b"
+    )
+    assert resumed.plan == whole.plan
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_teacher_targets_of_other_traces_are_refused(tmp_path):
+    teacher = teacher_model()
+    targets = collect_teacher_targets(teacher, make_examples(4), k=4, progress=False)
+    targets.save(tmp_path / "t.safetensors")
+    other = make_examples(4, seed=1)
+    other = [{**o, "input_ids": o["input_ids"], "labels": o["labels"]} for o in other]
+    with pytest.raises(ValueError, match="other traces"):
+        TeacherTargets.load(tmp_path / "t.safetensors").check(other)
+    TeacherTargets.load(tmp_path / "t.safetensors").check(make_examples(4))  # its own examples pass
+
+
+def test_distillation_that_cannot_fit_is_refused_before_any_generation(monkeypatch):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from optimum_resp.pruner import RESPPruner
+    from optimum_resp.recovery import RecoveryMemoryError, distillation
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
+    monkeypatch.setattr(distillation, "free_memory", lambda device: 1000)
+    monkeypatch.setattr(
+        model, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated before the check"))
+    )
+    with pytest.raises(RecoveryMemoryError, match="Train LoRA adapters instead"):
+        RESPPruner(model, tokenizer, _prune_config(), generator="hf").prune(PROMPTS)
+    # LoRA adapters need no optimizer state for the model's weights: only the logits must fit.
+    section = distillation.DistillRecoveryConfig(lora={"r": 4}, batch_size=1)
+    monkeypatch.setattr(distillation, "free_memory", lambda device: 10**9)
+    section.check_memory(model, 64, 0.3)
+
+
+def test_distill_section_round_trips_and_refuses_bad_values():
+    from optimum_resp.configuration_resp import RESPConfig
+    from optimum_resp.recovery import DistillRecoveryConfig
+
+    config = RESPConfig(recovery={"method": "distill", "lora": {"r": 4}, "temperature": 2.0})
+    again = RESPConfig.from_dict(config.to_dict())
+    assert isinstance(again.recovery, DistillRecoveryConfig) and again.recovery == config.recovery
+    assert again.recovery.lora.r == 4 and again.recovery.temperature == 2.0
+    with pytest.raises(ValueError, match="hard_weight"):
+        DistillRecoveryConfig(hard_weight=1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        DistillRecoveryConfig(top_k=0)

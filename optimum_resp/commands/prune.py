@@ -63,7 +63,8 @@ def register(subparsers) -> None:
         "--recover",
         choices=list(RECOVERY),
         default=None,
-        help="LoRA recovery on the dense model's traces",
+        help="recovery after the last stage, on the dense model's traces: lora (hard labels, merged) or distill "
+        "(KL to the dense model's top-k distributions, all parameters)",
     )
     p.add_argument(
         "--config", default=None, help="a resp_config.json (file or folder); flags above override it"

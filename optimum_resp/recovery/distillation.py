@@ -1,4 +1,5 @@
-"""Distillation recovery: the pruned student learns the dense teacher's next-token distributions on decode tokens.
+"""Distillation recovery (`recovery="distill"`): the pruned student learns the dense teacher's next-token
+distributions on the decode tokens of the traces the dense model wrote.
 
 The teacher is the dense model, on the reasoning traces it wrote itself (the distribution RESP calibrates on). Its
 distributions are kept as the top-k log-probabilities per decode token (`TeacherTargets`), written once while the
@@ -6,17 +7,22 @@ dense model is loaded: k=32 costs 192 bytes per token (fp16 log-probabilities, i
 stay in memory beside the student nor be loaded again. The loss is the KL divergence from the teacher's top-k
 distribution (renormalized over its k tokens) to the student's, at temperature T and scaled by T^2 as in Hinton
 et al., optionally mixed with the hard-label loss on the trace tokens; training runs through the `Trainer`.
+
+In a prune (`DistillRecoveryConfig`), the targets are written to the run folder's `recovery/` before the first stage
+frees the dense model, and the Trainer checkpoints there: a prune killed during recovery resumes it (same seed:
+same result) without the teacher's forward pass again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +32,18 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from .files import atomic_write
-from .importance.data import IGNORE_INDEX, CalibrationCollator, check_examples, quiet_progress
-from .importance.no_step_trainer import set_checkpointing
-from .recovery import lora_target_modules
+from ..files import atomic_write
+from ..importance.data import IGNORE_INDEX, CalibrationCollator, check_examples, quiet_progress
+from ..importance.no_step_trainer import set_checkpointing
+from ..memory import free_memory
+from ..validation import check_int, check_range
+from .base import RECOVERY, RecoveryConfig, RecoveryData, RecoveryResult, lora_target_modules
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DistillRecoveryConfig",
     "DistillationCollator",
-    "DistillationResult",
     "DistillationTrainer",
     "TeacherTargets",
     "collect_teacher_targets",
@@ -60,6 +68,8 @@ class TeacherTargets:
     ids: tuple[torch.Tensor, ...]
     logprobs: tuple[torch.Tensor, ...]
     temperature: float
+    examples_digest: str = ""
+    """`examples_digest` of the examples they were written for ("": not recorded)."""
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.logprobs):
@@ -97,6 +107,11 @@ class TeacherTargets:
                     f"Example {i} has {scored} scored tokens but its teacher targets {self.ids[i].shape[0]}: they "
                     "were written for other traces. Delete them to have the dense model write them again."
                 )
+        if self.examples_digest and self.examples_digest != examples_digest(examples):
+            raise ValueError(
+                "The teacher targets were written for other traces (their token ids differ from these): delete "
+                "them to have the dense model write them again."
+            )
 
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file (the rows of all examples concatenated, with their counts), written atomically."""
@@ -107,7 +122,12 @@ class TeacherTargets:
             "lengths": lengths,
         }
         atomic_write(
-            path, lambda tmp: save_file(tensors, str(tmp), metadata={"temperature": repr(self.temperature)})
+            path,
+            lambda tmp: save_file(
+                tensors,
+                str(tmp),
+                metadata={"temperature": repr(self.temperature), "examples_digest": self.examples_digest},
+            ),
         )
 
     @classmethod
@@ -115,12 +135,25 @@ class TeacherTargets:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            temperature = float(f.metadata()["temperature"])
+            metadata = f.metadata()
         tensors = load_file(str(path))
         lengths = tensors["lengths"].tolist()
         return cls(
-            tuple(tensors["ids"].split(lengths)), tuple(tensors["logprobs"].split(lengths)), temperature
+            tuple(tensors["ids"].split(lengths)),
+            tuple(tensors["logprobs"].split(lengths)),
+            float(metadata["temperature"]),
+            metadata.get("examples_digest", ""),
         )
+
+
+def examples_digest(examples: Sequence[Mapping[str, Sequence[int]]]) -> str:
+    """sha256 of the examples' token ids and labels: what ties teacher targets to the traces they score."""
+    h = hashlib.sha256()
+    for example in examples:
+        for key in ("input_ids", "labels"):
+            h.update(torch.as_tensor(list(example[key]), dtype=torch.int64).numpy().tobytes())
+            h.update(b"|")
+    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -158,7 +191,7 @@ def collect_teacher_targets(
             ids.append(top.indices.to(torch.int32).cpu())
             logprobs.append(top.values.to(torch.float16).cpu())
     model.train(was_training)
-    return TeacherTargets(tuple(ids), tuple(logprobs), temperature)
+    return TeacherTargets(tuple(ids), tuple(logprobs), temperature, examples_digest(examples))
 
 
 def distillation_loss(
@@ -265,19 +298,6 @@ def mean_distillation_loss(
     return total / count if count else math.nan
 
 
-@dataclass
-class DistillationResult:
-    """The recovered student (LoRA merged away) and what recovery did to it."""
-
-    model: PreTrainedModel
-    loss_before: float
-    loss_after: float
-    train_loss: float
-    seconds: float
-    trainable_parameters: int
-    tokens: int
-
-
 def _last_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -299,7 +319,7 @@ def distill(
     save_steps: int = 50,
     seed: int = 0,
     progress: bool = True,
-) -> DistillationResult:
+) -> RecoveryResult:
     """Train `model` (every parameter, or the adapters of `lora`, a `peft.LoraConfig`, merged after) to match the
     teacher targets of `examples`. With `checkpoint_dir`, the Trainer saves there every `save_steps` steps and a
     later call resumes from its last checkpoint (same seed: same result as an uninterrupted run)."""
@@ -365,6 +385,151 @@ def distill(
         loss_after,
         seconds,
     )
-    return DistillationResult(
-        recovered, loss_before, loss_after, output.training_loss, seconds, trainable, targets.tokens
+    return RecoveryResult(
+        recovered, output.training_loss, seconds, trainable, targets.tokens, loss_before, loss_after
     )
+
+
+TARGETS_FILE = "teacher_targets.safetensors"
+"""The teacher targets' file in the run folder's `recovery/` (beside the Trainer's `checkpoints/`)."""
+
+
+class RecoveryMemoryError(MemoryError, ValueError):
+    """Recovery cannot fit in the memory this machine has (raised before any work)."""
+
+
+def _lora_config(value: Any):
+    """None (full parameters), a peft `LoraConfig`, or a dict of its fields laid over LoRA recovery's defaults."""
+    if value is None:
+        return None
+    from peft import LoraConfig
+
+    from .lora import _default_lora
+
+    if isinstance(value, Mapping):
+        from ..config_mixin import check_keys
+
+        check_keys("LoraConfig", value, [f.name for f in dataclasses.fields(LoraConfig) if f.init])
+        value = dataclasses.replace(_default_lora(), **value)
+    if not isinstance(value, LoraConfig):
+        raise ValueError(
+            f"lora must be None (full parameters), a peft LoraConfig or a dict of its fields; got {value!r}"
+        )
+    return value
+
+
+@RECOVERY.register("distill")
+@dataclass
+class DistillRecoveryConfig(RecoveryConfig):
+    """Distillation from the dense model on its own traces: KL to its top-k next-token distributions."""
+
+    top_k: int = 32
+    """Teacher log-probabilities kept per decode token (k=32 of a 151k vocabulary: 192 bytes per token)."""
+    temperature: float = 1.0
+    hard_weight: float = 0.0
+    """Weight of the hard-label loss on the trace tokens mixed into the KL (0: KL only)."""
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 4
+    lora: Any = field(default=None)
+    """None: train every parameter of the pruned model; a peft LoraConfig (or dict of its fields): adapters, merged."""
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    """Steps between the Trainer's checkpoints in the run folder (where a killed recovery resumes)."""
+
+    def __post_init__(self) -> None:
+        check_int("top_k", self.top_k)
+        check_int("save_steps", self.save_steps)
+        check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
+        check_range("hard_weight", self.hard_weight, 0.0, 1.0)
+        check_range("epochs", self.epochs, 0.0, 1000.0, low_open=True)
+        check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        check_int("batch_size", self.batch_size)
+        self.lora = _lora_config(self.lora)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.lora is not None:
+            from .lora import LoraRecoveryConfig
+
+            out["lora"] = LoraRecoveryConfig(lora=self.lora).to_dict()["lora"]
+        return out
+
+    def describe(self) -> str:
+        trained = "LoRA adapters (merged)" if self.lora is not None else "all parameters"
+        return (
+            f"distillation from the dense model (top-{self.top_k} KL at T={self.temperature:g}, {trained}, "
+            f"{self.epochs:g} epoch(s) on the dense traces)"
+        )
+
+    def check_memory(self, model: PreTrainedModel, longest_sequence: int, target_sparsity: float) -> None:
+        """Full-parameter AdamW keeps 12 bytes per trainable parameter beside the weights (gradient and two
+        moments, float32), and the student's logits cost ~12 bytes per position and vocabulary entry (logits,
+        their float copy and gradient); refused where that exceeds the memory free now plus what pruning frees."""
+        from ..accounting import decoder_linear_params
+
+        weights = next(model.parameters())
+        removed = int(target_sparsity * sum(decoder_linear_params(model.config)))
+        trainable = 0 if self.lora is not None else model.num_parameters() - removed
+        logits = self.batch_size * longest_sequence * model.config.vocab_size * 12
+        need = trainable * 12 + logits
+        free = free_memory(weights.device)
+        if free is None or need <= free + removed * weights.element_size():
+            return
+        gib = 2**30
+        raise RecoveryMemoryError(
+            f"Distillation recovery needs about {need / gib:.1f} GiB beside the pruned model ({trainable:,} trainable "
+            f"parameters x 12 bytes of gradient and AdamW moments, plus {logits / gib:.1f} GiB of logits at batch "
+            f"{self.batch_size} x {longest_sequence} tokens x {model.config.vocab_size:,}), but about "
+            f"{(free + removed * weights.element_size()) / gib:.1f} GiB will be free. Train LoRA adapters instead "
+            "(recovery={'method': 'distill', 'lora': {'r': 16}}), lower its batch_size, or use a larger machine."
+        )
+
+    def prepare(self, teacher: PreTrainedModel, data: RecoveryData) -> None:
+        """The teacher's top-k targets for the dense traces: read from the run folder when a run wrote them (and
+        they belong to these traces), else computed now and written there."""
+        examples = data.examples()
+        path = data.folder / TARGETS_FILE if data.folder is not None else None
+        if path is not None and path.is_file():
+            targets = TeacherTargets.load(path)
+            targets.check(examples)
+            if targets.k != self.top_k or targets.temperature != self.temperature:
+                raise ValueError(
+                    f"{path} holds top-{targets.k} targets at T={targets.temperature:g}, but the recipe asks for "
+                    f"top-{self.top_k} at T={self.temperature:g}: delete it to have the dense model write them again."
+                )
+            logger.info("Reusing the teacher targets of %d tokens in %s", targets.tokens, path)
+        else:
+            targets = collect_teacher_targets(
+                teacher, examples, k=self.top_k, temperature=self.temperature, batch_size=self.batch_size
+            )
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                targets.save(path)
+            logger.info(
+                "Teacher targets: top-%d log-probabilities for %d decode tokens (%.1f MB)",
+                targets.k,
+                targets.tokens,
+                targets.nbytes / 1e6,
+            )
+        data.teacher = targets
+
+    def run(self, model: PreTrainedModel, data: RecoveryData) -> RecoveryResult:
+        if data.teacher is None:
+            raise RuntimeError(
+                "Distillation recovery has no teacher targets: `prepare` runs while the dense model is loaded."
+            )
+        return distill(
+            model,
+            data.examples(),
+            data.teacher,
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            hard_weight=self.hard_weight,
+            lora=self.lora,
+            gradient_checkpointing=self.gradient_checkpointing,
+            checkpoint_dir=data.folder / "checkpoints" if data.folder is not None else None,
+            save_steps=self.save_steps,
+            seed=data.seed,
+        )

@@ -1,7 +1,6 @@
-"""Recovery after pruning: the recipe's `recovery` section, and LoRA self-distillation, merged away.
+"""LoRA recovery (`recovery="lora"`): self-distillation with hard labels on the dense model's traces, merged away.
 
-`RESPConfig.recovery` is None (no recovery) or a `RecoveryConfig` of a registered method (`RECOVERY`): today
-`lora`, whose section holds a real peft `LoraConfig`. LoRA recovery fine-tunes the pruned model with that config
+The section holds a real peft `LoraConfig`. LoRA recovery fine-tunes the pruned model with that config
 through the `transformers.Trainer` on the traces the *dense* model produced for the calibration prompts (no labels
 needed: the targets are the model's own reasoning), then `merge_and_unload` folds the adapters into the weights,
 so the saved model is a plain (smaller) checkpoint with no adapter left.
@@ -14,50 +13,21 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from .architectures import get_architecture
-from .calibration import Trace, trace_token_ids
-from .config_mixin import ConfigMixin, check_keys, to_plain
-from .importance.data import CalibrationCollator, build_examples, quiet_progress
-from .registry import Registry
-from .validation import check_int, check_range
+from ..calibration import Trace, trace_token_ids
+from ..config_mixin import check_keys, to_plain
+from ..importance.data import IGNORE_INDEX, CalibrationCollator, build_examples, quiet_progress
+from ..validation import check_int, check_range
+from .base import RECOVERY, RecoveryConfig, RecoveryData, RecoveryResult, lora_target_modules
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "RECOVERY",
-    "LoRARecoveryResult",
-    "LoraRecoveryConfig",
-    "RecoveryConfig",
-    "lora_target_modules",
-    "recover_with_lora",
-]
-
-
-@dataclass
-class RecoveryConfig(ConfigMixin):
-    """A recovery method's settings (`RESPConfig.recovery`); its JSON form names the method."""
-
-    method: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **super().to_dict()}
-
-    def run(self, model: PreTrainedModel, tokenizer, traces: Sequence[Trace], max_length: int, seed: int):
-        """Recover `model` on the dense model's `traces`; returns a result with `model`, `train_loss`, `seconds`
-        and `trainable_parameters`."""
-        raise NotImplementedError
-
-
-RECOVERY: Registry[type[RecoveryConfig]] = Registry(
-    "recovery method", hint="Or recovery='none'.", name_attr="method"
-)
-"""Recovery method name (`RESPConfig(recovery=...)`, `--recover`) -> its section's class."""
+__all__ = ["LoraRecoveryConfig", "recover_with_lora"]
 
 
 def _default_lora() -> LoraConfig:
@@ -100,28 +70,18 @@ class LoraRecoveryConfig(RecoveryConfig):
         kept = {k: v for k, v in lora.items() if k in LORA_KEYS or v != default.get(k)}
         return {**super().to_dict(), "lora": {k: _json(v) for k, v in kept.items()}}
 
-    def run(self, model: PreTrainedModel, tokenizer, traces: Sequence[Trace], max_length: int, seed: int):
-        return recover_with_lora(model, tokenizer, traces, self, max_length=max_length, seed=seed)
+    def describe(self) -> str:
+        return f"LoRA recovery (rank {self.lora.r}, {self.epochs:g} epoch(s) on the dense traces, merged)"
+
+    def run(self, model: PreTrainedModel, data: RecoveryData) -> RecoveryResult:
+        return recover_with_lora(
+            model, data.tokenizer, data.traces, self, max_length=data.max_length, seed=data.seed
+        )
 
 
 def _json(value: Any) -> Any:
     """A LoraConfig value in its JSON form (sets as sorted lists)."""
     return sorted(value) if isinstance(value, set | frozenset) else to_plain(value)
-
-
-@dataclass
-class LoRARecoveryResult:
-    model: PreTrainedModel
-    train_loss: float
-    seconds: float
-    trainable_parameters: int
-
-
-def lora_target_modules(model: PreTrainedModel) -> list[str]:
-    """The module names LoRA adapts by default: every prunable linear of the model's architecture."""
-    spec = get_architecture(model)
-    paths = (spec.q_proj, spec.k_proj, spec.v_proj, spec.o_proj, spec.gate_proj, spec.up_proj, spec.down_proj)
-    return sorted({path.rsplit(".", 1)[-1] for path in paths})
 
 
 def recover_with_lora(
@@ -132,7 +92,7 @@ def recover_with_lora(
     max_length: int = 4096,
     seed: int = 0,
     progress: bool = True,
-) -> LoRARecoveryResult:
+) -> RecoveryResult:
     """Fine-tune LoRA adapters (`config.lora`; by default on every prunable linear) with the decode-only loss on
     `traces`, then merge them."""
     config = config or LoraRecoveryConfig()
@@ -175,6 +135,7 @@ def recover_with_lora(
         output.training_loss,
         output.metrics.get("train_runtime", 0.0),
     )
-    return LoRARecoveryResult(
-        merged, output.training_loss, output.metrics.get("train_runtime", 0.0), trainable
+    tokens = sum(sum(1 for t in e["labels"][1:] if t != IGNORE_INDEX) for e in examples)
+    return RecoveryResult(
+        merged, output.training_loss, output.metrics.get("train_runtime", 0.0), trainable, tokens=tokens
     )
