@@ -70,6 +70,12 @@ def collect(args: argparse.Namespace) -> dict:
         dict(run_one(args, "resp", s, {"recovery": "lora"}, single[0]), target=s)
         for s in args.lora_sparsities
     ]
+    recovery = [
+        setting("resp", s, {"recovery": m, **({"recovery_tokens": t} if t else {})}, recovery=m, tokens=t)
+        for s in args.recovery_sparsities
+        for m in args.recovery_methods
+        for t in args.recovery_tokens
+    ]
     fractions = [
         dict(run_one(args, "resp", 0.4, {"regeneration_fraction": f}, single[0]), fraction=f)
         for f in args.regen_fractions
@@ -85,6 +91,7 @@ def collect(args: argparse.Namespace) -> dict:
         ssgr=ssgr,
         sweep=sweep,
         lora=lora,
+        recovery=recovery,
         fractions=fractions,
         norms=norms,
     )
@@ -126,6 +133,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage-sweep", type=int, nargs="*", default=[2, 4, 8, 16])
     parser.add_argument("--regen-fractions", type=float, nargs="*", default=[0.25, 0.5])
     parser.add_argument("--lora-sparsities", type=float, nargs="*", default=[0.3, 0.4, 0.5])
+    parser.add_argument(
+        "--recovery-sparsities",
+        type=float,
+        nargs="*",
+        default=[0.4, 0.5],
+        help="RESP + each recovery method and token budget, at RESP's seeds",
+    )
+    parser.add_argument("--recovery-methods", nargs="*", default=["lora", "distill"])
+    parser.add_argument(
+        "--recovery-tokens",
+        type=int,
+        nargs="*",
+        default=[0, 60000],
+        help="recovery token budgets (0: the dense calibration traces alone, ~20k tokens on the testbed)",
+    )
     parser.add_argument("--normalizations", nargs="*", default=["params", "none"])
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--eval-limit", type=int, default=300, help="problems per evaluation split")
@@ -170,6 +192,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             ["resp"],
         )
         args.uniform_methods, args.stage_sweep, args.lora_sparsities = ["resp"], [2], [0.3]
+        args.recovery_sparsities, args.recovery_methods, args.recovery_tokens = [0.3], ["distill"], [0]
         args.regen_fractions, args.normalizations, args.ssgr = [], ["params"], False
         args.num_prompts, args.eval_limit = 16, 30
     unknown = set(args.methods + args.seeded_methods + args.uniform_methods) - set(METHODS)

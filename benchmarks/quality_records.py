@@ -123,9 +123,14 @@ def worker(args: argparse.Namespace) -> None:
                 seed=args.seed,
             ),
         )
-        prompts = prompts_from_task("gsm8k", args.train_data, limit=args.num_prompts, seed=args.seed)
+        # A recovery token budget also draws on the prompts past the calibration set (the rest of the train split).
+        budget = config.recovery is not None and config.recovery.tokens
+        limit = None if budget else args.num_prompts
+        prompts = prompts_from_task("gsm8k", args.train_data, limit=limit, seed=args.seed)
         result = RESPPruner(dense, tokenizer, config, task="gsm8k", generator="hf").prune(prompts)
         model = result.model
+        if result.report.recovery is not None:
+            record["recovery"] = result.report.recovery.to_dict()
         record.update(
             sparsity=result.report.sparsity,
             stages=len(result.stages),

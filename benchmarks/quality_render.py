@@ -35,6 +35,7 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
     splits = list(dense["splits"])
     every = [dense] + [r for group in (grid, uniform, ssgr, sweep) for s in group for r in s["runs"]]
     every += data["lora"] + data["fractions"] + data["norms"]
+    every += [r for s in data.get("recovery", []) for r in s["runs"]]
     unique = {id(r): r for r in every}.values()
     minutes = sum(r["wall_seconds"] for r in unique) / 60
     seeds = ", ".join(map(str, args.seeds))
@@ -146,9 +147,56 @@ def render(args: argparse.Namespace, data: dict, command: str) -> str:
             f"Best mean on `{primary}`: {best['num_stages']} stages; the fewest stages whose pooled 95% interval "
             f"overlaps the best's: {enough['num_stages']} (the default is {RESPConfig().num_stages}).",
         ]
+    lines += _recovery_table(data, split=args.primary_split)
     lines += _single_seed_ablations(data, split=args.primary_split)
     lines += ["", f"![accuracy vs sparsity]({PLOT.name})"]
     return "\n".join(lines)
+
+
+def _recovery_table(data: dict, split: str) -> list[str]:
+    """RESP alone beside RESP + each recovery method and token budget, over RESP's seeds, with what each cost."""
+    if not data.get("recovery"):
+        return []
+    lines = [
+        "",
+        f"### Recovery after RESP (split `{split}`, mean ± sd over seeds)",
+        "",
+        "Token budget: decode tokens learned from per epoch (dense traces: the 128 calibration traces alone; more: "
+        "the dense model also answers further train prompts). lora: hard labels on those traces, LoRA rank 8, "
+        "merged; distill: KL to the dense model's top-32 next-token distributions, all parameters. Recovery s: "
+        "training only; wall s: the whole run (prune, recovery, evaluation, speed).",
+        "",
+        "| sparsity | recipe | budget | accuracy | tokens / answer | KL to dense before -> after | recovery s | "
+        "wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values) if values else float("nan")
+
+    targets = sorted({s["target"] for s in data["recovery"]})
+    for target in targets:
+        alone = find(data["grid"], "resp", target)
+        rows = ([dict(alone, recovery="none", tokens=0)] if alone else []) + [
+            s for s in data["recovery"] if s["target"] == target
+        ]
+        for row in rows:
+            runs = row["runs"]
+            rec = [r.get("recovery") or {} for r in runs]
+            kl = [(x["kl_before"], x["kl_after"]) for x in rec if x.get("kl_before") is not None]
+            kl_text = f"{mean([a for a, _ in kl]):.4f} -> {mean([b for _, b in kl]):.4f}" if kl else "-"
+            tokens = mean([x["tokens"] for x in rec if x.get("tokens")])
+            budget = (
+                "-" if row["recovery"] == "none" else (f"{tokens / 1000:.0f}k" if tokens == tokens else "-")
+            )
+            seconds = mean([x["seconds"] for x in rec if "seconds" in x])
+            lines.append(
+                f"| {target:.0%} | {'RESP' if row['recovery'] == 'none' else 'RESP + ' + row['recovery']} | {budget} | "
+                f"{cell(runs, split)} | {mean([r['splits'][split]['mean_generated_tokens'] for r in runs]):.0f} | "
+                f"{kl_text} | {'-' if seconds != seconds else f'{seconds:.0f}'} | "
+                f"{mean([r['wall_seconds'] for r in runs]):.0f} |"
+            )
+    return lines
 
 
 def _single_seed_ablations(data: dict, split: str) -> list[str]:

@@ -116,6 +116,7 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "lora_dropout": ("recovery.lora.lora_dropout",),
     "recovery_epochs": ("recovery.epochs",),
     "recovery_learning_rate": ("recovery.learning_rate",),
+    "recovery_tokens": ("recovery.tokens",),
     "export": ("export.mode",),
     **{k: (f"export.{k}",) for k in ("allocation", "protected_layers", "channel_multiple", "runtimes")},
     **_DECODING_KEYS,

@@ -48,6 +48,8 @@ from .calibration import (
     chat_prompts,
     check_traces,
     get_generator,
+    load_traces,
+    save_traces,
     select_by_difficulty,
     trace_token_ids,
 )
@@ -433,7 +435,10 @@ class RESPPruner:
                 "keeps no dense copy beside the pruned one). Load it again with RESPPruner.from_pretrained to "
                 "prune again; with the same output_dir, a finished run is reused."
             )
-        prompts = as_prompts(prompts)[: self.config.calibration.num_prompts]
+        given = as_prompts(prompts)
+        prompts = given[: self.config.calibration.num_prompts]
+        self._spare_prompts = given[len(prompts) :]  # recovery's extra traces, when its token budget asks
+        self._check_recovery_budget(len(given))
         if self.config.num_stages > MANY_STAGES:  # said once per prune, before any work
             logger.warning(
                 "num_stages=%d: every stage is one scoring pass over all traces, so this prune costs %d of them "
@@ -602,6 +607,65 @@ class RESPPruner:
         """Per-layer sizes of the dense model: the original one when this model is a prune of it."""
         return self.origin.dense_layers if self.origin is not None else layer_sizes(self.model.config)
 
+    def _check_recovery_budget(self, given: int) -> None:
+        """Refuse, before any work, a recovery token budget the prompts given cannot supply even at full length."""
+        c = self.config
+        tokens = c.recovery.tokens if c.recovery is not None else None
+        most = given * c.calibration.generation.max_new_tokens
+        if tokens is not None and most < tokens:
+            raise ValueError(
+                f"recovery tokens={tokens:,} but the {given} prompts given yield at most {most:,} decode tokens "
+                f"({given} x max_new_tokens {c.calibration.generation.max_new_tokens}). Pass more prompts (those past "
+                f"num_calibration_prompts={c.calibration.num_prompts} feed recovery; the CLI loads them from the "
+                "task's training split) or lower the recovery's tokens."
+            )
+
+    def _recovery_traces(self, dense_traces: list[Trace], run: RunFolder | None) -> list[Trace]:
+        """The dense traces plus, while they hold fewer decode tokens than the recovery's budget, the dense model's
+        answers to the spare prompts (in order; kept in the run folder, so a resumed prune continues after them)."""
+        c = self.config
+        budget = c.recovery.tokens
+        have = sum(t.num_tokens for t in dense_traces)
+        if budget is None or have >= budget:
+            return dense_traces
+        path = run.path / RunFolder.RECOVERY / "traces.jsonl" if run is not None else None
+        extra = load_traces(path) if path is not None and path.is_file() else []
+        answered = {t.question for t in extra}
+        spare = [p for p in self._spare_prompts if p.question not in answered]
+        have += sum(t.num_tokens for t in extra)
+        mean = max(1.0, have / max(1, len(dense_traces) + len(extra)))
+        while have < budget and spare:
+            count = min(
+                len(spare), max(c.calibration.generation.batch_size, math.ceil(1.1 * (budget - have) / mean))
+            )
+            batch, spare = spare[:count], spare[count:]
+            with self._clock("recovery traces") as cost:
+                new = build_traces(
+                    self.model,
+                    self.tokenizer,
+                    batch,
+                    c,
+                    self.generator,
+                    self.task,
+                    seed=c.seed + 104729 + len(extra),
+                )
+                cost.tokens = sum(t.num_tokens for t in new)
+            extra += new
+            have += cost.tokens
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_traces(extra, path)
+        if have < budget:
+            logger.warning(
+                "Recovery asked for %d decode tokens; the dense model's answers to every prompt given hold %d.",
+                budget,
+                have,
+            )
+        logger.info(
+            "Recovery learns from %d traces (%d decode tokens).", len(dense_traces) + len(extra), have
+        )
+        return [*dense_traces, *extra]
+
     def _prepare_recovery(self, state: _State, run: RunFolder | None) -> RecoveryData | None:
         """The recovery's data (the dense traces, the run folder's `recovery/`), and what it takes from the dense
         model before the first stage frees it (distillation: the teacher's targets; phase "recovery teacher")."""
@@ -610,7 +674,7 @@ class RESPPruner:
             return None
         data = RecoveryData(
             self.tokenizer,
-            state.dense_traces,
+            self._recovery_traces(state.dense_traces, run),
             c.max_length,
             c.seed,
             run.path / RunFolder.RECOVERY if run is not None else None,

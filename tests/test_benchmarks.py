@@ -129,9 +129,9 @@ def test_plan_lists_kept_runs_and_runs_left_without_running_any(
     bench_quality.main(argv)
     lines = capsys.readouterr().out.splitlines()
     # --quick: dense, resp (2 seeds) and magnitude at 30%, resp uniform (2 seeds), the 2-stage sweep (2 seeds),
-    # LoRA and the params normalization: 10 runs, none kept yet
-    assert lines[-1] == "0 runs kept, 10 to run"
-    assert sum(line.endswith(": to run") for line in lines) == 10
+    # LoRA, distillation (2 seeds) and the params normalization: 12 runs, none kept yet
+    assert lines[-1] == "0 runs kept, 12 to run"
+    assert sum(line.endswith(": to run") for line in lines) == 12
     args = bench_quality.resolve(bench_quality.parse_args(argv))
     kept = records.run_record_path(args, "magnitude", 0.3, {}, 0)
     kept.parent.mkdir(parents=True)
@@ -139,7 +139,7 @@ def test_plan_lists_kept_runs_and_runs_left_without_running_any(
     bench_quality.main(argv)
     out = capsys.readouterr().out
     assert f"magnitude      0.30 seed 0 {{}}: kept from {kept.name}" in out
-    assert out.splitlines()[-1] == "1 runs kept, 9 to run (about 0.9 h at the kept runs' mean of 6.0 min)"
+    assert out.splitlines()[-1] == "1 runs kept, 11 to run (about 1.1 h at the kept runs' mean of 6.0 min)"
     assert not (tmp_path / "quality.json").exists()
 
 

@@ -335,3 +335,49 @@ def test_distill_section_round_trips_and_refuses_bad_values():
         DistillRecoveryConfig(hard_weight=1.5)
     with pytest.raises(ValueError, match="top_k"):
         DistillRecoveryConfig(top_k=0)
+
+
+MORE_PROMPTS = PROMPTS + [
+    f"What is {a} times {b}?" for a, b in [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)]
+]
+
+
+def test_a_token_budget_adds_the_dense_models_answers_to_spare_prompts(tmp_path):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from optimum_resp.calibration import load_traces
+    from optimum_resp.pruner import RESPPruner
+    from optimum_resp.run_folder import RunFolder
+
+    tokenizer = tiny_tokenizer()
+    base = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, _prune_config(), generator="hf").prune(
+        MORE_PROMPTS, output_dir=tmp_path / "base"
+    )
+    dense_tokens = sum(t.num_tokens for t in load_traces(tmp_path / "base" / RunFolder.DENSE_TRACES))
+    assert not (
+        tmp_path / "base" / RunFolder.RECOVERY / "traces.jsonl"
+    ).exists()  # no budget: no extra traces
+    config = _prune_config(tokens=dense_tokens + 20)
+    result = RESPPruner(tiny_model(tokenizer=tokenizer), tokenizer, config, generator="hf").prune(
+        MORE_PROMPTS, output_dir=tmp_path / "run"
+    )
+    extra = load_traces(tmp_path / "run" / RunFolder.RECOVERY / "traces.jsonl")
+    calibration = {t.question for t in load_traces(tmp_path / "run" / RunFolder.DENSE_TRACES)}
+    assert extra and all(t.question not in calibration for t in extra)  # answers to the spare prompts only
+    assert dense_tokens + sum(t.num_tokens for t in extra) >= dense_tokens + 20
+    assert result.report.recovery.tokens > base.report.recovery.tokens
+    assert result.plan == base.plan  # the extra traces feed recovery, not scoring
+
+
+def test_a_token_budget_the_prompts_cannot_supply_is_refused_before_any_work(tmp_path):
+    from conftest import tiny_model, tiny_tokenizer
+
+    from optimum_resp.pruner import RESPPruner
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer=tokenizer)
+    model.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated before the check"))
+    config = _prune_config(tokens=10_000)  # 12 prompts x 16 new tokens = 192 at most
+    with pytest.raises(ValueError, match=r"the 12 prompts given yield at most 192 decode tokens"):
+        RESPPruner(model, tokenizer, config, generator="hf").prune(MORE_PROMPTS, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

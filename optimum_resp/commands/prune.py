@@ -67,6 +67,13 @@ def register(subparsers) -> None:
         "(KL to the dense model's top-k distributions, all parameters)",
     )
     p.add_argument(
+        "--recovery-tokens",
+        type=int,
+        default=None,
+        help="decode tokens recovery learns from per epoch (default: the dense calibration traces'); more, and the "
+        "dense model also answers further training prompts before the first stage",
+    )
+    p.add_argument(
         "--config", default=None, help="a resp_config.json (file or folder); flags above override it"
     )
     p.add_argument("--num-prompts", type=int, default=None)
@@ -127,6 +134,7 @@ def register(subparsers) -> None:
 def build_config(args: argparse.Namespace):
     """The RESPConfig the flags describe: --config first, then the method preset, then explicit flags."""
     from ..configuration_resp import METHOD_PRESETS, RESPConfig
+    from ..recovery import RECOVERY
     from ..runtimes import export_target
 
     base = RESPConfig.from_pretrained(args.config) if args.config else RESPConfig()
@@ -140,6 +148,7 @@ def build_config(args: argparse.Namespace):
         "bf16_autocast": args.bf16_autocast,
         "channel_multiple": args.channel_multiple,
         "recovery": args.recover,
+        "recovery_tokens": args.recovery_tokens,
         "allow_unfinished_traces": args.allow_unfinished_traces,
         "runtimes": args.runtime,
     }
@@ -149,7 +158,12 @@ def build_config(args: argparse.Namespace):
         args.export is not None
     ):  # the allocation its export mode needs (uniform: the same sizes in every layer)
         values["allocation"] = export_target(args.export).allocation or base.export.allocation
-    return base.override(**values)
+    config = base.override(**values)
+    if args.recovery_tokens is not None and config.recovery is None:
+        raise ValueError(
+            f"--recovery-tokens is the budget of a recovery: add --recover ({' or '.join(RECOVERY)})."
+        )
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
         args.task,
         args.calibration,
         split=args.split,
-        limit=config.calibration.num_prompts,
+        # Recovery with a token budget also learns from the dense model's answers to further training prompts.
+        limit=None
+        if config.recovery is not None and config.recovery.tokens
+        else config.calibration.num_prompts,
         seed=config.seed,
         skip_invalid_rows=args.skip_invalid_rows,
     )

@@ -20,6 +20,7 @@ from ..calibration import Trace, trace_token_ids
 from ..config_mixin import ConfigMixin
 from ..importance.data import build_examples
 from ..registry import Registry
+from ..validation import check_int
 
 __all__ = [
     "RECOVERY",
@@ -68,6 +69,15 @@ class RecoveryConfig(ConfigMixin):
     """A recovery method's settings (`RESPConfig.recovery`); its JSON form names the method."""
 
     method: ClassVar[str] = ""
+
+    tokens: int | None = None
+    """Decode tokens to learn from per epoch: None, the dense calibration traces; more, and the dense model also
+    answers the prompts given past `num_calibration_prompts` (before the first stage, kept in the run folder) until
+    its traces hold this many."""
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None:
+            check_int("recovery tokens", self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **super().to_dict()}

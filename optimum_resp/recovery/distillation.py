@@ -438,6 +438,7 @@ class DistillRecoveryConfig(RecoveryConfig):
     """Steps between the Trainer's checkpoints in the run folder (where a killed recovery resumes)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_int("top_k", self.top_k)
         check_int("save_steps", self.save_steps)
         check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)

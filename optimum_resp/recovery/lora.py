@@ -52,6 +52,7 @@ class LoraRecoveryConfig(RecoveryConfig):
     """Examples per training step."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.lora, Mapping):  # laid over this section's defaults, not peft's
             check_keys("LoraConfig", self.lora, [f.name for f in dataclasses.fields(LoraConfig) if f.init])
             self.lora = dataclasses.replace(_default_lora(), **self.lora)
