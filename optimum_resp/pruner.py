@@ -513,7 +513,9 @@ class RESPPruner:
             dense_traces = self._calibrate(self.model, prompts, stage=0, run=run)
         else:
             logger.info("Reusing the %d dense traces saved in %s", len(dense_traces), run.path)
-            check_traces(dense_traces, self.config, dense=True)  # saved by a run that may have refused them
+            check_traces(
+                dense_traces, self.config.calibration, dense=True
+            )  # saved by a run that may have refused them
         plan = PruningPlan.full(self.model.config)
         crossed = [m for m in self.config.regeneration_milestones if m <= self._start + 1e-9]
         return _State(
@@ -644,7 +646,7 @@ class RESPPruner:
                     self.model,
                     self.tokenizer,
                     batch,
-                    c,
+                    c.calibration,
                     self.generator,
                     self.task,
                     seed=c.seed + 104729 + len(extra),
@@ -740,7 +742,13 @@ class RESPPruner:
         """SSGR: the hardest prompts by the dense model's failure rate (saved, so a resume keeps them)."""
         with self._clock("selection"):
             selected, _ = select_by_difficulty(
-                self.model, self.tokenizer, prompts, self.config, self.generator, self.task
+                self.model,
+                self.tokenizer,
+                prompts,
+                self.config.calibration,
+                self.generator,
+                self.task,
+                self.config.seed,
             )
         if run is not None:
             run.save_selected(selected)
@@ -773,7 +781,7 @@ class RESPPruner:
                 model,
                 self.tokenizer,
                 prompts,
-                self.config,
+                self.config.calibration,
                 self.generator,
                 self.task,
                 seed=self.config.seed + 7919 * stage,
@@ -784,7 +792,7 @@ class RESPPruner:
             release_heap()
         if dense and run is not None:
             run.save_dense_traces(traces)
-        check_traces(traces, self.config, dense=dense)
+        check_traces(traces, self.config.calibration, dense=dense)
         return traces
 
     # ------------------------------------------------------------------------------------------

@@ -117,12 +117,14 @@ def test_self_traces_judge_correctness_and_carry_the_end_token():
 
     gen = FakeGenerator(script)
     config = RESPConfig(generation={"max_new_tokens": 64, "temperature": 0.7})
-    traces = build_traces(None, tokenizer, prompts, config, gen, task="gsm8k")
+    traces = build_traces(None, tokenizer, prompts, config.calibration, gen, task="gsm8k")
     assert [t.correct for t in traces] == [True, False, True, False]
     assert all(t.completion.endswith("<|im_end|>") for t in traces)
     assert all(t.prompt.endswith("<|im_start|>assistant\n") for t in traces)
     assert gen.calls[0].do_sample and gen.calls[0].temperature == 0.7 and gen.calls[0].max_new_tokens == 64
-    filtered = build_traces(None, tokenizer, prompts, RESPConfig(filter_correct=True), gen, task="gsm8k")
+    filtered = build_traces(
+        None, tokenizer, prompts, RESPConfig(filter_correct=True).calibration, gen, task="gsm8k"
+    )
     assert len(filtered) == 2 and all(t.correct for t in filtered)
 
 
@@ -130,7 +132,7 @@ def test_gold_traces_use_the_human_solution():
     tokenizer = tiny_tokenizer()
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=3)
     traces = build_traces(
-        None, tokenizer, prompts, RESPConfig(calibration_source="gold"), FakeGenerator(None)
+        None, tokenizer, prompts, RESPConfig(calibration_source="gold").calibration, FakeGenerator(None)
     )
     assert [t.completion for t in traces] == [p.solution + "<|im_end|>" for p in prompts]
 
@@ -139,21 +141,23 @@ def test_selection_filters():
     traces = [
         trace(n, truncated=n == 100, correct=n % 20 == 0) for n in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
     ]
-    assert len(select_traces(traces, RESPConfig())) == 10
-    assert [t.num_tokens for t in select_traces(traces, RESPConfig(keep_truncated=False))][-1] == 90
-    assert [t.num_tokens for t in select_traces(traces, RESPConfig(filter_correct=True))] == [
+    assert len(select_traces(traces, RESPConfig().calibration)) == 10
+    assert [t.num_tokens for t in select_traces(traces, RESPConfig(keep_truncated=False).calibration)][
+        -1
+    ] == 90
+    assert [t.num_tokens for t in select_traces(traces, RESPConfig(filter_correct=True).calibration)] == [
         20,
         40,
         60,
         80,
         100,
     ]
-    middle = select_traces(traces, RESPConfig(selection_length_quantiles=[0.25, 0.75]))
+    middle = select_traces(traces, RESPConfig(selection_length_quantiles=[0.25, 0.75]).calibration)
     assert [t.num_tokens for t in middle] == [40, 50, 60, 70]
     with pytest.raises(ValueError, match="All 2 calibration traces hit max_new_tokens"):
-        select_traces([trace(5, True), trace(6, True)], RESPConfig(keep_truncated=False))
+        select_traces([trace(5, True), trace(6, True)], RESPConfig(keep_truncated=False).calibration)
     with pytest.raises(ValueError, match="filter_correct removed every trace"):
-        select_traces([trace(5, correct=False)], RESPConfig(filter_correct=True))
+        select_traces([trace(5, correct=False)], RESPConfig(filter_correct=True).calibration)
 
 
 def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
@@ -168,7 +172,7 @@ def test_difficulty_selection_keeps_the_prompts_the_model_fails_most():
 
     gen = FakeGenerator(script)
     config = RESPConfig(selection_difficulty_samples=4, selection_keep_fraction=0.5)
-    kept, rates = select_by_difficulty(None, tokenizer, prompts, config, gen, "gsm8k")
+    kept, rates = select_by_difficulty(None, tokenizer, prompts, config.calibration, gen, "gsm8k")
     assert [prompts.index(p) for p in kept] == [1, 2] and rates == [1.0, 0.5]
     assert len(gen.calls) == 4 and len(set(gen.seeds)) == 4 and all(s.do_sample for s in gen.calls)
 
@@ -219,7 +223,9 @@ def test_scored_ids_are_the_generated_ids_with_a_tokenizer_that_adds_bos():
     tokenizer = tiny_tokenizer(bos=True, name="adds-bos")
     model = ScriptedModel(tokenizer, lambda prompt: "<think>\n2+3=5\n</think>\n\n\\boxed{5}")
     config = RESPConfig(generation={"max_new_tokens": 64})
-    traces = build_traces(model, tokenizer, as_prompts(["What is 2+3?", "And 4+4?"]), config, HFGenerator())
+    traces = build_traces(
+        model, tokenizer, as_prompts(["What is 2+3?", "And 4+4?"]), config.calibration, HFGenerator()
+    )
     fed = _fed_and_generated(model)
     assert all(
         row[0] == tokenizer.bos_token_id for row in fed
@@ -238,7 +244,7 @@ def test_scored_ids_are_the_generated_ids_when_bpe_merges_across_the_boundary():
     space, seven = tokenizer.convert_tokens_to_ids(["Ġ", "7"])
     model = ScriptedModel(tokenizer, lambda prompt: [space, seven])
     config = RESPConfig(generation={"max_new_tokens": 8})
-    (trace,) = build_traces(model, tokenizer, as_prompts(["What is 3+4?"]), config, HFGenerator())
+    (trace,) = build_traces(model, tokenizer, as_prompts(["What is 3+4?"]), config.calibration, HFGenerator())
     assert trace.prompt.endswith("Answer:") and trace.completion == " 7<|im_end|>"
     assert _scored(tokenizer, [trace]) == _fed_and_generated(model)
     assert trace.completion_ids == [space, seven, tokenizer.eos_token_id]
@@ -268,14 +274,20 @@ def test_traces_saved_without_ids_load_and_score_their_text_as_before(tmp_path):
 def test_gold_and_text_traces_carry_their_tokens():
     tokenizer = tiny_tokenizer(bos=True, name="gold-bos")
     prompts = prompts_from_task("gsm8k", str(FIXTURES / "gsm8k_sample.jsonl"), limit=2, seed=0)
-    gold = build_traces(None, tokenizer, prompts, RESPConfig(calibration_source="gold"), HFGenerator())
+    gold = build_traces(
+        None, tokenizer, prompts, RESPConfig(calibration_source="gold").calibration, HFGenerator()
+    )
     for t, p in zip(gold, prompts):
         assert t.prompt_ids[0] == tokenizer.bos_token_id  # prompted as a generator would prompt it
         assert t.completion_ids == tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [
             tokenizer.eos_token_id
         ]
     text = build_traces(
-        None, tokenizer, prompts, RESPConfig(calibration_source="text", loss="full"), HFGenerator()
+        None,
+        tokenizer,
+        prompts,
+        RESPConfig(calibration_source="text", loss="full").calibration,
+        HFGenerator(),
     )
     assert all(t.prompt_ids == [] for t in text)
     assert text[0].completion_ids == tokenizer(prompts[0].question, add_special_tokens=False)["input_ids"]

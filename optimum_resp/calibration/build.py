@@ -21,7 +21,7 @@ from ..generators import TraceGenerator
 from .traces import CalibrationPrompt, Trace
 
 if TYPE_CHECKING:
-    from ..configuration_resp import RESPConfig
+    from .config import CalibrationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +85,15 @@ def build_traces(
     model,
     tokenizer,
     prompts: Sequence[CalibrationPrompt],
-    config: RESPConfig,
+    calibration: CalibrationConfig,
     generator: TraceGenerator,
     task: str | TaskSpec | None = None,
-    seed: int | None = None,
+    seed: int = 0,
 ) -> list[Trace]:
-    """Calibration traces for `prompts` from `config.calibration.source`, filtered as the config asks; each
-    carries the ids its prompt is fed as and the ids generated (a gold solution or a text: its tokens)."""
+    """Calibration traces for `prompts` from `calibration.source`, filtered as the section asks; each carries the
+    ids its prompt is fed as and the ids generated (a gold solution or a text: its tokens). `seed` seeds sampling."""
     spec = get_task(task) if task is not None else None
-    if config.calibration.source == "text":
+    if calibration.source == "text":
         return [
             Trace(
                 p.question,
@@ -106,11 +106,11 @@ def build_traces(
             )
             for p in prompts
         ]
-    chat = chat_prompts(tokenizer, prompts, config.calibration.generation.thinking)
+    chat = chat_prompts(tokenizer, prompts, calibration.generation.thinking)
     chat_ids = encode_prompts(tokenizer, chat)
     end_id = end_token_ids(tokenizer, model)[0]
     end_text = tokenizer.decode([end_id])
-    if config.calibration.source == "gold":
+    if calibration.source == "gold":
         missing = [i for i, p in enumerate(prompts) if not p.solution]
         if missing:
             raise ValueError(
@@ -131,9 +131,7 @@ def build_traces(
             for p, c, ids in zip(prompts, chat, chat_ids)
         ]
 
-    completions = generator.generate(
-        model, tokenizer, chat, config.calibration.generation, config.seed if seed is None else seed
-    )
+    completions = generator.generate(model, tokenizer, chat, calibration.generation, seed)
     traces = [
         Trace(
             question=p.question,
@@ -148,21 +146,21 @@ def build_traces(
         )
         for p, c, ids in zip(prompts, completions, chat_ids)
     ]
-    return select_traces(traces, config)
+    return select_traces(traces, calibration)
 
 
-def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
+def select_traces(traces: list[Trace], calibration: CalibrationConfig) -> list[Trace]:
     """Apply keep_truncated, filter_correct and the length-quantile window; refuse an empty result."""
     n = len(traces)
     kept = traces
-    if not config.calibration.keep_truncated:
+    if not calibration.keep_truncated:
         kept = [t for t in kept if not t.truncated]
         if not kept:
             raise ValueError(
-                f"All {n} calibration traces hit max_new_tokens={config.calibration.generation.max_new_tokens} and keep_truncated is "
+                f"All {n} calibration traces hit max_new_tokens={calibration.generation.max_new_tokens} and keep_truncated is "
                 "False: raise max_new_tokens, or set keep_truncated=True (the RESP reference keeps them)."
             )
-    if config.calibration.filter_correct:
+    if calibration.filter_correct:
         if any(t.correct is None for t in kept):
             raise ValueError(
                 "filter_correct needs gold answers and a task (prompts_from_task) to judge traces."
@@ -172,9 +170,9 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
             raise ValueError(
                 "filter_correct removed every trace: the model solved none of the calibration prompts."
             )
-    if config.calibration.selection_length_quantiles:
+    if calibration.selection_length_quantiles:
         lengths = torch.tensor([float(t.num_tokens) for t in kept])
-        low, high = (torch.quantile(lengths, q).item() for q in config.calibration.selection_length_quantiles)
+        low, high = (torch.quantile(lengths, q).item() for q in calibration.selection_length_quantiles)
         kept = [t for t in kept if low <= t.num_tokens <= high]
     logger.info(
         "Calibration traces: %d of %d kept; mean %.0f tokens, %.0f%% truncated%s",
@@ -189,18 +187,18 @@ def select_traces(traces: list[Trace], config: RESPConfig) -> list[Trace]:
     return kept
 
 
-def check_traces(traces: Sequence[Trace], config: RESPConfig, dense: bool = True) -> None:
+def check_traces(traces: Sequence[Trace], calibration: CalibrationConfig, dense: bool = True) -> None:
     """Warn loudly when most traces never finished or almost none is right, and refuse the dense model's traces
-    when none finished, unless `config.calibration.allow_unfinished_traces`: such traces mean the model and its
+    when none finished, unless `calibration.allow_unfinished_traces`: such traces mean the model and its
     tokenizer or chat template do not fit together, or max_new_tokens is far too small, and scoring them
     prunes for noise."""
-    if not traces or config.calibration.source != "self":
+    if not traces or calibration.source != "self":
         return
     n = len(traces)
     truncated = sum(t.truncated for t in traces) / n
-    budget = config.calibration.generation.max_new_tokens
+    budget = calibration.generation.max_new_tokens
     where = "the dense model's" if dense else "the pruned model's regenerated"
-    if truncated == 1.0 and dense and not config.calibration.allow_unfinished_traces:
+    if truncated == 1.0 and dense and not calibration.allow_unfinished_traces:
         raise ValueError(
             f"None of {where} {n} calibration traces finished within max_new_tokens={budget}: the model never "
             "ended its answer. Check that the tokenizer and chat template belong to this model, raise "
@@ -231,31 +229,32 @@ def select_by_difficulty(
     model,
     tokenizer,
     prompts: Sequence[CalibrationPrompt],
-    config: RESPConfig,
+    calibration: CalibrationConfig,
     generator: TraceGenerator,
     task: str | TaskSpec,
+    seed: int = 0,
 ) -> tuple[list[CalibrationPrompt], list[float]]:
     """SSGR: keep the hardest `selection_keep_fraction` of prompts, difficulty being the model's failure
     rate over `selection_difficulty_samples` sampled answers (ties keep their original order)."""
     spec = get_task(task)
-    k = config.calibration.selection_difficulty_samples
+    k = calibration.selection_difficulty_samples
     if any(p.gold is None for p in prompts):
         raise ValueError("Difficulty selection needs a gold answer for every prompt (use prompts_from_task).")
-    chat = chat_prompts(tokenizer, prompts, config.calibration.generation.thinking)
+    chat = chat_prompts(tokenizer, prompts, calibration.generation.thinking)
     failures = [0] * len(prompts)
     for sample in range(k):
         completions = generator.generate(
             model,
             tokenizer,
             chat,
-            dataclasses.replace(config.calibration.generation, do_sample=True),
-            config.seed + 1000 * (sample + 1),
+            dataclasses.replace(calibration.generation, do_sample=True),
+            seed + 1000 * (sample + 1),
         )
         for i, (p, c) in enumerate(zip(prompts, completions)):
             failures[i] += not _judge(spec, p, c.text)
     rates = [f / k for f in failures]
     order = sorted(range(len(prompts)), key=lambda i: -rates[i])
-    keep = sorted(order[: max(1, round(config.calibration.selection_keep_fraction * len(prompts)))])
+    keep = sorted(order[: max(1, round(calibration.selection_keep_fraction * len(prompts)))])
     logger.info(
         "Difficulty selection kept %d of %d prompts (mean failure rate %.2f -> %.2f)",
         len(keep),
