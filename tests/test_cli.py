@@ -121,6 +121,8 @@ def test_eval_command(model_dir, tmp_path, capsys):
 def test_bad_usage_exit_codes(model_dir, tmp_path, capsys):
     assert main(prune_args(model_dir, tmp_path / "x", "--sparsity", "1.5")) == 2
     assert "target_sparsity must be a number in (0.0, 1.0)" in capsys.readouterr().err
+    assert main(prune_args(model_dir, tmp_path / "x", "--recovery-tokens", "5000")) == 2
+    assert "--recovery-tokens is the budget of a recovery: add --recover" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
