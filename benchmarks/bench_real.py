@@ -326,8 +326,19 @@ def chunk_file(k: int) -> Path:
 
 
 def references_file() -> Path:
-    """The dense model's greedy answers (prompt ids, answer ids) to the first chunks: fidelity's reference."""
-    return cache_dir() / "dense" / model_checksum()[:16] / "references.jsonl"
+    """The dense model's greedy answers (prompt ids, answer ids) to the first chunks, fidelity's reference: kept
+    beside the dense record (committed with it) and named by it, so they go with the settings that wrote them."""
+    dense = next(row for row in ROWS if row.method == "dense")
+    key = row_key(dense, model_checksum(), data_checksums())
+    return record_path(dense, key).with_suffix(".references.jsonl")
+
+
+def reference_problems() -> set[int]:
+    """The problems whose dense answer the references file holds."""
+    path = references_file()
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["problem"] for line in path.read_text().splitlines()}
 
 
 def run_folder(row: Row, record: Record) -> Path:
@@ -431,11 +442,13 @@ def phase_chunk(row: Row, record: Record, source: Path, k: int) -> None:
             json.dumps({"problem": k * SETTINGS["chunk"] + i, "prompt_ids": p, "answer_ids": c.token_ids})
             for i, (p, c) in enumerate(zip(ids, result.completions, strict=True))
         ]
-        path = references_file().with_name(f"references-{k}.jsonl")
+        path = references_file()
+        done = {k * SETTINGS["chunk"] + i for i in range(len(lines))}
+        kept = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in kept if json.loads(line)["problem"] not in done]
+        merged = sorted(kept + lines, key=lambda line: json.loads(line)["problem"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, "\n".join(lines) + "\n")
-        parts = sorted(path.parent.glob("references-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
-        atomic_write(references_file(), "".join(p.read_text() for p in parts))
+        atomic_write(path, "\n".join(merged) + "\n")
 
 
 def run_phase(row: Row, phase: str) -> None:
@@ -481,8 +494,14 @@ def pending(records: dict[Row, Record]) -> list[tuple[Row, str]]:
     todo: list[tuple[Row, str]] = []
     dense = [r for r in rows if r.method == "dense"]
     reference_chunks = -(-SETTINGS["fidelity_problems"] // SETTINGS["chunk"])
+    have = reference_problems()
     for row in dense:
-        todo += [(row, str(k)) for k in range(reference_chunks) if str(k) not in records[row].chunks]
+        size = SETTINGS["chunk"]
+        todo += [  # a chunk whose answers the references file lacks runs again (the file is what fidelity reads)
+            (row, str(k))
+            for k in range(reference_chunks)
+            if str(k) not in records[row].chunks or not set(range(k * size, (k + 1) * size)) <= have
+        ]
         if records[row].fidelity is None:
             todo.append((row, "fidelity"))
     for row in rows:
