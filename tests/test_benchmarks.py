@@ -368,11 +368,13 @@ def test_real_model_records_are_keyed_by_what_decides_the_result(bench_real):
     assert bench_real.row_key(row, "sha", {"train": "a", "test": "c"}) != key
 
 
-def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real):
+def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real, tmp_path_factory):
     """Dense references first, then each row's prune, fidelity and first accuracy chunk together, then the other
     chunks across rows: an interrupted run leaves whole comparisons on the same problems, not prunes alone."""
     chunk = bench_real.SETTINGS["chunk"]
     bench_real.SETTINGS["fidelity_problems"] = 2 * chunk  # the dense references span two chunks
+    path = tmp_path_factory.mktemp("refs") / "references.jsonl"  # none written yet
+    bench_real.references_file = lambda: path
     rows = [
         bench_real.Row("dense", problems=2 * chunk),
         bench_real._row("resp", 0.2, problems=2 * chunk),
@@ -395,3 +397,10 @@ def test_real_model_plan_completes_each_comparison_before_widening_it(bench_real
     records[rows[1]].chunks["0"] = {"n": chunk}
     records[rows[1]].prune = {"seconds": 1.0}
     assert ("resp", "0") not in [(r.method, p) for r, p in bench_real.pending(records)]
+    # The dense chunks' accuracy is recorded but the references file (what fidelity reads) lacks the second
+    # chunk's answers: that chunk runs again, the first does not.
+    dense = records[rows[0]]
+    dense.chunks.update({"0": {"n": chunk}, "1": {"n": chunk}})
+    path.write_text("".join(json.dumps({"problem": i}) + "\n" for i in range(chunk)))
+    phases = [(r.method, p) for r, p in bench_real.pending(records)]
+    assert ("dense", "1") in phases and ("dense", "0") not in phases
