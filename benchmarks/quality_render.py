@@ -166,8 +166,8 @@ def _recovery_table(data: dict, split: str) -> list[str]:
         "merged; distill: KL to the dense model's top-32 next-token distributions, all parameters. Recovery s: "
         "training only; wall s: the whole run (prune, recovery, evaluation, speed).",
         "",
-        "| sparsity | recipe | budget | accuracy | tokens / answer | KL to dense before -> after | recovery s | "
-        "wall s |",
+        "| sparsity | recipe | budget (tokens learned) | accuracy | tokens / answer | KL to dense before -> after | "
+        "recovery s | wall s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -187,8 +187,12 @@ def _recovery_table(data: dict, split: str) -> list[str]:
             kl_text = f"{mean([a for a, _ in kl]):.4f} -> {mean([b for _, b in kl]):.4f}" if kl else "-"
             tokens = mean([x["tokens"] for x in rec if x.get("tokens")])
             budget = (
-                "-" if row["recovery"] == "none" else (f"{tokens / 1000:.0f}k" if tokens == tokens else "-")
+                "-"
+                if row["recovery"] == "none"
+                else (f"{row['tokens']:,}" if row["tokens"] else "dense traces")
             )
+            if tokens == tokens:  # measured (records written before recovery kept its figures have none)
+                budget += f" ({tokens / 1000:.0f}k)"
             seconds = mean([x["seconds"] for x in rec if "seconds" in x])
             lines.append(
                 f"| {target:.0%} | {'RESP' if row['recovery'] == 'none' else 'RESP + ' + row['recovery']} | {budget} | "
