@@ -261,7 +261,26 @@ def test_quality_tables_and_plot_render_from_records(bench_quality, rendering, t
         fractions=[],
         norms=[],
     )
+    distilled = [
+        dict(
+            _run(0.75, "1110", 100.0),
+            recovery={"tokens": 4000, "seconds": 3.0, "kl_before": 0.2, "kl_after": 0.1},
+        ),
+        dict(
+            _run(1.0, "1111", 100.0),
+            recovery={"tokens": 6000, "seconds": 5.0, "kl_before": 0.4, "kl_after": 0.1},
+        ),
+    ]
+    data["recovery"] = [
+        dict(setting("resp", [_run(0.5, "1100", 100.0)] * 2), recovery="lora", tokens=0),
+        dict(setting("resp", distilled), recovery="distill", tokens=5000),
+    ]
     text = rendering.render(args, data, "--quick")
+    recovery = text[text.index("### Recovery after RESP") :]
+    assert "| 30% | RESP | - | 0.625 ± 0.177 [" in recovery
+    assert "| 30% | RESP + lora | dense traces | 0.500 ± 0.000 [" in recovery  # records without its figures
+    assert "| 30% | RESP + distill | 5,000 (5k) | 0.875 ± 0.177 [" in recovery
+    assert "| 0.3000 -> 0.1000 | 4 | 2 |" in recovery
     assert "| resp | 2 | 0.625 ± 0.177 [" in text and "| magnitude | 1 | 0.250 [" in text
     assert "| magnitude | per_layer | 30% | 3.00x | 1.40x | 0.47x |" in text  # 3x the tokens: slower overall
     assert (
