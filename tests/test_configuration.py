@@ -202,7 +202,10 @@ def test_a_flat_config_file_of_the_last_flat_version_loads_into_the_sections(tmp
     )
     assert c.export == ExportConfig(protected_layers=[0], runtimes=["vllm"])
     old.pop("optimum_resp_version")
-    assert c.to_flat_dict() == old
+    flat = c.to_flat_dict()
+    assert {k: flat[k] for k in old} == old
+    assert set(flat) - set(old) == {"recovery_tokens"}  # the one flat name added since (None: not asked)
+    assert flat["recovery_tokens"] is None
     saved = json.loads(c.to_json_string())  # written back in sections, read again unchanged
     assert set(saved) >= {"calibration", "scoring", "recovery", "export"} and "lora_r" not in saved
     assert RESPConfig.from_dict(saved) == c
