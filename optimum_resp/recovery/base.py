@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from transformers import PreTrainedModel
+import torch
+from transformers import PreTrainedModel, TrainingArguments
 
 from ..architectures import get_architecture
 from ..calibration import Trace, trace_token_ids
@@ -28,6 +29,7 @@ __all__ = [
     "RecoveryData",
     "RecoveryResult",
     "lora_target_modules",
+    "training_arguments",
 ]
 
 
@@ -108,3 +110,35 @@ def lora_target_modules(model: PreTrainedModel) -> list[str]:
     spec = get_architecture(model)
     paths = (spec.q_proj, spec.k_proj, spec.v_proj, spec.o_proj, spec.gate_proj, spec.up_proj, spec.down_proj)
     return sorted({path.rsplit(".", 1)[-1] for path in paths})
+
+
+def training_arguments(
+    output_dir: str | Path,
+    *,
+    batch_size: int,
+    epochs: float,
+    learning_rate: float,
+    seed: int,
+    progress: bool,
+    save_steps: int | None = None,
+    **extra: Any,
+) -> TrainingArguments:
+    """The Trainer settings every recovery shares: cosine schedule without warmup, no logging or reporting, the CPU
+    where no GPU is; with `save_steps`, a checkpoint (the last one kept) every that many steps to resume from."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        logging_strategy="no",
+        save_strategy="steps" if save_steps is not None else "no",
+        **({"save_steps": save_steps, "save_total_limit": 1} if save_steps is not None else {}),
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        seed=seed,
+        **extra,
+    )

@@ -30,14 +30,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer
 
 from ..files import atomic_write
 from ..importance.data import IGNORE_INDEX, CalibrationCollator, check_examples, quiet_progress
 from ..importance.no_step_trainer import set_checkpointing
 from ..memory import free_memory
 from ..validation import check_int, check_range
-from .base import RECOVERY, RecoveryConfig, RecoveryData, RecoveryResult, lora_target_modules
+from .base import (
+    RECOVERY,
+    RecoveryConfig,
+    RecoveryData,
+    RecoveryResult,
+    lora_target_modules,
+    training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -341,22 +348,14 @@ def distill(
     pad = getattr(model.config, "pad_token_id", None)
     with tempfile.TemporaryDirectory(prefix="resp-distill-") as tmp:
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tmp)
-        args = TrainingArguments(
-            output_dir=str(folder),
-            per_device_train_batch_size=batch_size,
-            num_train_epochs=epochs,
+        args = training_arguments(
+            folder,
+            batch_size=batch_size,
+            epochs=epochs,
             learning_rate=learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=0,
-            logging_strategy="no",
-            save_strategy="steps" if checkpoint_dir is not None else "no",
-            save_steps=save_steps,
-            save_total_limit=1,
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            remove_unused_columns=False,
-            disable_tqdm=not progress,
             seed=seed,
+            progress=progress,
+            save_steps=save_steps if checkpoint_dir is not None else None,
             data_seed=seed,
         )
         trainer = DistillationTrainer(

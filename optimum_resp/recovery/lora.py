@@ -15,15 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from peft import LoraConfig, get_peft_model
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer
 
 from ..calibration import Trace, trace_token_ids
 from ..config_mixin import check_keys, to_plain
 from ..importance.data import IGNORE_INDEX, CalibrationCollator, build_examples, quiet_progress
 from ..validation import check_int, check_range
-from .base import RECOVERY, RecoveryConfig, RecoveryData, RecoveryResult, lora_target_modules
+from .base import (
+    RECOVERY,
+    RecoveryConfig,
+    RecoveryData,
+    RecoveryResult,
+    lora_target_modules,
+    training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +112,13 @@ def recover_with_lora(
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     pad = getattr(model.config, "pad_token_id", None)
     with tempfile.TemporaryDirectory(prefix="resp-lora-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.epochs,
+        args = training_arguments(
+            tmp,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
             learning_rate=config.learning_rate,
-            lr_scheduler_type="cosine",
-            warmup_steps=0,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            remove_unused_columns=False,
-            disable_tqdm=not progress,
             seed=seed,
+            progress=progress,
         )
         trainer = Trainer(
             model=peft_model,
