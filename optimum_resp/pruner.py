@@ -513,9 +513,8 @@ class RESPPruner:
             dense_traces = self._calibrate(self.model, prompts, stage=0, run=run)
         else:
             logger.info("Reusing the %d dense traces saved in %s", len(dense_traces), run.path)
-            check_traces(
-                dense_traces, self.config.calibration, dense=True
-            )  # saved by a run that may have refused them
+            # Saved by a run that may have refused them.
+            check_traces(dense_traces, self.config.calibration, dense=True)
         plan = PruningPlan.full(self.model.config)
         crossed = [m for m in self.config.regeneration_milestones if m <= self._start + 1e-9]
         return _State(
